@@ -1,0 +1,119 @@
+"""
+The contracts between popsrv's layers.
+
+L{IMaildrop} is the one storage contract the POP3 protocol uses.  A
+twisted.cred realm hands out an L{IMaildrop} as the avatar of a user who has
+logged in; the protocol then locks it, takes a snapshot of its messages,
+streams messages from it and, at QUIT, commits the deletions.  Message numbers
+belong to the protocol: a backend only knows messages by their unique ids.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attr
+from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import AbstractSet, Sequence
+
+    from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IConsumer
+
+__all__ = ["IMaildrop", "MessageInfo"]
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class MessageInfo:
+    """
+    What POP3 needs to know about one message before reading it.
+
+    @ivar uid: the message's unique id, as UIDL shows it: 1 to 70 octets in
+        the range 0x21 to 0x7E, unique within the maildrop and the same in
+        every session for as long as the message exists.
+    @ivar size: the exact number of octets RETR sends for the message before
+        dot-stuffing: every line ended by CRLF, including a CRLF added after
+        an unterminated last line (see L{popsrv.framing.normalizedSize}).
+    @ivar seen: whether the message was already retrieved in an earlier
+        session (LAST reports the highest such message number).
+    """
+
+    uid: str
+    size: int
+    seen: bool = False
+
+
+class IMaildrop(Interface):
+    """
+    One user's maildrop, as the POP3 protocol uses it for one session.
+
+    The protocol calls, in order: L{lock}; L{listMessages}; any number of
+    L{sendMessage}; then either L{commit} followed by L{release} (the client
+    said QUIT) or only L{release} (the connection was lost, timed out or the
+    client never finished).  Every method except L{release} may return a
+    L{Deferred} or its result directly; a failure becomes an C{-ERR [SYS/TEMP]}
+    reply for the client and a logged error for the operator.
+    """
+
+    name = Attribute(
+        """
+        A short text naming the maildrop's owner, for replies and logs
+        (for example the login name).
+        """
+    )
+
+    def lock() -> Deferred[None] | None:
+        """
+        Take the maildrop for this session, exclusively.
+
+        The lock must exclude every other session, in this process or any
+        other, until L{release}, and must not outlive the process holding it
+        (a crashed server never leaves a maildrop locked).
+
+        @raise popsrv.errors.MaildropLocked: (or fail with it) if another
+            session holds the lock.
+        """
+
+    def listMessages() -> Deferred[Sequence[MessageInfo]] | Sequence[MessageInfo]:
+        """
+        Return a snapshot of the messages in the maildrop, in the order they
+        are to be numbered (oldest first is what clients expect).
+
+        Messages that arrive after the snapshot are not part of this session.
+        Called once per session, after L{lock}.
+        """
+
+    def sendMessage(uid: str, consumer: IConsumer) -> Deferred[None]:
+        """
+        Write the stored octets of one message to C{consumer}.
+
+        The implementation registers a producer (pull or push) with
+        C{consumer} before writing anything, writes the message through it
+        honouring backpressure, unregisters it, and then fires the returned
+        L{Deferred} with L{None}.  The octets are the message as stored, with
+        LF or CRLF line ends and without dot-stuffing; the protocol frames
+        them.  If the consumer calls the producer's C{stopProducing} (TOP has
+        what it needs, or the client went away), the implementation stops
+        reading, releases what it holds, unregisters and fires with L{None}.
+
+        @raise popsrv.errors.MessageVanished: (or fail with it, before
+            registering a producer) if the message no longer exists.
+        """
+
+    def commit(deleted: AbstractSet[str], seen: AbstractSet[str]) -> Deferred[None] | None:
+        """
+        Apply the end of a session: remove the messages whose uids are in
+        C{deleted}, and remember those in C{seen} as retrieved.
+
+        Called at most once, in the UPDATE state, while the lock is held.  A
+        removal must never leave a partial message behind; if it fails, raise
+        (or fail with) an exception, and as far as the backend can arrange,
+        remove nothing.
+        """
+
+    def release() -> None:
+        """
+        Give up the lock taken by L{lock}.  Called exactly once per session
+        that called L{lock} successfully; must not fail.
+        """

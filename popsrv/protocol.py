@@ -1,0 +1,705 @@
+"""
+The POP3 protocol (RFC 1939, with LAST from RFC 1225): one session's state
+machine, AUTHORIZATION -> TRANSACTION -> UPDATE.
+
+The protocol owns POP3's semantics (numbering, deletion marks, RSET, LAST,
+replies) and knows nothing about files, databases or password formats: it
+logs users in through a twisted.cred portal, which yields an
+L{popsrv.interfaces.IMaildrop}, and streams messages from it through
+L{popsrv.framing.MessageFramer}.
+
+Commands are handled one at a time, in order: while a command waits (for a
+login, or for a message to stream), reading from the client pauses, so any
+number of pipelined commands get complete replies in order.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import socket
+from enum import Enum
+from typing import Callable, Optional
+
+import attr
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
+from twisted.cred.portal import Portal
+from twisted.internet import defer
+from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from popsrv.credentials import APOPCredentials
+from popsrv.errors import MaildropLocked, MessageVanished
+from popsrv.framing import MessageFramer
+from popsrv.interfaces import IMaildrop, MessageInfo
+
+__all__ = ["POP3Factory", "POP3Protocol", "State"]
+
+DEFAULT_TIMEOUT = 600
+MAX_COMMAND_OCTETS = 512
+MAX_LINE_OCTETS = 65536
+MAX_AUTH_FAILURES = 3
+_CHALLENGE_HOST = re.compile(rb"[^A-Za-z0-9.@_+/-]")
+_HEX_DIGEST = re.compile(rb"[0-9A-Fa-f]{32}")
+
+
+class State(Enum):
+    """
+    The three states of a POP3 session (RFC 1939, section 3).
+    """
+
+    AUTHORIZATION = "AUTHORIZATION"
+    TRANSACTION = "TRANSACTION"
+    UPDATE = "UPDATE"
+
+
+@attr.s(slots=True, auto_attribs=True)
+class _Message:
+    """
+    A message as one session sees it: the snapshot entry and its marks.
+    """
+
+    info: MessageInfo
+    deleted: bool = False
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class _Command:
+    """
+    How a command is called: the state it belongs to and how many
+    space-separated arguments it takes.
+    """
+
+    state: Optional[State]
+    minArgs: int
+    maxArgs: int
+    restOfLine: bool = False
+
+
+_AUTH = State.AUTHORIZATION
+_TRANS = State.TRANSACTION
+COMMANDS = {
+    b"USER": _Command(_AUTH, 1, 1),
+    b"PASS": _Command(_AUTH, 1, 1, restOfLine=True),
+    b"APOP": _Command(_AUTH, 2, 2),
+    b"STAT": _Command(_TRANS, 0, 0),
+    b"LIST": _Command(_TRANS, 0, 1),
+    b"UIDL": _Command(_TRANS, 0, 1),
+    b"RETR": _Command(_TRANS, 1, 1),
+    b"TOP": _Command(_TRANS, 2, 2),
+    b"DELE": _Command(_TRANS, 1, 1),
+    b"RSET": _Command(_TRANS, 0, 0),
+    b"LAST": _Command(_TRANS, 0, 0),
+    b"NOOP": _Command(_TRANS, 0, 0),
+    b"QUIT": _Command(None, 0, 0),
+}
+
+
+class _Reply(Exception):
+    """
+    Raised inside a command to end it with an C{-ERR} reply.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+def _printable(data: bytes, limit: int = 40) -> str:
+    """
+    Return client-sent bytes as a short, safe text to quote in a reply.
+    """
+    text = data[:limit].decode("ascii", "replace")
+    text = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return text + ("..." if len(data) > limit else "")
+
+
+def _setNoDelay(transport) -> None:
+    """
+    Turn Nagle's algorithm off, so a reply's last segment is not held back
+    waiting for the client's delayed ACK.
+    """
+    setter = getattr(transport, "setTcpNoDelay", None)
+    if setter is not None:
+        try:
+            setter(True)
+        except (OSError, AttributeError):
+            pass
+
+
+@implementer(IConsumer)
+class _FramingConsumer:
+    """
+    Receives a stored message from a backend, frames it, and writes it to
+    the client; backpressure goes straight from the transport to the
+    backend's producer.
+
+    The status line (C{+OK ...}) goes out when the backend registers its
+    producer, that is, once the message is known to be readable.
+    """
+
+    def __init__(self, protocol: POP3Protocol, framer: MessageFramer, status: bytes) -> None:
+        self._protocol = protocol
+        self._transport = protocol.transport
+        self._framer = framer
+        self._status = status
+        self._producer = None
+        self.started = False
+        self.octets = 0
+
+    def start(self) -> None:
+        """
+        Send the status line, once.
+        """
+        if not self.started:
+            self.started = True
+            self._transport.write(self._status)
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        """
+        Pass the backend's producer to the transport.
+        """
+        self._producer = producer
+        self.start()
+        self._transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        """
+        The backend is done producing.
+        """
+        self._producer = None
+        self._transport.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        """
+        Frame one chunk of the stored message and send it.
+        """
+        self.start()
+        out = self._framer.feed(data)
+        if out:
+            self.octets += len(out)
+            self._transport.write(out)
+        self._protocol.resetTimeout()
+        if self._framer.done and self._producer is not None:
+            self._producer.stopProducing()
+
+    def finish(self) -> None:
+        """
+        Send the end of the reply, together with nothing else pending.
+        """
+        self.start()
+        self._transport.write(self._framer.finish())
+
+
+class POP3Protocol(LineReceiver, TimeoutMixin):
+    """
+    One POP3 session.  Build it with L{POP3Factory}.
+
+    @ivar state: the session's L{State}.
+    @ivar challenge: the APOP challenge of this session's greeting.
+    """
+
+    delimiter = b"\n"
+    MAX_LENGTH = MAX_LINE_OCTETS
+    log = Logger()
+
+    def __init__(self, factory: POP3Factory) -> None:
+        self.factory = factory
+        self.state = State.AUTHORIZATION
+        self.challenge = factory.makeChallenge()
+        self._user: Optional[bytes] = None
+        self._failures = 0
+        self._maildrop: Optional[IMaildrop] = None
+        self._logout: Optional[Callable[[], None]] = None
+        self._messages: list[_Message] = []
+        self._initialLast = 0
+        self._last = 0
+        self._retrieved: set[str] = set()
+        self._retrievedOctets = 0
+        self._deletedCount = 0
+        self._lost = False
+        self._peer = ""
+        self._started = 0.0
+        self._endReason = "connection lost"
+
+    # Connection life cycle
+
+    def connectionMade(self) -> None:
+        """
+        Greet the client with this session's APOP challenge.
+        """
+        clock = self.factory.clock
+        self.callLater = clock.callLater
+        self._started = clock.seconds()
+        peer = self.transport.getPeer()
+        self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        _setNoDelay(self.transport)
+        self.setTimeout(self.factory.timeout)
+        self.log.info("connection from {peer}", peer=self._peer, event="connect")
+        self._send(b"+OK " + self.challenge + b" popsrv ready")
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        """
+        Release the maildrop without applying any deletion.
+        """
+        self._lost = True
+        self.setTimeout(None)
+        self._endSession()
+
+    def timeoutConnection(self) -> None:
+        """
+        Close an idle session without a reply and without deleting anything
+        (RFC 1939, section 3).
+        """
+        self._endReason = "idle timeout"
+        self.log.info("closing idle session from {peer}", peer=self._peer, event="timeout")
+        self.transport.loseConnection()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """
+        Close a connection that sends a line longer than anything POP3
+        allows without ending it.
+        """
+        self._send(b"-ERR line too long, closing connection")
+        self._endReason = "line too long"
+        self.transport.loseConnection()
+
+    # Command dispatch
+
+    def lineReceived(self, line: bytes) -> None:
+        """
+        Parse one command line and run it; pause reading while it waits.
+        """
+        self.resetTimeout()
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        try:
+            result = self._dispatch(line)
+        except _Reply as reply:
+            self._err(reply.text)
+            return
+        if isinstance(result, defer.Deferred):
+            result.addErrback(self._unexpected)
+            if not result.called:
+                self.pauseProducing()
+                result.addBoth(self._commandDone)
+
+    def _dispatch(self, line: bytes):
+        """
+        Find, check and call the handler of a command line.
+        """
+        if len(line) + 2 > MAX_COMMAND_OCTETS:
+            raise _Reply(f"command line too long (the limit is {MAX_COMMAND_OCTETS} octets)")
+        keyword, _, rest = line.partition(b" ")
+        name = keyword.upper()
+        command = COMMANDS.get(name)
+        if command is None:
+            if not keyword.strip():
+                raise _Reply("empty command")
+            raise _Reply(f'unknown command "{_printable(keyword)}"')
+        lower = name.decode("ascii").lower()
+        if command.state is not None and command.state is not self.state:
+            if self.state is State.AUTHORIZATION:
+                raise _Reply(f"{name.decode()} is not allowed until you log in")
+            raise _Reply(f"{name.decode()} is not allowed after login")
+        if command.restOfLine:
+            args = [rest] if rest else []
+        else:
+            args = rest.split()
+        if len(args) < command.minArgs:
+            raise _Reply(f"Too few arguments for the {lower} command.")
+        if len(args) > command.maxArgs:
+            raise _Reply(f"Too many arguments for the {lower} command.")
+        return getattr(self, "do_" + name.decode("ascii"))(*args)
+
+    def _commandDone(self, result):
+        """
+        A waiting command has finished: read the next one.
+        """
+        if not self._lost and self.paused and not self.transport.disconnecting:
+            self.resumeProducing()
+        return result
+
+    def _unexpected(self, failure: Failure) -> None:
+        """
+        A command failed in a way no handler expected: log it for the
+        operator, and give the client a plain error, never a traceback.
+        """
+        self.log.failure("unexpected error in POP3 command", failure, peer=self._peer)
+        if not self._lost:
+            self._err("[SYS/TEMP] internal server error")
+
+    # Replies
+
+    def _send(self, line: bytes) -> None:
+        """
+        Send one line.
+        """
+        self.transport.write(line + b"\r\n")
+
+    def _ok(self, text: str = "") -> None:
+        """
+        Send a positive reply.
+        """
+        self._send(("+OK " + text if text else "+OK").encode("utf-8"))
+
+    def _err(self, text: str) -> None:
+        """
+        Send a negative reply.
+        """
+        self._send(("-ERR " + text).encode("utf-8"))
+
+    def _sendMultiline(self, first: str, lines: list[bytes]) -> None:
+        """
+        Send a multi-line reply (lines need no dot-stuffing) in one write.
+        """
+        lines.append(b".\r\n")
+        self.transport.write(("+OK " + first + "\r\n").encode("utf-8") + b"\r\n".join(lines))
+
+    # AUTHORIZATION
+
+    def do_USER(self, name: bytes) -> None:
+        """
+        USER name: remember the name; the answer never tells whether the user
+        exists.
+        """
+        self._user = name
+        self._ok("send your password")
+
+    def do_PASS(self, password: bytes):
+        """
+        PASS secret: log in with the name given by USER.
+        """
+        if self._user is None:
+            raise _Reply("give USER before PASS")
+        user, self._user = self._user, None
+        return self._login(UsernamePassword(user, password), user, b"\0" in password)
+
+    def do_APOP(self, name: bytes, digest: bytes):
+        """
+        APOP name digest: log in with MD5(challenge + secret).
+        """
+        self._user = None
+        credentials = APOPCredentials(self.challenge, name, digest)
+        return self._login(credentials, name, not _HEX_DIGEST.fullmatch(digest))
+
+    def _login(self, credentials, user: bytes, malformed: bool) -> defer.Deferred:
+        """
+        Run a login through the portal, then lock and snapshot the maildrop.
+        """
+        if malformed or b"\0" in user:
+            return defer.succeed(self._authFailed(user, "malformed credentials"))
+        return defer.ensureDeferred(self._loginAsync(credentials, user))
+
+    async def _loginAsync(self, credentials, user: bytes) -> None:
+        try:
+            _, maildrop, logout = await self.factory.portal.login(credentials, None, IMaildrop)
+        except (UnauthorizedLogin, UnhandledCredentials) as error:
+            self._authFailed(user, str(error) or error.__class__.__name__)
+            return
+        except Exception:
+            self.log.failure("authentication backend failed for {user!r}", user=user, peer=self._peer)
+            self._err("[SYS/TEMP] authentication is unavailable, try again later")
+            return
+        try:
+            await defer.maybeDeferred(maildrop.lock)
+        except MaildropLocked:
+            logout()
+            self.log.info("maildrop of {user} is in use", user=maildrop.name, peer=self._peer, event="in-use")
+            self._err("[IN-USE] maildrop is locked by another session, try again later")
+            return
+        except Exception:
+            logout()
+            self.log.failure("could not lock the maildrop of {user}", user=maildrop.name, peer=self._peer)
+            self._err("[SYS/TEMP] maildrop is unavailable, try again later")
+            return
+        try:
+            snapshot = await defer.maybeDeferred(maildrop.listMessages)
+        except Exception:
+            maildrop.release()
+            logout()
+            self.log.failure("could not list the maildrop of {user}", user=maildrop.name, peer=self._peer)
+            self._err("[SYS/TEMP] maildrop is unavailable, try again later")
+            return
+        self._maildrop, self._logout = maildrop, logout
+        if self._lost:
+            self._endSession()
+            return
+        self._messages = [_Message(info) for info in snapshot]
+        seen = [number for number, info in enumerate(snapshot, 1) if info.seen]
+        self._initialLast = self._last = max(seen, default=0)
+        self.state = State.TRANSACTION
+        count, octets = self._totals()
+        self.log.info(
+            "{user} logged in from {peer}, {count} messages ({octets} octets)",
+            user=maildrop.name, peer=self._peer, count=count, octets=octets, event="login",
+        )
+        self._ok(f"{maildrop.name} has {count} messages ({octets} octets)")
+
+    def _authFailed(self, user: bytes, why: str) -> None:
+        """
+        Answer a failed login the same way whatever the reason; close the
+        connection after too many.
+        """
+        self._failures += 1
+        self.log.info(
+            "login failed for {user} from {peer}: {why}",
+            user=_printable(user, 64), peer=self._peer, why=why, failures=self._failures, event="login-failed",
+        )
+        if self._failures >= MAX_AUTH_FAILURES:
+            self._err("[AUTH] invalid user name or password; too many failures, closing connection")
+            self._endReason = "too many login failures"
+            self.transport.loseConnection()
+        else:
+            self._err("[AUTH] invalid user name or password")
+
+    # TRANSACTION
+
+    def _totals(self) -> tuple[int, int]:
+        """
+        Count the messages not marked deleted, and their octets.
+        """
+        live = [m.info.size for m in self._messages if not m.deleted]
+        return len(live), sum(live)
+
+    def _message(self, argument: bytes) -> tuple[int, _Message]:
+        """
+        Return the number and entry of the live message an argument names.
+        """
+        if not argument.isdigit():
+            raise _Reply(f'invalid message number "{_printable(argument)}"')
+        number = int(argument)
+        if not 1 <= number <= len(self._messages):
+            raise _Reply(f"no such message, only {len(self._messages)} messages in maildrop")
+        message = self._messages[number - 1]
+        if message.deleted:
+            raise _Reply(f"message {number} already deleted")
+        return number, message
+
+    def do_STAT(self) -> None:
+        """
+        STAT: the number and total size of the live messages.
+        """
+        count, octets = self._totals()
+        self._ok(f"{count} {octets}")
+
+    def do_LIST(self, argument: Optional[bytes] = None) -> None:
+        """
+        LIST [n]: the size of one or every live message.
+        """
+        if argument is not None:
+            number, message = self._message(argument)
+            self._ok(f"{number} {message.info.size}")
+            return
+        count, octets = self._totals()
+        lines = [b"%d %d" % (n, m.info.size) for n, m in enumerate(self._messages, 1) if not m.deleted]
+        self._sendMultiline(f"{count} messages ({octets} octets)", lines)
+
+    def do_UIDL(self, argument: Optional[bytes] = None) -> None:
+        """
+        UIDL [n]: the unique id of one or every live message.
+        """
+        if argument is not None:
+            number, message = self._message(argument)
+            self._ok(f"{number} {message.info.uid}")
+            return
+        lines = [
+            b"%d %s" % (n, m.info.uid.encode("ascii"))
+            for n, m in enumerate(self._messages, 1)
+            if not m.deleted
+        ]
+        self._sendMultiline("unique-id listing follows", lines)
+
+    def do_RETR(self, argument: bytes) -> defer.Deferred:
+        """
+        RETR n: send a whole message.
+        """
+        number, message = self._message(argument)
+        status = b"+OK %d octets\r\n" % (message.info.size,)
+        return self._sendMessage(number, message, MessageFramer(), status, retrieve=True)
+
+    def do_TOP(self, argument: bytes, lines: bytes) -> defer.Deferred:
+        """
+        TOP n k: send a message's headers and the first k lines of its body.
+        """
+        number, message = self._message(argument)
+        if not lines.isdigit():
+            raise _Reply(f'invalid number of lines "{_printable(lines)}"')
+        framer = MessageFramer(bodyLines=int(lines))
+        return self._sendMessage(number, message, framer, b"+OK top of message follows\r\n", retrieve=False)
+
+    def _sendMessage(
+        self, number: int, message: _Message, framer: MessageFramer, status: bytes, retrieve: bool
+    ) -> defer.Deferred:
+        """
+        Stream a message from the maildrop through the framer.
+        """
+        consumer = _FramingConsumer(self, framer, status)
+        uid = message.info.uid
+
+        def sent(_):
+            if self._lost:
+                return
+            consumer.finish()
+            if retrieve:
+                self._retrieved.add(uid)
+                self._retrievedOctets += message.info.size
+                self._last = max(self._last, number)
+
+        def failed(failure: Failure):
+            if self._lost:
+                return
+            if consumer.started:
+                # The client already has "+OK" and part of the message: the
+                # only honest thing left is to break the connection.
+                self.log.failure("message {uid} failed while streaming", failure, uid=uid, peer=self._peer)
+                self._endReason = "storage error while streaming"
+                self.transport.abortConnection()
+            elif failure.check(MessageVanished):
+                self._err(f"message {number} was removed by another program")
+            else:
+                self.log.failure("message {uid} could not be read", failure, uid=uid, peer=self._peer)
+                self._err(f"[SYS/TEMP] message {number} cannot be read now, try again later")
+
+        d = defer.maybeDeferred(self._maildrop.sendMessage, uid, consumer)
+        d.addCallbacks(sent, failed)
+        return d
+
+    def do_DELE(self, argument: bytes) -> None:
+        """
+        DELE n: mark a message deleted; it is removed only at QUIT.
+        """
+        number, message = self._message(argument)
+        message.deleted = True
+        self._ok(f"message {number} deleted")
+
+    def do_RSET(self) -> None:
+        """
+        RSET: unmark every deleted message.
+        """
+        for message in self._messages:
+            message.deleted = False
+        self._last = self._initialLast
+        count, octets = self._totals()
+        self._ok(f"maildrop has {count} messages ({octets} octets)")
+
+    def do_LAST(self) -> None:
+        """
+        LAST (RFC 1225): the highest message number retrieved.
+        """
+        self._ok(f"{self._last} is the last read message")
+
+    def do_NOOP(self) -> None:
+        """
+        NOOP: nothing.
+        """
+        self._ok()
+
+    def do_QUIT(self):
+        """
+        QUIT: end the session; after a login, apply the deletions first.
+        """
+        self._endReason = "quit"
+        if self.state is State.AUTHORIZATION:
+            self._ok("popsrv signing off")
+            self.transport.loseConnection()
+            return None
+        self.state = State.UPDATE
+        return defer.ensureDeferred(self._update())
+
+    async def _update(self) -> None:
+        """
+        The UPDATE state: commit deletions and seen marks, release, close.
+        """
+        deleted = {m.info.uid for m in self._messages if m.deleted}
+        try:
+            if deleted or self._retrieved:
+                seen = frozenset(self._retrieved - deleted)
+                await defer.maybeDeferred(self._maildrop.commit, frozenset(deleted), seen)
+        except Exception:
+            self.log.failure("could not apply the deletions of {user}", user=self._maildrop.name, peer=self._peer)
+            self._endReason = "update failed"
+            self._err("[SYS/TEMP] could not remove the deleted messages, try again later")
+        else:
+            self._deletedCount = len(deleted)
+            left = len(self._messages) - len(deleted)
+            self._ok(f"popsrv signing off ({left} messages left)" if left else "popsrv signing off (maildrop empty)")
+        self._endSession()
+        self.transport.loseConnection()
+
+    def _endSession(self) -> None:
+        """
+        Release the maildrop (once) and log the session's summary.
+        """
+        maildrop, self._maildrop = self._maildrop, None
+        if maildrop is None:
+            return
+        try:
+            maildrop.release()
+        except Exception:
+            self.log.failure("could not release the maildrop of {user}", user=maildrop.name)
+        if self._logout is not None:
+            self._logout()
+        self.log.info(
+            "session of {user} from {peer} ended ({reason}): retrieved {retrieved} messages "
+            "({retrievedOctets} octets), deleted {deleted}, {duration:.3f}s",
+            user=maildrop.name, peer=self._peer, reason=self._endReason,
+            retrieved=len(self._retrieved), retrievedOctets=self._retrievedOctets,
+            deleted=self._deletedCount, duration=self.factory.clock.seconds() - self._started,
+            event="session-end",
+        )
+
+
+class POP3Factory(Factory):
+    """
+    Builds POP3 sessions that log users in through a twisted.cred portal
+    whose realm provides L{IMaildrop} avatars.
+
+    @ivar portal: the portal logins go through.
+    @ivar hostname: the host name in the APOP challenge.
+    @ivar timeout: seconds of inactivity before a session is closed.
+    @ivar clock: where time comes from (and timers are set).
+    """
+
+    protocol = POP3Protocol
+    noisy = False
+
+    def __init__(
+        self,
+        portal: Portal,
+        hostname: Optional[str] = None,
+        timeout: int = DEFAULT_TIMEOUT,
+        clock: Optional[IReactorTime] = None,
+        randomToken: Callable[[], str] = lambda: secrets.token_hex(12),
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.portal = portal
+        host = (hostname or socket.gethostname()).encode("ascii", "replace")
+        self.hostname = _CHALLENGE_HOST.sub(b"", host) or b"localhost"
+        self.timeout = timeout
+        self.clock = clock
+        self._randomToken = randomToken
+
+    def makeChallenge(self) -> bytes:
+        """
+        Return a new APOP challenge, C{<random.time@hostname>}: unique,
+        unpredictable, and made only of C{A-Za-z0-9.@_+/-} inside the
+        brackets.
+        """
+        token = _CHALLENGE_HOST.sub(b"", self._randomToken().encode("ascii", "replace"))
+        return b"<%s.%d@%s>" % (token, int(self.clock.seconds()), self.hostname)
+
+    def buildProtocol(self, addr) -> POP3Protocol:
+        """
+        Make the protocol for one connection.
+        """
+        protocol = self.protocol(self)
+        protocol.factory = self
+        return protocol

@@ -1,0 +1,228 @@
+"""
+The popsrv service: command-line options and C{makeService}, as used by
+C{twistd popsrv}, and the pieces an application needs to embed popsrv.
+
+Embedding needs only L{popsrv.protocol.POP3Factory} and a portal::
+
+    portal = Portal(MaildirRealm("/var/mail"), [checker])
+    endpoint = serverFromString(reactor, "tcp:1110:interface=127.0.0.1")
+    ListeningService(endpoint, POP3Factory(portal)).setServiceParent(application)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.cred import strcred
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
+from twisted.cred.portal import Portal
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.testing import MemoryReactor
+from twisted.logger import Logger
+from twisted.python import usage
+
+from popsrv.demo import prepareDemo
+from popsrv.protocol import DEFAULT_TIMEOUT, POP3Factory
+from popsrv.realm import MaildirRealm
+
+__all__ = ["DEFAULT_LISTEN", "ListeningService", "Options", "makeService"]
+
+DEFAULT_LISTEN = "tcp:1110:interface=127.0.0.1"
+DEMO_DIRECTORY = "popsrv-demo"
+
+log = Logger()
+
+
+def describeAddress(address) -> str:
+    """
+    Return a listening address as C{host:port} (or a path for UNIX sockets).
+    """
+    if hasattr(address, "port"):
+        host = address.host
+        return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
+    return str(getattr(address, "name", address))
+
+
+class ListeningService(Service):
+    """
+    Listens on one endpoint while the service runs.
+
+    Listening starts in C{privilegedStartService}, before twistd drops root,
+    so privileged ports work; a failure to listen is raised at once, so a
+    busy port stops C{twistd} with a clear error.
+
+    @ivar port: the L{IListeningPort} once listening.
+    """
+
+    def __init__(
+        self,
+        endpoint: IStreamServerEndpoint,
+        factory,
+        onListening: Optional[Callable[[IListeningPort], None]] = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port: Optional[IListeningPort] = None
+        self._onListening = onListening
+        self._waiting: Optional[Deferred] = None
+
+    def privilegedStartService(self) -> None:
+        """
+        Start listening.
+        """
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        """
+        Start listening, unless already listening.
+        """
+        super().startService()
+        self._listen()
+
+    def _listen(self) -> None:
+        if self._waiting is not None:
+            return
+        self._waiting = self.endpoint.listen(self.factory)
+        failures = []
+        self._waiting.addCallbacks(self._listening, failures.append)
+        if failures:
+            failures[0].raiseException()
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.port = port
+        address = describeAddress(port.getHost())
+        log.info("popsrv listening on {address}", address=address, event="listening")
+        if self._onListening is not None:
+            self._onListening(port)
+
+    def stopService(self):
+        """
+        Stop listening.
+        """
+        super().stopService()
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None and not waiting.called:
+            waiting.cancel()
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()
+        return None
+
+
+class Options(usage.Options, strcred.AuthOptionMixin):
+    """
+    The options of C{twistd popsrv}.
+    """
+
+    synopsis = "[--listen ENDPOINT]... [--maildir-root DIR] [--auth CHECKER]... [options]"
+    longdesc = (
+        "Serve the Maildirs of a directory over POP3 (RFC 1939). "
+        "User alice's Maildir is DIR/alice/ (cur/ new/ tmp/, created at her first login). "
+        "Users come from --auth checkers: file:PATH (lines user:password), "
+        "memory:alice:secret:bob:secret, unix, or any installed checker plugin "
+        "(twistd popsrv --help-auth lists them). Run it in the foreground with "
+        "'twistd -n popsrv ...'; 'twistd -n popsrv --demo' serves a demo mailbox."
+    )
+    supportedInterfaces = (IUsernamePassword, IUsernameHashedPassword)
+    optFlags = [
+        ["demo", None, f"Serve a demo user and Maildir kept in ./{DEMO_DIRECTORY}/ and print how to fetch its mail."],
+    ]
+    optParameters = [
+        ["maildir-root", "m", "mail", "Directory holding one Maildir per user: user alice's is DIR/alice/."],
+        ["hostname", None, None, "Host name in the greeting's APOP challenge [default: this machine's name]."],
+        [
+            "timeout", None, DEFAULT_TIMEOUT,
+            "Seconds of inactivity before a session is closed without deleting anything "
+            "(RFC 1939 asks for at least 600).",
+            int,
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Listen on a Twisted endpoint description; repeatable, e.g. tcp:110, \
+tcp:1110:interface=127.0.0.1, ssl:995:privateKey=key.pem:certKey=cert.pem, \
+systemd:domain=INET:index=0 [default: tcp:1110:interface=127.0.0.1]."""
+        try:
+            endpoints.serverFromString(MemoryReactor(), description)
+        except (ValueError, TypeError, KeyError) as error:
+            raise usage.UsageError(f"--listen {description!r} is not a valid endpoint description: {error}")
+        self["listen"].append(description)
+
+    def postOptions(self) -> None:
+        """
+        Check the options as a whole.
+        """
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+        if self["timeout"] <= 0:
+            raise usage.UsageError("--timeout must be a positive number of seconds")
+        self["credCheckers"] = [_withByteNames(c) for c in self.get("credCheckers", [])]
+        if not self["credCheckers"] and not self["demo"]:
+            raise usage.UsageError(
+                "no users are configured: give --auth, for example "
+                "--auth file:/etc/popsrv/passwd (lines user:password) or "
+                "--auth memory:alice:secret, or try --demo"
+            )
+
+
+def _withByteNames(checker):
+    """
+    Make Twisted's C{memory:} checker compare names and passwords as bytes,
+    like every other checker (strcred builds it with text).
+    """
+    if isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse):
+        checker.users = {
+            (k.encode("utf-8") if isinstance(k, str) else k): (v.encode("utf-8") if isinstance(v, str) else v)
+            for k, v in checker.users.items()
+        }
+    return checker
+
+
+def makeService(options: Options, reactor=None) -> IService:
+    """
+    Build the popsrv service from parsed options.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    checkers = list(options["credCheckers"])
+    root = options["maildir-root"]
+    announce = None
+    if options["demo"]:
+        demo = prepareDemo(DEMO_DIRECTORY)
+        demoChecker = InMemoryUsernamePasswordDatabaseDontUse()
+        demoChecker.addUser(demo.user.encode("utf-8"), demo.password.encode("utf-8"))
+        checkers.append(demoChecker)
+        root = demo.maildirRoot
+
+        def announce(port: IListeningPort) -> None:
+            address = port.getHost()
+            host = getattr(address, "host", "127.0.0.1")
+            if host in ("0.0.0.0", "::"):
+                host = "127.0.0.1"
+            if ":" in host:
+                host = f"[{host}]"
+            url = f"pop3://{host}:{getattr(address, 'port', 110)}/1"
+            log.info(
+                "popsrv demo: user {user!r}, password {password!r}, Maildir {maildir}\n"
+                "Fetch message 1 with:\n\n    curl {url} -u {user}:{password}\n",
+                user=demo.user, password=demo.password, url=url,
+                maildir=os.path.join(root, demo.user), event="demo",
+            )
+
+    portal = Portal(MaildirRealm(root), checkers)
+    factory = POP3Factory(portal, hostname=options["hostname"], timeout=options["timeout"], clock=reactor)
+    service = MultiService()
+    for description in options["listen"]:
+        endpoint = endpoints.serverFromString(reactor, description)
+        ListeningService(endpoint, factory, announce).setServiceParent(service)
+    return service

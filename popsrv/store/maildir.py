@@ -1,0 +1,312 @@
+"""
+The production backend: a user's maildrop is a Maildir on disk.
+
+Layout and rules (the Maildir conventions of qmail, Courier and Dovecot):
+    - C{new/} holds delivered mail; at login its messages move to C{cur/},
+      with C{,S=<file size>,W=<POP3 size>} recorded in the name and an
+      empty C{:2,} info part, so later logins need not read them again.
+    - A message's uid (UIDL) is its base name (before C{:}) without the
+      C{,S=} and C{,W=} fields, so it stays the same when those fields or
+      the flags change; a base name that is not 1 to 70 printable octets is
+      replaced by a stable hash of it.
+    - C{,W=<n>} in a name is trusted as the POP3 size (CRLF line ends).
+      C{,S=} alone is the size of the file as stored, which differs from the
+      POP3 size when lines end in LF; such messages are measured once and
+      C{W=} is added to their name.
+    - Messages are numbered by delivery time (the leading number of the
+      name), then name.
+    - The maildrop lock is C{flock} on C{<maildir>/popsrv.lock}: exclusive
+      across processes, and freed by the kernel when a process dies.
+    - RETR sets the Maildir "seen" flag (C{S}) at QUIT; DELE unlinks at QUIT.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import itertools
+import os
+import re
+import socket
+import time
+from typing import AbstractSet
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IConsumer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from popsrv.errors import MaildropError, MaildropLocked, MessageVanished
+from popsrv.framing import normalizedSize
+from popsrv.interfaces import IMaildrop, MessageInfo
+from popsrv.producer import CHUNK_SIZE, sendFile
+
+__all__ = ["LOCK_FILE", "MaildirMaildrop", "deliver", "hasMessages", "uidFor"]
+
+LOCK_FILE = "popsrv.lock"
+_SIZE_FIELDS = re.compile(r",[SW]=\d+")
+_VIRTUAL_SIZE = re.compile(r",W=(\d+)")
+_PHYSICAL_SIZE = re.compile(r",S=\d+")
+_LEADING_NUMBER = re.compile(r"\d+")
+_UID_OCTETS = re.compile(r"[\x21-\x7e]{1,70}")
+
+log = Logger()
+_deliveries = itertools.count()
+
+
+def deliver(maildir: str, message: bytes) -> str:
+    """
+    Deliver a message into a Maildir the way an MDA does (write in C{tmp/},
+    then rename into C{new/}), creating the Maildir if needed; return the
+    new file's name.
+    """
+    for sub in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(maildir, sub), mode=0o700, exist_ok=True)
+    now = time.time()
+    host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+    name = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_deliveries)}.{host}"
+    temporary = os.path.join(maildir, "tmp", name)
+    with open(temporary, "xb") as f:
+        f.write(message)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(temporary, os.path.join(maildir, "new", name))
+    return name
+
+
+def hasMessages(maildir: str) -> bool:
+    """
+    Return whether a Maildir (which may not exist) holds any message.
+    """
+    for sub in ("new", "cur"):
+        try:
+            if any(not name.startswith(".") for name in os.listdir(os.path.join(maildir, sub))):
+                return True
+        except FileNotFoundError:
+            pass
+    return False
+
+
+def _splitName(name: str) -> tuple[str, str]:
+    """
+    Split a Maildir file name into its base name and its info part (without
+    the colon; empty if there is none).
+    """
+    base, _, info = name.partition(":")
+    return base, info
+
+
+def uidFor(base: str) -> str:
+    """
+    Return the POP3 unique id of a message from its Maildir base name.
+    """
+    uid = _SIZE_FIELDS.sub("", base)
+    if _UID_OCTETS.fullmatch(uid):
+        return uid
+    return hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+def _orderKey(name: str) -> tuple[int, str]:
+    """
+    Sort key of a Maildir name: delivery time first, then the name.
+    """
+    match = _LEADING_NUMBER.match(name)
+    return (int(match.group()) if match else 0, name)
+
+
+def _measure(path: str) -> tuple[int, int]:
+    """
+    Return a stored message's file size and POP3 size.
+    """
+    with open(path, "rb", buffering=0) as f:
+        physical = os.fstat(f.fileno()).st_size
+
+        def chunks():
+            while chunk := f.read(CHUNK_SIZE):
+                yield chunk
+
+        return physical, normalizedSize(chunks())
+
+
+@implementer(IMaildrop)
+class MaildirMaildrop:
+    """
+    One user's Maildir, used by one POP3 session.
+    """
+
+    def __init__(self, path: str, name: str, chunkSize: int = CHUNK_SIZE) -> None:
+        self.path = path
+        self.name = name
+        self._chunkSize = chunkSize
+        self._cur = os.path.join(path, "cur")
+        self._new = os.path.join(path, "new")
+        self._lockFD: int | None = None
+        self._names: dict[str, str] = {}
+
+    def lock(self) -> None:
+        """
+        Create the Maildir if needed and lock it, or raise L{MaildropLocked}.
+        """
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
+        fd = os.open(
+            os.path.join(self.path, LOCK_FILE),
+            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+            0o600,
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(fd)
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise MaildropLocked(f"maildrop of {self.name} is in use") from None
+            raise
+        self._lockFD = fd
+
+    def listMessages(self) -> list[MessageInfo]:
+        """
+        Move new mail to C{cur/} and snapshot C{cur/}.
+        """
+        self._deliverNew()
+        messages = []
+        names = {}
+        for fileName in sorted(self._listDir(self._cur), key=_orderKey):
+            base, info = _splitName(fileName)
+            size = _VIRTUAL_SIZE.search(base)
+            if size is None:
+                fileName = self._recordSize(self._cur, fileName, fileName)
+                if fileName is None:
+                    continue
+                base, info = _splitName(fileName)
+                size = _VIRTUAL_SIZE.search(base)
+            uid = uidFor(base)
+            if uid in names:
+                uid = hashlib.sha256(fileName.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+            names[uid] = fileName
+            seen = info.startswith("2,") and "S" in info[2:]
+            messages.append(MessageInfo(uid, int(size.group(1)), seen))
+        self._names = names
+        return messages
+
+    def sendMessage(self, uid: str, consumer: IConsumer) -> Deferred[None]:
+        """
+        Stream one message file to the consumer.
+        """
+        try:
+            fileObject = open(os.path.join(self._cur, self._locate(uid)), "rb", buffering=0)
+        except (KeyError, FileNotFoundError):
+            return fail(MessageVanished(uid))
+        except OSError as error:
+            return fail(MaildropError(f"cannot read message {uid}: {error.strerror}"))
+        return sendFile(fileObject, consumer, self._chunkSize)
+
+    def commit(self, deleted: AbstractSet[str], seen: AbstractSet[str]) -> None:
+        """
+        Mark retrieved messages seen, then unlink the deleted ones.
+
+        Each removal is one C{unlink}, so a message is either intact or gone,
+        whatever happens; every message to delete is located before the first
+        is removed.
+        """
+        for uid in seen - deleted:
+            self._markSeen(uid)
+        paths = []
+        for uid in deleted:
+            try:
+                paths.append(os.path.join(self._cur, self._locate(uid)))
+            except KeyError:
+                continue
+        failed = []
+        for path in paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                failed.append(error)
+        if failed:
+            raise MaildropError(
+                f"{len(failed)} of {len(paths)} messages could not be removed: {failed[0].strerror}"
+            )
+
+    def release(self) -> None:
+        """
+        Unlock the Maildir.
+        """
+        if self._lockFD is not None:
+            os.close(self._lockFD)
+            self._lockFD = None
+
+    def _listDir(self, path: str) -> list[str]:
+        """
+        List the message files of a Maildir subdirectory (no dot files).
+        """
+        return [name for name in os.listdir(path) if not name.startswith(".")]
+
+    def _deliverNew(self) -> None:
+        """
+        Move every message in C{new/} to C{cur/}, recording its sizes.
+        """
+        for fileName in self._listDir(self._new):
+            base, info = _splitName(fileName)
+            target = fileName if info else base + ":2,"
+            self._recordSize(self._new, fileName, target)
+
+    def _recordSize(self, directory: str, fileName: str, target: str) -> str | None:
+        """
+        Measure a message and rename it into C{cur/} as C{target} with its
+        sizes in the name; return the new name (L{None} if it vanished).
+        """
+        source = os.path.join(directory, fileName)
+        base, info = _splitName(target)
+        if not _VIRTUAL_SIZE.search(base):
+            try:
+                physical, size = _measure(source)
+            except FileNotFoundError:
+                return None
+            if not _PHYSICAL_SIZE.search(base):
+                base += f",S={physical}"
+            base += f",W={size}"
+        newName = f"{base}:{info}" if info or ":" in target else base
+        try:
+            os.rename(source, os.path.join(self._cur, newName))
+        except FileNotFoundError:
+            return None
+        return newName
+
+    def _locate(self, uid: str) -> str:
+        """
+        Return the current file name of a message in C{cur/}, looking again
+        if its flags were changed (and so its name) since the snapshot.
+
+        @raise KeyError: if the message is gone.
+        """
+        fileName = self._names[uid]
+        if os.path.exists(os.path.join(self._cur, fileName)):
+            return fileName
+        base, _ = _splitName(fileName)
+        for candidate in self._listDir(self._cur):
+            if _splitName(candidate)[0] == base:
+                self._names[uid] = candidate
+                return candidate
+        raise KeyError(uid)
+
+    def _markSeen(self, uid: str) -> None:
+        """
+        Add the Maildir "seen" flag to a message's name; a failure is logged,
+        never fatal.
+        """
+        try:
+            fileName = self._locate(uid)
+            base, info = _splitName(fileName)
+            flags = info[2:] if info.startswith("2,") else ""
+            if "S" in flags:
+                return
+            flags = "".join(sorted(flags + "S"))
+            os.rename(
+                os.path.join(self._cur, fileName),
+                os.path.join(self._cur, f"{base}:2,{flags}"),
+            )
+        except (KeyError, OSError) as error:
+            log.warn("could not mark {uid} seen in {path}: {error}", uid=uid, path=self.path, error=error)
