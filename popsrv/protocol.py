@@ -593,7 +593,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         """
         LAST (RFC 1225): the highest message number retrieved.
         """
-        self._ok(f"{self._last} is the last read message")
+        self._ok(f"{self._last} is the last read message.")
 
     def do_NOOP(self) -> None:
         """
@@ -629,7 +629,10 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         else:
             self._deletedCount = len(deleted)
             left = len(self._messages) - len(deleted)
-            self._ok(f"popsrv signing off ({left} messages left)" if left else "popsrv signing off (maildrop empty)")
+            if left:
+                self._ok(f"popsrv signing off ({left} message{'s' if left != 1 else ''} left)")
+            else:
+                self._ok("popsrv signing off (maildrop empty)")
         self._endSession()
         self.transport.loseConnection()
 

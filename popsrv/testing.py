@@ -1,0 +1,191 @@
+"""
+Test doubles for code that embeds popsrv or implements a backend for it.
+
+L{connect} wires an in-memory POP3 client to the real L{POP3Protocol} (through
+Twisted's in-memory transports and a fake clock: no sockets, no reactor, no
+sleeping), so a test of a realm, a checker or an L{IMaildrop} implementation
+drives them through real POP3 in a few lines::
+
+    from popsrv.testing import connect, memoryPortal
+
+    portal, realm = memoryPortal({"alice": "secret"})
+    realm.maildrop("alice").add(b"Subject: hi\\r\\n\\r\\nhello\\r\\n")
+    client = connect(portal)
+    client.login("alice", "secret")
+    assert client.retrieve(1) == b"Subject: hi\\r\\n\\r\\nhello\\r\\n"
+    client.quit()
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Union
+
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import Portal
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.test import iosim
+
+from popsrv.protocol import POP3Factory
+from popsrv.store.memory import MemoryRealm
+
+__all__ = ["POP3ClientError", "POP3TestClient", "connect", "memoryPortal"]
+
+
+class POP3ClientError(Exception):
+    """
+    The server answered C{-ERR}; the exception's text is the whole reply line.
+    """
+
+
+class _Collector(Protocol):
+    """
+    The client side of the in-memory connection: keeps what it receives.
+    """
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.lost = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason=None) -> None:
+        self.lost = True
+
+
+def _text(line: Union[str, bytes]) -> bytes:
+    return line.encode("utf-8") if isinstance(line, str) else line
+
+
+class POP3TestClient:
+    """
+    A POP3 client connected in memory to a real L{POP3Protocol}.
+
+    @ivar server: the server-side protocol instance.
+    @ivar clock: the fake clock the server's timers use; advance it to test
+        timeouts.
+    @ivar greeting: the server's greeting line.
+    """
+
+    def __init__(self, factory: POP3Factory, clock: Clock) -> None:
+        self.clock = clock
+        address = IPv4Address("TCP", "127.0.0.1", 110)
+        self._collector, self.server, self._pump = iosim.connectedServerAndClient(
+            lambda: factory.buildProtocol(address), _Collector, clock=clock
+        )
+        self.greeting = self.readLine()
+
+    @property
+    def connected(self) -> bool:
+        """
+        Whether the server has not closed the connection.
+        """
+        self._pump.flush()
+        return not self._collector.lost
+
+    def send(self, data: Union[str, bytes]) -> None:
+        """
+        Send raw bytes to the server (no line end is added).
+        """
+        self._collector.transport.write(_text(data))
+        self._pump.flush()
+
+    def readLine(self) -> str:
+        """
+        Return the next line from the server, without its CRLF.
+
+        @raise EOFError: if the server closed the connection first.
+        """
+        return self._readLineBytes().decode("utf-8", "replace")
+
+    def _readLineBytes(self) -> bytes:
+        self._pump.flush()
+        buffer = self._collector.received
+        end = buffer.find(b"\r\n")
+        if end < 0:
+            raise EOFError(f"no complete line from the server; received {bytes(buffer)!r}")
+        line = bytes(buffer[:end])
+        del buffer[: end + 2]
+        return line
+
+    def command(self, line: Union[str, bytes]) -> str:
+        """
+        Send a command and return its one-line reply.
+
+        @raise POP3ClientError: if the reply is C{-ERR}.
+        """
+        self.send(_text(line) + b"\r\n")
+        reply = self.readLine()
+        if not reply.startswith("+OK"):
+            raise POP3ClientError(reply)
+        return reply
+
+    def multiline(self, line: Union[str, bytes]) -> list[bytes]:
+        """
+        Send a command with a multi-line reply and return the reply's lines
+        after the status line, un-dot-stuffed, without line ends.
+        """
+        self.command(line)
+        lines = []
+        while True:
+            data = self._readLineBytes()
+            if data == b".":
+                return lines
+            lines.append(data[1:] if data.startswith(b".") else data)
+
+    def login(self, user: str, password: str) -> str:
+        """
+        Log in with USER and PASS; return the PASS reply.
+        """
+        self.command(f"USER {user}")
+        return self.command(f"PASS {password}")
+
+    def retrieve(self, number: int) -> bytes:
+        """
+        RETR a message and return it as sent (CRLF line ends), un-dot-stuffed.
+        """
+        return b"".join(line + b"\r\n" for line in self.multiline(f"RETR {number}"))
+
+    def quit(self) -> str:
+        """
+        Send QUIT (committing deletions after a login); return its reply.
+        """
+        return self.command("QUIT")
+
+    def disconnect(self) -> None:
+        """
+        Drop the connection without QUIT, as a client that crashes does.
+        """
+        self._collector.transport.loseConnection()
+        self._pump.flush()
+
+
+def connect(
+    portal: Optional[Portal] = None, factory: Optional[POP3Factory] = None, clock: Optional[Clock] = None
+) -> POP3TestClient:
+    """
+    Connect a new in-memory client to a POP3 server for C{portal} (or built
+    by C{factory}), and read its greeting.
+    """
+    if clock is None:
+        clock = factory.clock if factory is not None and isinstance(factory.clock, Clock) else Clock()
+    if factory is None:
+        if portal is None:
+            raise TypeError("connect() needs a portal or a factory")
+        factory = POP3Factory(portal, hostname="popsrv.test", clock=clock)
+    return POP3TestClient(factory, clock)
+
+
+def memoryPortal(users: Mapping[str, str]) -> tuple[Portal, MemoryRealm]:
+    """
+    Return a portal for users (name to password) whose maildrops live in
+    memory, and its realm, whose C{maildrop(name)} is where to add messages.
+    """
+    checker = InMemoryUsernamePasswordDatabaseDontUse()
+    for name, password in users.items():
+        checker.addUser(name.encode("utf-8"), password.encode("utf-8"))
+    realm = MemoryRealm()
+    return Portal(realm, [checker]), realm
+
