@@ -1,0 +1,147 @@
+"""
+Tests of the command line (Options), makeService and the listening service,
+with an in-memory reactor.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from twisted.application.service import IService
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.portal import IRealm
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+from zope.interface.verify import verifyObject
+
+from popsrv.interfaces import IMaildrop
+from popsrv.realm import MaildirRealm
+from popsrv.service import DEFAULT_LISTEN, ListeningService, Options, makeService
+from popsrv.store.maildir import MaildirMaildrop
+from popsrv.store.memory import MemoryMaildrop, MemoryRealm
+
+
+def parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+def test_defaults():
+    """
+    With users given, everything else has its documented default.
+    """
+    options = parse("--auth", "memory:alice:secret")
+    assert options["listen"] == [DEFAULT_LISTEN] == ["tcp:1110:interface=127.0.0.1"]
+    assert options["maildir-root"] == "mail"
+    assert options["timeout"] == 600
+    assert options["hostname"] is None
+    assert not options["demo"]
+
+
+def test_refusesToStartWithoutUsers():
+    """
+    No --auth and no --demo is a usage error that says how to give users.
+    """
+    with pytest.raises(usage.UsageError, match="--auth.*--demo"):
+        parse()
+
+
+def test_listenIsRepeatableAndValidated():
+    """
+    --listen may be given many times; a bad description is a usage error.
+    """
+    options = parse("--auth", "memory:a:b", "--listen", "tcp:110", "--listen", r"tcp:1110:interface=\:\:1")
+    assert options["listen"] == ["tcp:110", r"tcp:1110:interface=\:\:1"]
+    with pytest.raises(usage.UsageError, match="not a valid endpoint"):
+        parse("--auth", "memory:a:b", "--listen", "nonsense:1")
+
+
+def test_timeoutMustBePositive():
+    """
+    --timeout 0 is refused.
+    """
+    with pytest.raises(usage.UsageError, match="--timeout"):
+        parse("--auth", "memory:a:b", "--timeout", "0")
+
+
+def test_memoryCheckerComparesBytes():
+    """
+    strcred's memory: checker is made to compare names as bytes, as popsrv's
+    credentials carry them.
+    """
+    options = parse("--auth", "memory:alice:secret")
+    (checker,) = options["credCheckers"]
+    assert checker.users == {b"alice": b"secret"}
+
+
+def test_makeServiceListens(tmp_path):
+    """
+    makeService listens on every endpoint with the configured protocol.
+    """
+    reactor = MemoryReactorClock()
+    options = parse("--auth", "memory:alice:secret", "--maildir-root", str(tmp_path),
+                    "--listen", "tcp:1110:interface=127.0.0.1", "--listen", "tcp:1995", "--timeout", "900",
+                    "--hostname", "pop.example")
+    service = makeService(options, reactor=reactor)
+    assert verifyObject(IService, service)
+    service.privilegedStartService()
+    service.startService()
+    assert [(port, interface) for port, _, _, interface in reactor.tcpServers] == [
+        (1110, "127.0.0.1"), (1995, ""),
+    ]
+    factory = reactor.tcpServers[0][1]
+    assert factory.timeout == 900 and factory.hostname == b"pop.example"
+    assert isinstance(factory.portal.realm, MaildirRealm)
+    assert factory.portal.realm.root == str(tmp_path)
+    service.stopService()
+
+
+def test_demo(tmp_path, monkeypatch):
+    """
+    --demo creates ./popsrv-demo/ with a password and three messages, and
+    reuses them on the next run.
+    """
+    monkeypatch.chdir(tmp_path)
+    reactor = MemoryReactorClock()
+    service = makeService(parse("--demo", "--listen", "tcp:0"), reactor=reactor)
+    service.startService()
+    password = (tmp_path / "popsrv-demo" / "password").read_text().strip()
+    assert len(password) >= 12
+    assert len(os.listdir(tmp_path / "popsrv-demo" / "mail" / "demo" / "new")) == 3
+    makeService(parse("--demo"), reactor=MemoryReactorClock())
+    assert (tmp_path / "popsrv-demo" / "password").read_text().strip() == password
+    assert len(os.listdir(tmp_path / "popsrv-demo" / "mail" / "demo" / "new")) == 3
+
+
+def test_listeningFailureIsRaised():
+    """
+    A port that cannot be bound stops the service from starting.
+    """
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+    from twisted.internet.error import CannotListenError
+
+    class Busy(MemoryReactorClock):
+        def listenTCP(self, port, factory, backlog=50, interface=""):
+            raise CannotListenError(interface, port, OSError("in use"))
+
+    service = ListeningService(TCP4ServerEndpoint(Busy(), 110), object())
+    with pytest.raises(CannotListenError):
+        service.privilegedStartService()
+
+
+def test_implementationsProvideTheirInterfaces(tmp_path):
+    """
+    Every shipped implementation passes verifyObject.
+    """
+    from twisted.cred.credentials import IUsernameHashedPassword
+
+    from popsrv.credentials import APOPCredentials
+
+    assert verifyObject(IMaildrop, MaildirMaildrop(str(tmp_path / "alice"), "alice"))
+    assert verifyObject(IMaildrop, MemoryMaildrop("alice"))
+    assert verifyObject(IRealm, MaildirRealm(str(tmp_path)))
+    assert verifyObject(IRealm, MemoryRealm())
+    assert verifyObject(IUsernameHashedPassword, APOPCredentials(b"<a@b>", b"alice", b"0" * 32))
+    assert verifyObject(ICredentialsChecker, parse("--auth", "memory:a:b")["credCheckers"][0])
