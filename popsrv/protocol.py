@@ -284,6 +284,9 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         except _Reply as reply:
             self._err(reply.text)
             return
+        except Exception:
+            self._unexpected(Failure())
+            return
         if isinstance(result, defer.Deferred):
             result.addErrback(self._unexpected)
             if not result.called:
@@ -322,9 +325,16 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         """
         A waiting command has finished: read the next one.
         """
-        if not self._lost and self.paused and not self.transport.disconnecting:
+        if self.paused and not self._gone():
             self.resumeProducing()
         return result
+
+    def _gone(self) -> bool:
+        """
+        Whether the connection is closed or closing.
+        """
+        transport = self.transport
+        return self._lost or transport.disconnecting or getattr(transport, "disconnected", False)
 
     def _unexpected(self, failure: Failure) -> None:
         """
@@ -332,7 +342,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         operator, and give the client a plain error, never a traceback.
         """
         self.log.failure("unexpected error in POP3 command", failure, peer=self._peer)
-        if not self._lost:
+        if not self._gone():
             self._err("[SYS/TEMP] internal server error")
 
     # Replies
@@ -544,7 +554,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         uid = message.info.uid
 
         def sent(_):
-            if self._lost:
+            if self._gone():
                 return
             consumer.finish()
             if retrieve:
@@ -553,7 +563,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
                 self._last = max(self._last, number)
 
         def failed(failure: Failure):
-            if self._lost:
+            if self._gone():
                 return
             if consumer.started:
                 # The client already has "+OK" and part of the message: the

@@ -441,6 +441,50 @@ def test_retrStreamsWithBackpressure(realm):
     assert chunk + rest == wire(big) + b".\r\n+OK\r\n"
 
 
+def test_terminatorLeavesWithTheLastChunk(loggedIn):
+    """
+    The final chunk of a message and the terminating "." are written in the
+    same turn: the reply is complete after a single pull of the producer,
+    so it never waits in a segment of its own for the client's ACK.
+    """
+    loggedIn.protocol.dataReceived(b"RETR 1\r\n")
+    loggedIn.transport.producer.resumeProducing()
+    assert loggedIn.transport.producer is None
+    assert loggedIn.output() == b"+OK %d octets\r\n" % len(wire(MESSAGES[0])) + wire(MESSAGES[0]) + b".\r\n"
+
+
+def test_clientGoneWhileStreaming(realm):
+    """
+    When the transport stops the producer because the client vanished, the
+    message does not count as retrieved and nothing more is written.
+    """
+    realm.maildrop("bob").add(b"x" * 1000000)
+    portal, _ = makePortal({"bob": "pw"}, realm=realm)
+    session = Session(portal)
+    session.login("bob", "pw")
+    session.protocol.dataReceived(b"RETR 1\r\nNOOP\r\n")
+    session.transport.producer.resumeProducing()
+    session.output()
+    session.transport.disconnected = True
+    session.transport.producer.stopProducing()
+    assert session.output() == b""
+    session.lose()
+    assert session.protocol._retrieved == set()
+    assert not realm.maildrop("bob").locked
+
+
+def test_bugInHandlerIsAnError(loggedIn, monkeypatch):
+    """
+    An exception raised by a command handler gives a one-line -ERR and the
+    session goes on.
+    """
+    monkeypatch.setattr(loggedIn.protocol, "do_NOOP", lambda: 1 / 0)
+    with capturedLogs() as events:
+        assert loggedIn.send("NOOP") == b"-ERR [SYS/TEMP] internal server error\r\n"
+    assert any(e.get("log_failure") for e in events)
+    assert loggedIn.send("STAT").startswith(b"+OK 3")
+
+
 def test_topSendsHeadersAndLines(loggedIn):
     """
     TOP n k sends the headers, the blank line and k body lines; TOP n 0 no
