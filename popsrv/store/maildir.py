@@ -65,7 +65,7 @@ def deliver(maildir: str, message: bytes) -> str:
         os.makedirs(os.path.join(maildir, sub), mode=0o700, exist_ok=True)
     now = time.time()
     host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
-    name = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_deliveries)}.{host}"
+    name = f"{int(now)}.M{int(now % 1 * 1e6):06d}P{os.getpid()}Q{next(_deliveries)}.{host}"
     temporary = os.path.join(maildir, "tmp", name)
     with open(temporary, "xb") as f:
         f.write(message)
@@ -97,29 +97,47 @@ def _splitName(name: str) -> tuple[str, str]:
     return base, info
 
 
+def _hashed(text: str) -> str:
+    """
+    A stable uid made from any text: 40 hex digits.
+    """
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
 def uidFor(base: str) -> str:
     """
-    Return the POP3 unique id of a message from its Maildir base name.
+    Return the POP3 unique id of a message from its Maildir base name: the
+    name without its size fields, or a hash of that if it is not 1 to 70
+    printable ASCII characters.
     """
     uid = _SIZE_FIELDS.sub("", base)
-    if _UID_OCTETS.fullmatch(uid):
-        return uid
-    return hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+    return uid if _UID_OCTETS.fullmatch(uid) else _hashed(uid)
 
 
-def _orderKey(name: str) -> tuple[int, str]:
+def _orderKey(name: str) -> tuple[int, str, str]:
     """
-    Sort key of a Maildir name: delivery time first, then the name.
+    Sort key of a Maildir name: delivery time first, then the unique name
+    without size fields, then the base name; never the flags, so the order
+    does not change when popsrv or another program sets them.
     """
-    match = _LEADING_NUMBER.match(name)
-    return (int(match.group()) if match else 0, name)
+    base = _splitName(name)[0]
+    unique = _SIZE_FIELDS.sub("", base)
+    match = _LEADING_NUMBER.match(unique)
+    return (int(match.group()) if match else 0, unique, base)
+
+
+def _openMessage(path: str):
+    """
+    Open a message file for reading, refusing symbolic links.
+    """
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb", buffering=0)
 
 
 def _measure(path: str) -> tuple[int, int]:
     """
     Return a stored message's file size and POP3 size.
     """
-    with open(path, "rb", buffering=0) as f:
+    with _openMessage(path) as f:
         physical = os.fstat(f.fileno()).st_size
 
         def chunks():
@@ -182,7 +200,11 @@ class MaildirMaildrop:
                 size = _VIRTUAL_SIZE.search(base)
             uid = uidFor(base)
             if uid in names:
-                uid = hashlib.sha256(fileName.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+                # Two names alike but for their size fields: tell them apart
+                # by the whole base name, which flag changes leave alone.
+                uid = _hashed(base)
+                if uid in names:
+                    uid = _hashed(fileName)
             names[uid] = fileName
             seen = info.startswith("2,") and "S" in info[2:]
             messages.append(MessageInfo(uid, int(size.group(1)), seen))
@@ -194,7 +216,7 @@ class MaildirMaildrop:
         Stream one message file to the consumer.
         """
         try:
-            fileObject = open(os.path.join(self._cur, self._locate(uid)), "rb", buffering=0)
+            fileObject = _openMessage(os.path.join(self._cur, self._locate(uid)))
         except (KeyError, FileNotFoundError):
             return fail(MessageVanished(uid))
         except OSError as error:
@@ -240,9 +262,11 @@ class MaildirMaildrop:
 
     def _listDir(self, path: str) -> list[str]:
         """
-        List the message files of a Maildir subdirectory (no dot files).
+        List the message files of a Maildir subdirectory: regular files whose
+        names do not start with a dot.
         """
-        return [name for name in os.listdir(path) if not name.startswith(".")]
+        with os.scandir(path) as entries:
+            return [e.name for e in entries if not e.name.startswith(".") and e.is_file(follow_symlinks=False)]
 
     def _deliverNew(self) -> None:
         """
