@@ -120,6 +120,13 @@ def _printable(data: bytes, limit: int = 40) -> str:
     return text + ("..." if len(data) > limit else "")
 
 
+def _count(number: int, noun: str) -> str:
+    """
+    Return "1 message", "2 messages".
+    """
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def _setNoDelay(transport) -> None:
     """
     Turn Nagle's algorithm off, so a reply's last segment is not held back
@@ -450,7 +457,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             "{user} logged in from {peer}, {count} messages ({octets} octets)",
             user=maildrop.name, peer=self._peer, count=count, octets=octets, event="login",
         )
-        self._ok(f"{maildrop.name} has {count} messages ({octets} octets)")
+        self._ok(f"{maildrop.name} has {_count(count, 'message')} ({octets} octets)")
 
     def _authFailed(self, user: bytes, why: str) -> None:
         """
@@ -557,7 +564,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             if self._gone():
                 return
             consumer.finish()
-            if retrieve:
+            if retrieve and uid not in self._retrieved:
                 self._retrieved.add(uid)
                 self._retrievedOctets += message.info.size
                 self._last = max(self._last, number)
@@ -640,7 +647,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             self._deletedCount = len(deleted)
             left = len(self._messages) - len(deleted)
             if left:
-                self._ok(f"popsrv signing off ({left} message{'s' if left != 1 else ''} left)")
+                self._ok(f"popsrv signing off ({_count(left, 'message')} left)")
             else:
                 self._ok("popsrv signing off (maildrop empty)")
         self._endSession()

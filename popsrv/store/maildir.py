@@ -48,7 +48,7 @@ LOCK_FILE = "popsrv.lock"
 _SIZE_FIELDS = re.compile(r",[SW]=\d+")
 _VIRTUAL_SIZE = re.compile(r",W=(\d+)")
 _PHYSICAL_SIZE = re.compile(r",S=\d+")
-_LEADING_NUMBER = re.compile(r"\d+")
+_DELIVERY_TIME = re.compile(r"(\d+)(?:\.M(\d+))?")
 _UID_OCTETS = re.compile(r"[\x21-\x7e]{1,70}")
 
 log = Logger()
@@ -114,16 +114,19 @@ def uidFor(base: str) -> str:
     return uid if _UID_OCTETS.fullmatch(uid) else _hashed(uid)
 
 
-def _orderKey(name: str) -> tuple[int, str, str]:
+def _orderKey(name: str) -> tuple[int, int, str, str]:
     """
-    Sort key of a Maildir name: delivery time first, then the unique name
-    without size fields, then the base name; never the flags, so the order
-    does not change when popsrv or another program sets them.
+    Sort key of a Maildir name: delivery time first (seconds, then the
+    microseconds of a C{<seconds>.M<usec>...} name, which MDAs do not always
+    zero-pad), then the unique name without size fields, then the base name;
+    never the flags, so the order does not change when they do.
     """
     base = _splitName(name)[0]
     unique = _SIZE_FIELDS.sub("", base)
-    match = _LEADING_NUMBER.match(unique)
-    return (int(match.group()) if match else 0, unique, base)
+    match = _DELIVERY_TIME.match(unique)
+    if match is None:
+        return (0, 0, unique, base)
+    return (int(match.group(1)), int(match.group(2) or 0), unique, base)
 
 
 def _openMessage(path: str):
