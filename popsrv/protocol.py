@@ -25,8 +25,8 @@ import attr
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
-from twisted.internet import defer
-from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -45,6 +45,9 @@ DEFAULT_TIMEOUT = 600
 MAX_COMMAND_OCTETS = 512
 MAX_LINE_OCTETS = 65536
 MAX_AUTH_FAILURES = 3
+MAX_BAD_COMMANDS = 20
+AUTH_FAILURE_DELAY = 1.0
+CLOSE_GRACE = 10.0
 _CHALLENGE_HOST = re.compile(rb"[^A-Za-z0-9.@_+/-]")
 _HEX_DIGEST = re.compile(rb"[0-9A-Fa-f]{32}")
 
@@ -120,6 +123,17 @@ def _printable(data: bytes, limit: int = 40) -> str:
     return text + ("..." if len(data) > limit else "")
 
 
+def _isUTF8(data: bytes) -> bool:
+    """
+    Whether client-sent bytes are valid UTF-8.
+    """
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _count(number: int, noun: str) -> str:
     """
     Return "1 message", "2 messages".
@@ -158,7 +172,6 @@ class _FramingConsumer:
         self._status = status
         self._producer = None
         self.started = False
-        self.octets = 0
 
     def start(self) -> None:
         """
@@ -174,6 +187,7 @@ class _FramingConsumer:
         """
         self._producer = producer
         self.start()
+        self._protocol._unregisterGate()
         self._transport.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
@@ -182,6 +196,7 @@ class _FramingConsumer:
         """
         self._producer = None
         self._transport.unregisterProducer()
+        self._protocol._registerGate()
 
     def write(self, data: bytes) -> None:
         """
@@ -190,7 +205,6 @@ class _FramingConsumer:
         self.start()
         out = self._framer.feed(data)
         if out:
-            self.octets += len(out)
             self._transport.write(out)
         self._protocol.resetTimeout()
         if self._framer.done and self._producer is not None:
@@ -202,6 +216,28 @@ class _FramingConsumer:
         """
         self.start()
         self._transport.write(self._framer.finish())
+
+
+@implementer(IPushProducer)
+class _ReadGate:
+    """
+    Registered with the transport whenever no message is streaming, so that
+    a client that sends commands without reading the replies is stopped:
+    when the transport's send buffer is full it pauses the gate, and the
+    session stops reading commands until the buffer drains.
+    """
+
+    def __init__(self, protocol: POP3Protocol) -> None:
+        self._protocol = protocol
+
+    def pauseProducing(self) -> None:
+        self._protocol._setBlocked(True)
+
+    def resumeProducing(self) -> None:
+        self._protocol._setBlocked(False)
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class POP3Protocol(LineReceiver, TimeoutMixin):
@@ -222,6 +258,14 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self.challenge = factory.makeChallenge()
         self._user: Optional[bytes] = None
         self._failures = 0
+        self._badCommands = 0
+        self._gate = _ReadGate(self)
+        self._gateRegistered = False
+        self._waiting = False
+        self._blocked = False
+        self._committing = False
+        self._userName = "-"
+        self._abortLater = None
         self._maildrop: Optional[IMaildrop] = None
         self._logout: Optional[Callable[[], None]] = None
         self._messages: list[_Message] = []
@@ -248,34 +292,89 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         _setNoDelay(self.transport)
         self.setTimeout(self.factory.timeout)
+        self._registerGate()
         self.log.info("connection from {peer}", peer=self._peer, event="connect")
         self._send(b"+OK " + self.challenge + b" popsrv ready")
 
     def connectionLost(self, reason: Failure = None) -> None:
         """
-        Release the maildrop without applying any deletion.
+        Release the maildrop without applying any deletion (unless QUIT is
+        applying them right now: then the update releases it when done),
+        and log the session's summary.
         """
         self._lost = True
         self.setTimeout(None)
-        self._endSession()
+        if self._abortLater is not None and self._abortLater.active():
+            self._abortLater.cancel()
+        if not self._committing:
+            self._endSession()
+        self.log.info(
+            "session of {user} from {peer} ended ({reason}): retrieved {retrieved} messages "
+            "({retrievedOctets} octets), deleted {deleted}, {duration:.3f}s",
+            user=self._userName, peer=self._peer, reason=self._endReason,
+            retrieved=len(self._retrieved), retrievedOctets=self._retrievedOctets,
+            deleted=self._deletedCount, duration=self.factory.clock.seconds() - self._started,
+            event="session-end",
+        )
 
     def timeoutConnection(self) -> None:
         """
         Close an idle session without a reply and without deleting anything
         (RFC 1939, section 3).
         """
-        self._endReason = "idle timeout"
         self.log.info("closing idle session from {peer}", peer=self._peer, event="timeout")
+        self._close("idle timeout")
+
+    def _close(self, reason: str) -> None:
+        """
+        Close the connection once the replies already written are sent; if
+        the client does not take them within a grace period (it stopped
+        reading, perhaps in the middle of a message), abort the connection,
+        so that a stalled client never keeps its session and lock alive.
+        """
+        self._endReason = reason
+        self._unregisterGate()
         self.transport.loseConnection()
+        if self._abortLater is None:
+            self._abortLater = self.callLater(CLOSE_GRACE, self.transport.abortConnection)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """
         Close a connection that sends a line longer than anything POP3
-        allows without ending it.
+        allows.
         """
         self._send(b"-ERR line too long, closing connection")
-        self._endReason = "line too long"
-        self.transport.loseConnection()
+        self._close("line too long")
+
+    # Flow control: read the next command only when the last one is done
+    # and the client is reading its replies.
+
+    def _registerGate(self) -> None:
+        if not self._gateRegistered and not self._gone():
+            self._gateRegistered = True
+            self._blocked = False
+            self.transport.registerProducer(self._gate, True)
+
+    def _unregisterGate(self) -> None:
+        if self._gateRegistered:
+            self._gateRegistered = False
+            self.transport.unregisterProducer()
+
+    def _setBlocked(self, blocked: bool) -> None:
+        self._blocked = blocked
+        self._updateReading()
+
+    def _updateReading(self) -> None:
+        """
+        Pause or resume reading commands as the session's state requires.
+        """
+        if self._gone():
+            return
+        stop = self._waiting or self._blocked
+        if stop and not self.paused:
+            self.pauseProducing()
+        elif not stop and self.paused:
+            self.resumeProducing()
 
     # Command dispatch
 
@@ -290,6 +389,10 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             result = self._dispatch(line)
         except _Reply as reply:
             self._err(reply.text)
+            self._badCommands += 1
+            if self._badCommands >= MAX_BAD_COMMANDS:
+                self._err("too many bad commands, closing connection")
+                self._close("too many bad commands")
             return
         except Exception:
             self._unexpected(Failure())
@@ -297,7 +400,8 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         if isinstance(result, defer.Deferred):
             result.addErrback(self._unexpected)
             if not result.called:
-                self.pauseProducing()
+                self._waiting = True
+                self._updateReading()
                 result.addBoth(self._commandDone)
 
     def _dispatch(self, line: bytes):
@@ -332,8 +436,8 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         """
         A waiting command has finished: read the next one.
         """
-        if self.paused and not self._gone():
-            self.resumeProducing()
+        self._waiting = False
+        self._updateReading()
         return result
 
     def _gone(self) -> bool:
@@ -376,8 +480,8 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         """
         Send a multi-line reply (lines need no dot-stuffing) in one write.
         """
-        lines.append(b".\r\n")
-        self.transport.write(("+OK " + first + "\r\n").encode("utf-8") + b"\r\n".join(lines))
+        body = b"\r\n".join(lines) + b"\r\n" if lines else b""
+        self.transport.write(("+OK " + first + "\r\n").encode("utf-8") + body + b".\r\n")
 
     # AUTHORIZATION
 
@@ -410,15 +514,16 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         """
         Run a login through the portal, then lock and snapshot the maildrop.
         """
-        if malformed or b"\0" in user:
-            return defer.succeed(self._authFailed(user, "malformed credentials"))
-        return defer.ensureDeferred(self._loginAsync(credentials, user))
+        started = self.factory.clock.seconds()
+        if malformed or b"\0" in user or not _isUTF8(user):
+            return self._authFailed(user, "malformed credentials", started)
+        return defer.ensureDeferred(self._loginAsync(credentials, user, started))
 
-    async def _loginAsync(self, credentials, user: bytes) -> None:
+    async def _loginAsync(self, credentials, user: bytes, started: float) -> None:
         try:
             _, maildrop, logout = await self.factory.portal.login(credentials, None, IMaildrop)
-        except (UnauthorizedLogin, UnhandledCredentials) as error:
-            self._authFailed(user, str(error) or error.__class__.__name__)
+        except (UnauthorizedLogin, UnhandledCredentials, UnicodeError) as error:
+            await self._authFailed(user, str(error) or error.__class__.__name__, started)
             return
         except Exception:
             self.log.failure("authentication backend failed for {user!r}", user=user, peer=self._peer)
@@ -445,6 +550,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             self._err("[SYS/TEMP] maildrop is unavailable, try again later")
             return
         self._maildrop, self._logout = maildrop, logout
+        self._userName = maildrop.name
         if self._lost:
             self._endSession()
             return
@@ -459,9 +565,11 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         )
         self._ok(f"{maildrop.name} has {_count(count, 'message')} ({octets} octets)")
 
-    def _authFailed(self, user: bytes, why: str) -> None:
+    def _authFailed(self, user: bytes, why: str, started: float) -> defer.Deferred:
         """
-        Answer a failed login the same way whatever the reason; close the
+        Answer a failed login the same way whatever the reason, and at the
+        same time after the command whatever the checker did, so neither the
+        reply nor its timing tells whether the user exists; close the
         connection after too many.
         """
         self._failures += 1
@@ -469,10 +577,19 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             "login failed for {user} from {peer}: {why}",
             user=_printable(user, 64), peer=self._peer, why=why, failures=self._failures, event="login-failed",
         )
+        clock = self.factory.clock
+        wait = started + self.factory.authFailureDelay - clock.seconds()
+        if wait <= 0:
+            self._answerAuthFailure()
+            return defer.succeed(None)
+        return task.deferLater(clock, wait, self._answerAuthFailure)
+
+    def _answerAuthFailure(self) -> None:
+        if self._gone():
+            return
         if self._failures >= MAX_AUTH_FAILURES:
             self._err("[AUTH] invalid user name or password; too many failures, closing connection")
-            self._endReason = "too many login failures"
-            self.transport.loseConnection()
+            self._close("too many login failures")
         else:
             self._err("[AUTH] invalid user name or password")
 
@@ -564,10 +681,11 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             if self._gone():
                 return
             consumer.finish()
-            if retrieve and uid not in self._retrieved:
-                self._retrieved.add(uid)
-                self._retrievedOctets += message.info.size
+            if retrieve:
                 self._last = max(self._last, number)
+                if uid not in self._retrieved:
+                    self._retrieved.add(uid)
+                    self._retrievedOctets += message.info.size
 
         def failed(failure: Failure):
             if self._gone():
@@ -625,7 +743,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self._endReason = "quit"
         if self.state is State.AUTHORIZATION:
             self._ok("popsrv signing off")
-            self.transport.loseConnection()
+            self._close("quit")
             return None
         self.state = State.UPDATE
         return defer.ensureDeferred(self._update())
@@ -635,6 +753,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         The UPDATE state: commit deletions and seen marks, release, close.
         """
         deleted = {m.info.uid for m in self._messages if m.deleted}
+        self._committing = True
         try:
             if deleted or self._retrieved:
                 seen = frozenset(self._retrieved - deleted)
@@ -650,12 +769,15 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
                 self._ok(f"popsrv signing off ({_count(left, 'message')} left)")
             else:
                 self._ok("popsrv signing off (maildrop empty)")
+        finally:
+            self._committing = False
         self._endSession()
-        self.transport.loseConnection()
+        if not self._lost:
+            self._close(self._endReason)
 
     def _endSession(self) -> None:
         """
-        Release the maildrop (once) and log the session's summary.
+        Release the maildrop, once.
         """
         maildrop, self._maildrop = self._maildrop, None
         if maildrop is None:
@@ -666,14 +788,6 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             self.log.failure("could not release the maildrop of {user}", user=maildrop.name)
         if self._logout is not None:
             self._logout()
-        self.log.info(
-            "session of {user} from {peer} ended ({reason}): retrieved {retrieved} messages "
-            "({retrievedOctets} octets), deleted {deleted}, {duration:.3f}s",
-            user=maildrop.name, peer=self._peer, reason=self._endReason,
-            retrieved=len(self._retrieved), retrievedOctets=self._retrievedOctets,
-            deleted=self._deletedCount, duration=self.factory.clock.seconds() - self._started,
-            event="session-end",
-        )
 
 
 class POP3Factory(Factory):
@@ -685,6 +799,8 @@ class POP3Factory(Factory):
     @ivar hostname: the host name in the APOP challenge.
     @ivar timeout: seconds of inactivity before a session is closed.
     @ivar clock: where time comes from (and timers are set).
+    @ivar authFailureDelay: seconds after a PASS or APOP command at which a
+        failed login is answered.
     """
 
     protocol = POP3Protocol
@@ -697,6 +813,7 @@ class POP3Factory(Factory):
         timeout: int = DEFAULT_TIMEOUT,
         clock: Optional[IReactorTime] = None,
         randomToken: Callable[[], str] = lambda: secrets.token_hex(12),
+        authFailureDelay: float = AUTH_FAILURE_DELAY,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
@@ -704,6 +821,7 @@ class POP3Factory(Factory):
         host = (hostname or socket.gethostname()).encode("ascii", "replace")
         self.hostname = _CHALLENGE_HOST.sub(b"", host) or b"localhost"
         self.timeout = timeout
+        self.authFailureDelay = authFailureDelay
         self.clock = clock
         self._randomToken = randomToken
 
@@ -720,6 +838,4 @@ class POP3Factory(Factory):
         """
         Make the protocol for one connection.
         """
-        protocol = self.protocol(self)
-        protocol.factory = self
-        return protocol
+        return self.protocol(self)

@@ -93,6 +93,10 @@ class ListeningService(Service):
         self._waiting.addCallbacks(self._listening, failures.append)
         if failures:
             failures[0].raiseException()
+        if not self._waiting.called:
+            # A failure that comes later cannot stop the start any more;
+            # log it for the operator.
+            self._waiting.addErrback(lambda failure: log.failure("could not listen", failure))
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
@@ -153,9 +157,13 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 tcp:1110:interface=127.0.0.1, ssl:995:privateKey=key.pem:certKey=cert.pem, \
 systemd:domain=INET:index=0 [default: tcp:1110:interface=127.0.0.1]."""
         try:
-            endpoints.serverFromString(MemoryReactor(), description)
-        except (ValueError, TypeError, KeyError) as error:
-            raise usage.UsageError(f"--listen {description!r} is not a valid endpoint description: {error}")
+            endpoint = endpoints.serverFromString(MemoryReactor(), description)
+        except Exception as error:
+            reason = str(error) or type(error).__name__
+            raise usage.UsageError(f"--listen {description!r} is not a usable endpoint: {reason}")
+        port = getattr(endpoint, "_port", 0)
+        if isinstance(port, int) and not 0 <= port <= 65535:
+            raise usage.UsageError(f"--listen {description!r}: port {port} is not between 0 and 65535")
         self["listen"].append(description)
 
     def postOptions(self) -> None:

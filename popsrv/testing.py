@@ -67,7 +67,11 @@ class POP3TestClient:
     @ivar clock: the fake clock the server's timers use; advance it to test
         timeouts.
     @ivar greeting: the server's greeting line.
+    @ivar waitLimit: how far (in seconds) the client lets the fake clock run
+        while it waits for a reply; the idle timeout is much further away.
     """
+
+    waitLimit = 5.0
 
     def __init__(self, factory: POP3Factory, clock: Clock) -> None:
         self.clock = clock
@@ -101,14 +105,29 @@ class POP3TestClient:
         return self._readLineBytes().decode("utf-8", "replace")
 
     def _readLineBytes(self) -> bytes:
-        self._pump.flush()
         buffer = self._collector.received
-        end = buffer.find(b"\r\n")
-        if end < 0:
-            raise EOFError(f"no complete line from the server; received {bytes(buffer)!r}")
-        line = bytes(buffer[:end])
-        del buffer[: end + 2]
-        return line
+        while True:
+            self._pump.flush()
+            end = buffer.find(b"\r\n")
+            if end >= 0:
+                line = bytes(buffer[:end])
+                del buffer[: end + 2]
+                return line
+            if not self._waitForTimer():
+                raise EOFError(f"no complete line from the server; received {bytes(buffer)!r}")
+
+    def _waitForTimer(self) -> bool:
+        """
+        Wait, as a real client would, for the server's next timer (such as
+        the pause before a failed login is answered), if one is due within
+        L{waitLimit} seconds; return whether there was one.
+        """
+        now = self.clock.seconds()
+        due = [call.getTime() for call in self.clock.getDelayedCalls() if call.getTime() - now <= self.waitLimit]
+        if not due:
+            return False
+        self.clock.advance(max(0.0, min(due) - now))
+        return True
 
     def command(self, line: Union[str, bytes]) -> str:
         """
@@ -169,8 +188,12 @@ def connect(
     Connect a new in-memory client to a POP3 server for C{portal} (or built
     by C{factory}), and read its greeting.
     """
-    if clock is None:
-        clock = factory.clock if factory is not None and isinstance(factory.clock, Clock) else Clock()
+    if factory is not None:
+        if not isinstance(factory.clock, Clock):
+            raise TypeError("connect() needs a factory whose clock is a twisted.internet.task.Clock")
+        clock = factory.clock
+    elif clock is None:
+        clock = Clock()
     if factory is None:
         if portal is None:
             raise TypeError("connect() needs a portal or a factory")

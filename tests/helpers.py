@@ -43,10 +43,10 @@ class Session:
     One POP3 session over a string transport.
     """
 
-    def __init__(self, portal, clock=None, timeout=600, token="token"):
+    def __init__(self, portal, clock=None, timeout=600, token="token", authFailureDelay=0):
         self.clock = clock or Clock()
         self.factory = POP3Factory(portal, hostname="pop.example", timeout=timeout, clock=self.clock,
-                                   randomToken=lambda: token)
+                                   randomToken=lambda: token, authFailureDelay=authFailureDelay)
         self.protocol = self.factory.buildProtocol(None)
         self.transport = NoDelayTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 40000))
         self.protocol.makeConnection(self.transport)
@@ -60,13 +60,23 @@ class Session:
         self.transport.clear()
         return value
 
+    @property
+    def messageProducer(self):
+        """
+        The pull producer of a message being sent, if any (the session's
+        read gate, a push producer, is registered the rest of the time).
+        """
+        if self.transport.producer is not None and not self.transport.streaming:
+            return self.transport.producer
+        return None
+
     def pump(self) -> None:
         """
-        Let a registered pull producer run to completion, as a transport with
+        Let a message's pull producer run to completion, as a transport with
         an always-empty send buffer would.
         """
         for _ in range(100000):
-            producer = self.transport.producer
+            producer = self.messageProducer
             if producer is None:
                 return
             producer.resumeProducing()

@@ -731,3 +731,36 @@ def test_messagesNumberedInDeliveryOrder(tmp_path):
     """
     names = [deliver(str(tmp_path), b"Subject: %d\n\n" % i) for i in range(50)]
     assert [info.uid for info in listOnce(tmp_path)] == names
+
+
+def test_survivorOfACollisionNeverTakesADeletedUid(tmp_path):
+    """
+    When one of two messages that would share a uid is deleted, the other
+    never shows the deleted message's uid (a client would skip it).
+    """
+    (tmp_path / "cur").mkdir()
+    (tmp_path / "new").mkdir()
+    writeMessage(tmp_path / "cur", "1000.dup,S=1,W=3:2,", b"a")
+    writeMessage(tmp_path / "cur", "1000.dup,S=2,W=4:2,", b"ab")
+    maildrop = MaildirMaildrop(str(tmp_path), "alice")
+    maildrop.lock()
+    first, second = maildrop.listMessages()
+    maildrop.commit(frozenset([first.uid]), frozenset())
+    maildrop.release()
+    [survivor] = listOnce(tmp_path)
+    assert survivor.uid != first.uid
+    assert survivor.size == 4
+
+
+def test_symlinkedSubdirectoryRefused(tmp_path):
+    """
+    A Maildir whose cur/ is a symbolic link (to another user's mail) is not
+    served.
+    """
+    from popsrv.errors import MaildropError
+
+    deliver(str(tmp_path / "bob"), b"Subject: bob's\n\nprivate\n")
+    (tmp_path / "alice").mkdir()
+    os.symlink(tmp_path / "bob" / "cur", tmp_path / "alice" / "cur")
+    with pytest.raises(MaildropError, match="not a directory"):
+        MaildirMaildrop(str(tmp_path / "alice"), "alice").lock()

@@ -282,6 +282,7 @@ def test_loginEvents(session):
         session.login()
         session.send("RETR 1")
         session.send("QUIT")
+        session.lose()
     kinds = [e.get("event") for e in events]
     assert kinds == ["login-failed", "login", "session-end"]
     summary = events[-1]
@@ -432,8 +433,8 @@ def test_retrStreamsWithBackpressure(realm):
     session.protocol.dataReceived(b"RETR 1\r\nNOOP\r\n")
     first = session.output()
     assert first == b"+OK %d octets\r\n" % len(wire(big))
-    assert session.transport.producer is not None
-    session.transport.producer.resumeProducing()
+    assert session.messageProducer is not None
+    session.messageProducer.resumeProducing()
     chunk = session.output()
     assert 0 < len(chunk) <= 2 * 65536
     session.pump()
@@ -448,8 +449,8 @@ def test_terminatorLeavesWithTheLastChunk(loggedIn):
     so it never waits in a segment of its own for the client's ACK.
     """
     loggedIn.protocol.dataReceived(b"RETR 1\r\n")
-    loggedIn.transport.producer.resumeProducing()
-    assert loggedIn.transport.producer is None
+    loggedIn.messageProducer.resumeProducing()
+    assert loggedIn.messageProducer is None
     assert loggedIn.output() == b"+OK %d octets\r\n" % len(wire(MESSAGES[0])) + wire(MESSAGES[0]) + b".\r\n"
 
 
@@ -463,10 +464,10 @@ def test_clientGoneWhileStreaming(realm):
     session = Session(portal)
     session.login("bob", "pw")
     session.protocol.dataReceived(b"RETR 1\r\nNOOP\r\n")
-    session.transport.producer.resumeProducing()
+    session.messageProducer.resumeProducing()
     session.output()
     session.transport.disconnected = True
-    session.transport.producer.stopProducing()
+    session.messageProducer.stopProducing()
     assert session.output() == b""
     session.lose()
     assert session.protocol._retrieved == set()
@@ -641,7 +642,7 @@ def test_slowRetrIsNotIdle(realm):
     session.protocol.dataReceived(b"RETR 1\r\n")
     for _ in range(10):
         session.clock.advance(5)
-        session.transport.producer.resumeProducing()
+        session.messageProducer.resumeProducing()
     assert not session.closed
 
 
@@ -777,3 +778,150 @@ def test_unauthorizedRealm(realm):
     portal, _ = makePortal(realm=Refusing())
     session = Session(portal)
     assert session.login() == b"-ERR [AUTH] invalid user name or password\r\n"
+
+
+# Flow control, failure pacing and the fixes they need
+
+def test_unreadRepliesStopReading(loggedIn):
+    """
+    When the client does not read and the transport's buffer fills, the
+    session stops reading commands until the buffer drains.
+    """
+    gate = loggedIn.transport.producer
+    assert loggedIn.transport.streaming is True
+    gate.pauseProducing()
+    assert loggedIn.feed(b"STAT\r\nNOOP\r\n") == b""
+    assert loggedIn.transport.producerState == "paused"
+    gate.resumeProducing()
+    loggedIn.pump()
+    assert loggedIn.output().startswith(b"+OK 3 ")
+
+
+def test_gateReturnsAfterRetr(loggedIn):
+    """
+    The read gate gives way to a message's producer and comes back after it.
+    """
+    gate = loggedIn.transport.producer
+    loggedIn.send("RETR 1")
+    assert loggedIn.transport.producer is gate and loggedIn.transport.streaming
+
+
+def test_timeoutAbortsAStalledRetr(realm):
+    """
+    A client that stops reading in the middle of a RETR is cut off at the
+    idle timeout, and its maildrop is released.
+    """
+    realm.maildrop("bob").add(b"x" * 1000000)
+    portal, _ = makePortal({"bob": "pw"}, realm=realm)
+    session = Session(portal, timeout=60)
+    session.login("bob", "pw")
+    session.protocol.dataReceived(b"RETR 1\r\n")
+    session.messageProducer.resumeProducing()
+    session.clock.advance(60)
+    assert session.transport.disconnecting and not session.transport.disconnected
+    session.clock.advance(10)
+    assert session.transport.disconnected
+    session.lose()
+    assert not realm.maildrop("bob").locked
+
+
+def test_lastAfterRsetAndRetrieveAgain(loggedIn):
+    """
+    A message retrieved again after RSET counts again for LAST.
+    """
+    loggedIn.send("RETR 3")
+    loggedIn.send("RSET")
+    loggedIn.send("RETR 3")
+    assert loggedIn.send("LAST") == b"+OK 3 is the last read message.\r\n"
+
+
+def test_asyncCommitKeepsLockUntilDone(realm):
+    """
+    If the connection is lost while a backend is still applying deletions,
+    the maildrop stays locked until the backend is done.
+    """
+    pending = defer.Deferred()
+
+    class SlowCommit(MemoryMaildrop):
+        def commit(self, deleted, seen):
+            return pending.addCallback(lambda _: MemoryMaildrop.commit(self, deleted, seen))
+
+    maildrop = SlowCommit("alice", MESSAGES)
+    portal, _ = makePortal(realm=MemoryRealm({"alice": maildrop}))
+    session = Session(portal)
+    session.login()
+    session.send("DELE 1")
+    session.send("QUIT")
+    session.lose()
+    assert maildrop.locked
+    pending.callback(None)
+    assert not maildrop.locked and len(maildrop.messages) == 2
+
+
+def test_failedLoginAnsweredAfterFixedDelay(realm):
+    """
+    A failed login is answered one second after the command, whatever the
+    checker did; commands sent meanwhile wait; a good login is immediate.
+    """
+    portal, _ = makePortal(realm=realm)
+    session = Session(portal, authFailureDelay=1.0)
+    session.send("USER nobody")
+    assert session.feed(b"PASS wrong\r\nNOOP\r\n") == b""
+    session.clock.advance(0.5)
+    assert session.output() == b""
+    session.clock.advance(0.5)
+    assert session.output() == (
+        b"-ERR [AUTH] invalid user name or password\r\n-ERR NOOP is not allowed until you log in\r\n"
+    )
+    assert session.login().startswith(b"+OK alice has 3")
+
+
+def test_nonUTF8NameFailsLogin(session):
+    """
+    A user name that is not UTF-8 fails like a wrong password.
+    """
+    session.send(b"USER \xff\xfe")
+    assert session.send("PASS secret") == b"-ERR [AUTH] invalid user name or password\r\n"
+
+
+def test_checkerUnicodeErrorIsAuthFailure(realm):
+    """
+    A checker that cannot decode the credentials (Twisted's unix checker
+    with a non-UTF-8 password) gives [AUTH], not [SYS/TEMP].
+    """
+
+    @implementer(ICredentialsChecker)
+    class Decoding:
+        credentialInterfaces = (IUsernamePassword,)
+
+        def requestAvatarId(self, credentials):
+            credentials.password.decode("utf-8")
+            return defer.fail(UnauthorizedLogin())
+
+    session = Session(Portal(realm, [Decoding()]))
+    session.send("USER alice")
+    assert session.send(b"PASS \xff") == b"-ERR [AUTH] invalid user name or password\r\n"
+
+
+def test_tooManyBadCommandsClose(session):
+    """
+    The twentieth bad command closes the connection.
+    """
+    for _ in range(19):
+        assert session.send("BOGUS").startswith(b"-ERR unknown command")
+    assert not session.closed
+    assert session.send("BOGUS") == (
+        b'-ERR unknown command "BOGUS"\r\n-ERR too many bad commands, closing connection\r\n'
+    )
+    assert session.closed
+
+
+def test_sessionEndLoggedWithoutLogin(session):
+    """
+    A connection that never logs in still gets its one-line summary.
+    """
+    with capturedLogs() as events:
+        session.send("QUIT")
+        session.lose()
+    (summary,) = [e for e in events if e.get("event") == "session-end"]
+    assert summary["user"] == "-" and summary["reason"] == "quit"

@@ -54,8 +54,9 @@ def test_listenIsRepeatableAndValidated():
     """
     options = parse("--auth", "memory:a:b", "--listen", "tcp:110", "--listen", r"tcp:1110:interface=\:\:1")
     assert options["listen"] == ["tcp:110", r"tcp:1110:interface=\:\:1"]
-    with pytest.raises(usage.UsageError, match="not a valid endpoint"):
-        parse("--auth", "memory:a:b", "--listen", "nonsense:1")
+    for bad in ("nonsense:1", "tcp:99999", "ssl:995:privateKey=/nonexistent.pem", "systemd:domain=INET:index=7"):
+        with pytest.raises(usage.UsageError, match="--listen"):
+            parse("--auth", "memory:a:b", "--listen", bad)
 
 
 def test_timeoutMustBePositive():

@@ -79,3 +79,31 @@ def test_largeMessageThroughPullProducer():
     client = connect(portal)
     client.login("alice", "secret")
     assert client.retrieve(1) == body.replace(b"\n", b"\r\n")
+
+
+def test_clientWaitsThroughFailureDelay():
+    """
+    A failed login is answered after the server's delay, which the client
+    waits for on the fake clock.
+    """
+    portal, _ = memoryPortal({"alice": "secret"})
+    client = connect(portal)
+    started = client.clock.seconds()
+    with pytest.raises(POP3ClientError, match=r"\[AUTH\]"):
+        client.login("alice", "wrong")
+    assert client.clock.seconds() - started >= 1.0
+    assert client.connected
+
+
+def test_factoryMustUseAFakeClock():
+    """
+    connect() refuses a factory on a real reactor, whose timers it cannot
+    drive.
+    """
+    from twisted.internet import reactor
+
+    from popsrv.protocol import POP3Factory
+
+    portal, _ = memoryPortal({})
+    with pytest.raises(TypeError, match="Clock"):
+        connect(factory=POP3Factory(portal, clock=reactor))

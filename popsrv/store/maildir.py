@@ -22,6 +22,7 @@ Layout and rules (the Maildir conventions of qmail, Courier and Dovecot):
 
 from __future__ import annotations
 
+import collections
 import errno
 import fcntl
 import hashlib
@@ -29,6 +30,7 @@ import itertools
 import os
 import re
 import socket
+import stat
 import time
 from typing import AbstractSet
 
@@ -107,8 +109,8 @@ def _hashed(text: str) -> str:
 def uidFor(base: str) -> str:
     """
     Return the POP3 unique id of a message from its Maildir base name: the
-    name without its size fields, or a hash of that if it is not 1 to 70
-    printable ASCII characters.
+    name without its size fields (which tools add and fix), or a hash of
+    that if it is not 1 to 70 printable ASCII characters.
     """
     uid = _SIZE_FIELDS.sub("", base)
     return uid if _UID_OCTETS.fullmatch(uid) else _hashed(uid)
@@ -168,12 +170,19 @@ class MaildirMaildrop:
     def lock(self) -> None:
         """
         Create the Maildir if needed and lock it, or raise L{MaildropLocked}.
+
+        The Maildir and its subdirectories must be real directories, not
+        symbolic links, so that a user who can write to a Maildir cannot
+        point it at another user's mail.
         """
         for sub in ("cur", "new", "tmp"):
             os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
+        for directory in (self.path, self._cur, self._new, os.path.join(self.path, "tmp")):
+            if not stat.S_ISDIR(os.lstat(directory).st_mode):
+                raise MaildropError(f"{directory} is not a directory (a symbolic link?)")
         fd = os.open(
             os.path.join(self.path, LOCK_FILE),
-            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
             0o600,
         )
         try:
@@ -190,8 +199,7 @@ class MaildirMaildrop:
         Move new mail to C{cur/} and snapshot C{cur/}.
         """
         self._deliverNew()
-        messages = []
-        names = {}
+        entries = []
         for fileName in sorted(self._listDir(self._cur), key=_orderKey):
             base, info = _splitName(fileName)
             size = _VIRTUAL_SIZE.search(base)
@@ -201,16 +209,20 @@ class MaildirMaildrop:
                     continue
                 base, info = _splitName(fileName)
                 size = _VIRTUAL_SIZE.search(base)
-            uid = uidFor(base)
-            if uid in names:
-                # Two names alike but for their size fields: tell them apart
-                # by the whole base name, which flag changes leave alone.
-                uid = _hashed(base)
-                if uid in names:
-                    uid = _hashed(fileName)
-            names[uid] = fileName
             seen = info.startswith("2,") and "S" in info[2:]
-            messages.append(MessageInfo(uid, int(size.group(1)), seen))
+            entries.append((uidFor(base), base, fileName, int(size.group(1)), seen))
+        # Names alike but for their size fields (or, against the Maildir
+        # rules, alike but for their flags) would share a uid: give each of
+        # them its own hash, so none of them ever shows another's uid.
+        counts = collections.Counter(uid for uid, *_ in entries)
+        bases = collections.Counter(base for _, base, *_ in entries)
+        messages = []
+        names = {}
+        for uid, base, fileName, size, seen in entries:
+            if counts[uid] > 1:
+                uid = _hashed(base if bases[base] == 1 else fileName)
+            names[uid] = fileName
+            messages.append(MessageInfo(uid, size, seen))
         self._names = names
         return messages
 
