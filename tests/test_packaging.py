@@ -1,0 +1,45 @@
+"""
+The installed distribution carries the whole package and the twistd plugin
+(the other tests import popsrv from the checkout, so they would not notice a
+module that setup.cfg forgets to install).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+
+import pytest
+
+from .conftest import REPO_ROOT
+
+
+def installed():
+    """
+    The installed popsrv distribution, or a clear failure if there is none.
+    """
+    try:
+        distribution = metadata.distribution("popsrv")
+    except metadata.PackageNotFoundError:
+        pytest.fail("popsrv is not installed: run the install command of README.rst first")
+    direct = distribution.read_text("direct_url.json")
+    if direct and json.loads(direct).get("dir_info", {}).get("editable"):
+        pytest.skip("an editable install serves the checkout's own files")
+    return distribution
+
+
+def test_everyModuleIsInstalled():
+    """
+    Every module of popsrv/ and the twistd plugin are in the installed
+    distribution, and its version is the checkout's.
+    """
+    import popsrv
+
+    distribution = installed()
+    files = {str(path) for path in distribution.files}
+    sources = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "popsrv").rglob("*.py"))
+    missing = [source for source in sources + ["twisted/plugins/popsrv_plugin.py"] if source not in files]
+    assert missing == [], "setup.cfg does not install these files"
+    assert distribution.version == popsrv.__version__
+    assert not any(path.startswith("twisted/__init__") or path.startswith("twisted/plugins/__init__")
+                   for path in files)
