@@ -9,7 +9,7 @@ control character, a leading dot) can reach a file outside the maildir root.
 from __future__ import annotations
 
 import os
-from typing import Union
+from typing import Any, Callable, Optional, Union
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
@@ -58,17 +58,21 @@ class MaildirRealm:
     """
     A realm whose users' maildrops are Maildirs under one root directory:
     user C{alice}'s is C{<root>/alice/}.
+
+    @ivar runner: how the maildrops do their blocking file work (see
+        L{MaildirMaildrop}); L{None} runs it inline.
     """
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, runner: Optional[Callable[..., Any]] = None) -> None:
         self.root = os.path.abspath(root)
+        self.runner = runner
 
     def maildropFor(self, avatarId: Union[bytes, str]) -> MaildirMaildrop:
         """
         Return the maildrop of one user, whose name must be safe.
         """
         name = mailboxName(avatarId)
-        return MaildirMaildrop(os.path.join(self.root, name), name)
+        return MaildirMaildrop(os.path.join(self.root, name), name, runner=self.runner)
 
     def requestAvatar(self, avatarId, mind, *interfaces):
         """

@@ -29,6 +29,7 @@ from twisted.python import usage
 from popsrv.demo import prepareDemo
 from popsrv.protocol import DEFAULT_TIMEOUT, POP3Factory
 from popsrv.realm import MaildirRealm
+from popsrv.store.maildir import threadRunner
 
 __all__ = ["DEFAULT_LISTEN", "ListeningService", "Options", "makeService"]
 
@@ -227,7 +228,7 @@ def makeService(options: Options, reactor=None) -> IService:
                 maildir=os.path.join(root, demo.user), event="demo",
             )
 
-    portal = Portal(MaildirRealm(root), checkers)
+    portal = Portal(MaildirRealm(root, runner=threadRunner(reactor)), checkers)
     factory = POP3Factory(portal, hostname=options["hostname"], timeout=options["timeout"], clock=reactor)
     service = MultiService()
     for description in options["listen"]:

@@ -764,3 +764,51 @@ def test_symlinkedSubdirectoryRefused(tmp_path):
     os.symlink(tmp_path / "bob" / "cur", tmp_path / "alice" / "cur")
     with pytest.raises(MaildropError, match="not a directory"):
         MaildirMaildrop(str(tmp_path / "alice"), "alice").lock()
+
+
+def test_blockingWorkGoesThroughTheRunner(tmp_path):
+    """
+    A realm's runner does the maildrop's listing and committing (the
+    service gives a thread pool runner, so no directory scan or measuring
+    of new mail blocks the reactor).
+    """
+    calls = []
+
+    def runner(function, *args):
+        calls.append(function.__name__)
+        return defer.succeed(function(*args))
+
+    deliver(str(tmp_path / "alice"), b"Subject: x\n\nbody\n")
+    maildrop = MaildirRealm(str(tmp_path), runner=runner).maildropFor("alice")
+    maildrop.lock()
+    snapshot = []
+    maildrop.listMessages().addCallback(snapshot.extend)
+    maildrop.commit(frozenset([snapshot[0].uid]), frozenset()).addCallback(calls.append)
+    maildrop.release()
+    assert calls == ["_snapshot", "_apply", None]
+    assert not hasMessages(str(tmp_path / "alice"))
+
+
+def test_threadRunnerUsesTheReactorPool():
+    """
+    threadRunner runs work in the reactor's thread pool.
+    """
+    from twisted.internet.testing import MemoryReactor
+    from twisted.python.threadpool import ThreadPool
+
+    from popsrv.store.maildir import threadRunner
+
+    class Pool(ThreadPool):
+        def callInThreadWithCallback(self, onResult, func, *args, **kw):
+            onResult(True, func(*args, **kw))
+
+    class Reactor(MemoryReactor):
+        def getThreadPool(self):
+            return Pool()
+
+        def callFromThread(self, f, *args, **kw):
+            f(*args, **kw)
+
+    results = []
+    threadRunner(Reactor())(lambda a, b: a + b, 2, 3).addCallback(results.append)
+    assert results == [5]

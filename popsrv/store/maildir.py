@@ -32,10 +32,11 @@ import re
 import socket
 import stat
 import time
-from typing import AbstractSet
+from typing import AbstractSet, Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IConsumer
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -44,7 +45,7 @@ from popsrv.framing import normalizedSize
 from popsrv.interfaces import IMaildrop, MessageInfo
 from popsrv.producer import CHUNK_SIZE, sendFile
 
-__all__ = ["LOCK_FILE", "MaildirMaildrop", "deliver", "hasMessages", "uidFor"]
+__all__ = ["LOCK_FILE", "MaildirMaildrop", "deliver", "hasMessages", "threadRunner", "uidFor"]
 
 LOCK_FILE = "popsrv.lock"
 _SIZE_FIELDS = re.compile(r",[SW]=\d+")
@@ -97,6 +98,25 @@ def _splitName(name: str) -> tuple[str, str]:
     """
     base, _, info = name.partition(":")
     return base, info
+
+
+def _inline(function: Callable[..., Any], *args: Any) -> Any:
+    """
+    Run blocking work right away, in the calling thread.
+    """
+    return function(*args)
+
+
+def threadRunner(reactor) -> Callable[..., Deferred]:
+    """
+    Return a runner that does blocking work in C{reactor}'s thread pool and
+    returns a L{Deferred} of its result.
+    """
+
+    def run(function: Callable[..., Any], *args: Any) -> Deferred:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
+
+    return run
 
 
 def _hashed(text: str) -> str:
@@ -156,11 +176,24 @@ def _measure(path: str) -> tuple[int, int]:
 class MaildirMaildrop:
     """
     One user's Maildir, used by one POP3 session.
+
+    Listing (which may read new messages whole to measure them) and
+    committing (which unlinks and renames many files) are blocking file
+    work: give a C{runner} such as L{threadRunner} to do them outside the
+    reactor thread.  Without one they run inline and return their result
+    directly.
     """
 
-    def __init__(self, path: str, name: str, chunkSize: int = CHUNK_SIZE) -> None:
+    def __init__(
+        self,
+        path: str,
+        name: str,
+        chunkSize: int = CHUNK_SIZE,
+        runner: Optional[Callable[..., Any]] = None,
+    ) -> None:
         self.path = path
         self.name = name
+        self._run = runner or _inline
         self._chunkSize = chunkSize
         self._cur = os.path.join(path, "cur")
         self._new = os.path.join(path, "new")
@@ -194,7 +227,13 @@ class MaildirMaildrop:
             raise
         self._lockFD = fd
 
-    def listMessages(self) -> list[MessageInfo]:
+    def listMessages(self):
+        """
+        Move new mail to C{cur/} and snapshot C{cur/} (through the runner).
+        """
+        return self._run(self._snapshot)
+
+    def _snapshot(self) -> list[MessageInfo]:
         """
         Move new mail to C{cur/} and snapshot C{cur/}.
         """
@@ -238,7 +277,26 @@ class MaildirMaildrop:
             return fail(MaildropError(f"cannot read message {uid}: {error.strerror}"))
         return sendFile(fileObject, consumer, self._chunkSize)
 
-    def commit(self, deleted: AbstractSet[str], seen: AbstractSet[str]) -> None:
+    def commit(self, deleted: AbstractSet[str], seen: AbstractSet[str]):
+        """
+        Mark retrieved messages seen, then unlink the deleted ones (through
+        the runner).
+        """
+        result = self._run(self._apply, deleted, seen)
+        if isinstance(result, Deferred):
+            return result.addCallback(self._logUnmarked)
+        self._logUnmarked(result)
+        return None
+
+    def _logUnmarked(self, problems: list[tuple[str, Exception]]) -> None:
+        """
+        Log, on the calling thread, the messages that could not be marked
+        seen.
+        """
+        for uid, error in problems:
+            log.warn("could not mark {uid} seen in {path}: {error}", uid=uid, path=self.path, error=error)
+
+    def _apply(self, deleted: AbstractSet[str], seen: AbstractSet[str]) -> list[tuple[str, Exception]]:
         """
         Mark retrieved messages seen, then unlink the deleted ones.
 
@@ -246,8 +304,12 @@ class MaildirMaildrop:
         whatever happens; every message to delete is located before the first
         is removed.
         """
+        problems = []
         for uid in seen - deleted:
-            self._markSeen(uid)
+            try:
+                self._markSeen(uid)
+            except (KeyError, OSError) as error:
+                problems.append((uid, error))
         paths = []
         for uid in deleted:
             try:
@@ -266,6 +328,7 @@ class MaildirMaildrop:
             raise MaildropError(
                 f"{len(failed)} of {len(paths)} messages could not be removed: {failed[0].strerror}"
             )
+        return problems
 
     def release(self) -> None:
         """
@@ -333,19 +396,15 @@ class MaildirMaildrop:
 
     def _markSeen(self, uid: str) -> None:
         """
-        Add the Maildir "seen" flag to a message's name; a failure is logged,
-        never fatal.
+        Add the Maildir "seen" flag to a message's name.
+
+        @raise KeyError: if the message is gone.
+        @raise OSError: if it cannot be renamed.
         """
-        try:
-            fileName = self._locate(uid)
-            base, info = _splitName(fileName)
-            flags = info[2:] if info.startswith("2,") else ""
-            if "S" in flags:
-                return
-            flags = "".join(sorted(flags + "S"))
-            os.rename(
-                os.path.join(self._cur, fileName),
-                os.path.join(self._cur, f"{base}:2,{flags}"),
-            )
-        except (KeyError, OSError) as error:
-            log.warn("could not mark {uid} seen in {path}: {error}", uid=uid, path=self.path, error=error)
+        fileName = self._locate(uid)
+        base, info = _splitName(fileName)
+        flags = info[2:] if info.startswith("2,") else ""
+        if "S" in flags:
+            return
+        flags = "".join(sorted(flags + "S"))
+        os.rename(os.path.join(self._cur, fileName), os.path.join(self._cur, f"{base}:2,{flags}"))
