@@ -681,10 +681,10 @@ def test_interfacesVerified(tmp_path):
 # Regressions
 
 
-def test_collidingUidsStableWhenFlagsChange(tmp_path):
+def lockedCollidingPair(tmp_path) -> MaildirMaildrop:
     """
-    Two messages whose base names differ only in size fields keep distinct
-    uids that do not change when one is marked seen.
+    Return a locked maildrop of two messages whose names differ only in
+    their size fields.
     """
     (tmp_path / "cur").mkdir()
     (tmp_path / "new").mkdir()
@@ -692,6 +692,15 @@ def test_collidingUidsStableWhenFlagsChange(tmp_path):
     writeMessage(tmp_path / "cur", "1000.dup,S=2,W=4:2,", b"ab")
     maildrop = MaildirMaildrop(str(tmp_path), "alice")
     maildrop.lock()
+    return maildrop
+
+
+def test_collidingUidsStableWhenFlagsChange(tmp_path):
+    """
+    Two messages whose base names differ only in size fields keep distinct
+    uids that do not change when one is marked seen.
+    """
+    maildrop = lockedCollidingPair(tmp_path)
     before = [info.uid for info in maildrop.listMessages()]
     assert len(set(before)) == 2
     maildrop.commit(frozenset(), frozenset(before))
@@ -738,12 +747,7 @@ def test_survivorOfACollisionNeverTakesADeletedUid(tmp_path):
     When one of two messages that would share a uid is deleted, the other
     never shows the deleted message's uid (a client would skip it).
     """
-    (tmp_path / "cur").mkdir()
-    (tmp_path / "new").mkdir()
-    writeMessage(tmp_path / "cur", "1000.dup,S=1,W=3:2,", b"a")
-    writeMessage(tmp_path / "cur", "1000.dup,S=2,W=4:2,", b"ab")
-    maildrop = MaildirMaildrop(str(tmp_path), "alice")
-    maildrop.lock()
+    maildrop = lockedCollidingPair(tmp_path)
     first, second = maildrop.listMessages()
     maildrop.commit(frozenset([first.uid]), frozenset())
     maildrop.release()

@@ -23,6 +23,16 @@ def sized(number: int, size: int) -> bytes:
     return head + b"x" * (size - len(head) - 2) + b"\r\n"
 
 
+def serve(user: str, password: str, messages: list[bytes]):
+    """
+    A portal for one user with a memory maildrop of messages; return the
+    portal and the maildrop.
+    """
+    maildrop = MemoryMaildrop(user, messages)
+    portal, _ = makePortal({user: password}, realm=MemoryRealm({user: maildrop}))
+    return portal, maildrop
+
+
 def replay(session: Session, transcript: list[tuple[str, str]]) -> None:
     """
     Send each client line and check the server's reply: a reply written in
@@ -90,8 +100,7 @@ def test_deleteEverything():
     exist refused, QUIT.
     """
     sizes = [46394, 20377, 27074]
-    maildrop = MemoryMaildrop("ne_skagu", [sized(n, s) for n, s in enumerate(sizes, 1)])
-    portal, _ = makePortal({"ne_skagu": "******"}, realm=MemoryRealm({"ne_skagu": maildrop}))
+    portal, maildrop = serve("ne_skagu", "******", [sized(n, s) for n, s in enumerate(sizes, 1)])
     session = Session(portal)
     replay(session, [
         ("user ne_skagu", "+OK"),
@@ -113,8 +122,7 @@ def rfcSession():
     The RFC 1939 examples of seed 001: kcope with two messages of 120 and 200
     octets.
     """
-    maildrop = MemoryMaildrop("kcope", [sized(1, 120), sized(2, 200)])
-    portal, _ = makePortal({"kcope": "secret"}, realm=MemoryRealm({"kcope": maildrop}))
+    portal, maildrop = serve("kcope", "secret", [sized(1, 120), sized(2, 200)])
     return Session(portal), maildrop
 
 
@@ -157,8 +165,7 @@ def test_clientSequences(commands):
     maildrop empty.
     """
     messages = [sized(n, 500 + n) for n in (1, 2, 3)]
-    maildrop = MemoryMaildrop("user", messages)
-    portal, _ = makePortal({"user": "password"}, realm=MemoryRealm({"user": maildrop}))
+    portal, maildrop = serve("user", "password", messages)
     session = Session(portal)
     session.login("user", "password")
     retrieved = []
@@ -177,8 +184,7 @@ def test_remoteManagement():
     Seed 003's remote management: delete 1, retrieve 2 and keep it, leave 3.
     """
     messages = [sized(n, 300) for n in (1, 2, 3)]
-    maildrop = MemoryMaildrop("user", messages)
-    portal, _ = makePortal({"user": "password"}, realm=MemoryRealm({"user": maildrop}))
+    portal, maildrop = serve("user", "password", messages)
     session = Session(portal)
     session.login("user", "password")
     assert session.send("dele 1").startswith(b"+OK")
@@ -192,8 +198,7 @@ def test_telnetCleanup():
     Seed 003's telnet session: list, delete 3 and 5, quit.
     """
     messages = [sized(n, 200 + n) for n in range(1, 6)]
-    maildrop = MemoryMaildrop("user", messages)
-    portal, _ = makePortal({"user": "password"}, realm=MemoryRealm({"user": maildrop}))
+    portal, maildrop = serve("user", "password", messages)
     session = Session(portal)
     replay(session, [
         ("user user", "+OK"),
@@ -211,8 +216,7 @@ def test_dropAfterTenOfFifteen():
     Seed 003's question 9: a line drop after ten of fifteen messages were
     retrieved and deleted leaves all fifteen for the next session.
     """
-    maildrop = MemoryMaildrop("user", [sized(n, 100 + n) for n in range(1, 16)])
-    portal, _ = makePortal({"user": "password"}, realm=MemoryRealm({"user": maildrop}))
+    portal, maildrop = serve("user", "password", [sized(n, 100 + n) for n in range(1, 16)])
     session = Session(portal)
     session.login("user", "password")
     for n in range(1, 11):
@@ -228,8 +232,7 @@ def test_sessionIsLocked():
     Seed 003's "session is locked by another session": a second login while
     the first is open is refused with [IN-USE], and works once it is gone.
     """
-    maildrop = MemoryMaildrop("user", [sized(1, 100)])
-    portal, _ = makePortal({"user": "password"}, realm=MemoryRealm({"user": maildrop}))
+    portal, maildrop = serve("user", "password", [sized(1, 100)])
     first = Session(portal)
     first.login("user", "password")
     second = Session(portal)
