@@ -222,7 +222,9 @@ async def main(args) -> None:
     canned = await cannedServer(args.messages, args.size)
     cannedPort = canned.sockets[0].getsockname()[1]
     for concurrency in args.concurrency:
-        durations, wall = await load(cannedPort, concurrency, args.users, args.messages, args.seconds, args.max_sessions)
+        durations, wall = await load(
+            cannedPort, concurrency, args.users, args.messages, args.seconds, args.max_sessions
+        )
         report("canned (generator ceiling)", concurrency, durations, wall, None)
     canned.close()
 

@@ -48,6 +48,7 @@ from popsrv.producer import CHUNK_SIZE, sendFile
 __all__ = ["LOCK_FILE", "MaildirMaildrop", "deliver", "hasMessages", "threadRunner", "uidFor"]
 
 LOCK_FILE = "popsrv.lock"
+_MEASURE_CHUNK = 2**20
 _SIZE_FIELDS = re.compile(r",[SW]=\d+")
 _VIRTUAL_SIZE = re.compile(r",W=(\d+)")
 _PHYSICAL_SIZE = re.compile(r",S=\d+")
@@ -166,8 +167,13 @@ def _measure(path: str) -> tuple[int, int]:
         physical = os.fstat(f.fileno()).st_size
 
         def chunks():
-            while chunk := f.read(CHUNK_SIZE):
+            while chunk := f.read(_MEASURE_CHUNK):
                 yield chunk
+                # Measuring is CPU work that holds the GIL; in a worker
+                # thread, give it up after every chunk, or the reactor
+                # thread waits up to the switch interval for each of the
+                # many times it needs it back (the "convoy effect").
+                time.sleep(0)
 
         return physical, normalizedSize(chunks())
 
