@@ -2,7 +2,7 @@
 Exceptions that storage backends raise and the protocol turns into replies.
 """
 
-__all__ = ["MaildropError", "MaildropLocked", "MessageVanished"]
+__all__ = ["MaildropError", "MaildropLocked", "MaildropUnusable", "MessageVanished"]
 
 
 class MaildropError(Exception):
@@ -23,4 +23,11 @@ class MessageVanished(MaildropError):
     """
     A message in the session's snapshot no longer exists in the store
     (something outside POP3 removed it).
+    """
+
+
+class MaildropUnusable(MaildropError):
+    """
+    The maildrop cannot be used until an administrator repairs it (the
+    protocol answers C{-ERR [SYS/PERM]}).
     """

@@ -3,8 +3,10 @@ The POP3 protocol (RFC 1939, with LAST from RFC 1225): one session's state
 machine, AUTHORIZATION -> TRANSACTION -> UPDATE.
 
 The protocol owns POP3's semantics (numbering, deletion marks, RSET, LAST,
-replies) and knows nothing about files, databases or password formats: it
-logs users in through a twisted.cred portal, which yields an
+replies) and its extensions (CAPA and response codes from RFC 2449, SASL
+AUTH from RFC 5034, STLS from RFC 2595, UTF8 from RFC 6856), and knows
+nothing about files, databases or password formats: it logs users in
+through a twisted.cred portal, which yields an
 L{popsrv.interfaces.IMaildrop}, and streams messages from it through
 L{popsrv.framing.MessageFramer}.
 
@@ -15,6 +17,8 @@ number of pipelined commands get complete replies in order.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import secrets
 import socket
@@ -22,11 +26,11 @@ from enum import Enum
 from typing import Callable, Optional
 
 import attr
-from twisted.cred.credentials import UsernamePassword
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime, ISSLTransport
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -34,15 +38,19 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from popsrv import __version__, sasl
 from popsrv.credentials import APOPCredentials
-from popsrv.errors import MaildropLocked, MessageVanished
+from popsrv.errors import MaildropLocked, MaildropUnusable, MessageVanished
 from popsrv.framing import MessageFramer
 from popsrv.interfaces import IMaildrop, MessageInfo
+from popsrv.policy import LoginPolicy
+from popsrv.tls import TLSSettings
 
 __all__ = ["POP3Factory", "POP3Protocol", "State"]
 
 DEFAULT_TIMEOUT = 600
 MAX_COMMAND_OCTETS = 512
+MAX_AUTH_OCTETS = 16384
 MAX_LINE_OCTETS = 65536
 MAX_AUTH_FAILURES = 3
 MAX_BAD_COMMANDS = 20
@@ -101,6 +109,10 @@ COMMANDS = {
     b"LAST": _Command(_TRANS, 0, 0),
     b"NOOP": _Command(_TRANS, 0, 0),
     b"QUIT": _Command(None, 0, 0),
+    b"CAPA": _Command(None, 0, 0),
+    b"AUTH": _Command(_AUTH, 0, 2),
+    b"STLS": _Command(_AUTH, 0, 0),
+    b"UTF8": _Command(_AUTH, 0, 0),
 }
 
 
@@ -121,6 +133,16 @@ def _printable(data: bytes, limit: int = 40) -> str:
     text = data[:limit].decode("ascii", "replace")
     text = "".join(c if " " <= c <= "~" else "?" for c in text)
     return text + ("..." if len(data) > limit else "")
+
+
+def _decodeBase64(data: bytes) -> bytes:
+    """
+    Decode a client's base64 SASL data strictly, or refuse it.
+    """
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise _Reply("invalid base64 data")
 
 
 def _isUTF8(data: bytes) -> bool:
@@ -266,6 +288,8 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self._committing = False
         self._userName = "-"
         self._abortLater = None
+        self._secure = False
+        self._lineWaiter: Optional[defer.Deferred] = None
         self._maildrop: Optional[IMaildrop] = None
         self._logout: Optional[Callable[[], None]] = None
         self._messages: list[_Message] = []
@@ -290,11 +314,16 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self._started = clock.seconds()
         peer = self.transport.getPeer()
         self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        self._secure = ISSLTransport.providedBy(self.transport)
         _setNoDelay(self.transport)
         self.setTimeout(self.factory.timeout)
         self._registerGate()
         self.log.info("connection from {peer}", peer=self._peer, event="connect")
-        self._send(b"+OK " + self.challenge + b" popsrv ready")
+        if self._credentialInterfaces() & {IUsernameHashedPassword}:
+            # The challenge tells clients that APOP is available.
+            self._send(b"+OK " + self.challenge + b" popsrv ready")
+        else:
+            self._send(b"+OK popsrv ready")
 
     def connectionLost(self, reason: Failure = None) -> None:
         """
@@ -306,6 +335,9 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self.setTimeout(None)
         if self._abortLater is not None and self._abortLater.active():
             self._abortLater.cancel()
+        if self._lineWaiter is not None:
+            waiter, self._lineWaiter = self._lineWaiter, None
+            waiter.callback(None)
         if not self._committing:
             self._endSession()
         self.log.info(
@@ -385,6 +417,14 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self.resetTimeout()
         if line.endswith(b"\r"):
             line = line[:-1]
+        if self._lineWaiter is not None:
+            # A command in progress (an AUTH exchange) asked for this line.
+            # Stop reading until it says what comes next.
+            waiter, self._lineWaiter = self._lineWaiter, None
+            self._waiting = True
+            self._updateReading()
+            waiter.callback(line)
+            return
         try:
             result = self._dispatch(line)
         except _Reply as reply:
@@ -400,7 +440,9 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         if isinstance(result, defer.Deferred):
             result.addErrback(self._unexpected)
             if not result.called:
-                self._waiting = True
+                # Read nothing more until the command is done, unless it is
+                # itself waiting for the client's next line.
+                self._waiting = self._lineWaiter is None
                 self._updateReading()
                 result.addBoth(self._commandDone)
 
@@ -408,10 +450,11 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         """
         Find, check and call the handler of a command line.
         """
-        if len(line) + 2 > MAX_COMMAND_OCTETS:
-            raise _Reply(f"command line too long (the limit is {MAX_COMMAND_OCTETS} octets)")
         keyword, _, rest = line.partition(b" ")
         name = keyword.upper()
+        limit = MAX_AUTH_OCTETS if name == b"AUTH" else MAX_COMMAND_OCTETS
+        if len(line) + 2 > limit:
+            raise _Reply(f"command line too long (the limit is {limit} octets)")
         command = COMMANDS.get(name)
         if command is None:
             if not keyword.strip():
@@ -439,6 +482,17 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self._waiting = False
         self._updateReading()
         return result
+
+    async def _readLine(self) -> Optional[bytes]:
+        """
+        Read the client's next line for the command in progress (L{None} if
+        the connection is lost first).
+        """
+        waiter: defer.Deferred = defer.Deferred()
+        self._lineWaiter = waiter
+        self._waiting = False
+        self._updateReading()
+        return await waiter
 
     def _gone(self) -> bool:
         """
@@ -490,6 +544,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         USER name: remember the name; the answer never tells whether the user
         exists.
         """
+        self._requirePlaintextAllowed()
         self._user = name
         self._ok("send your password")
 
@@ -497,6 +552,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         """
         PASS secret: log in with the name given by USER.
         """
+        self._requirePlaintextAllowed()
         if self._user is None:
             raise _Reply("give USER before PASS")
         user, self._user = self._user, None
@@ -510,6 +566,136 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         credentials = APOPCredentials(self.challenge, name, digest)
         return self._login(credentials, name, not _HEX_DIGEST.fullmatch(digest))
 
+    def do_CAPA(self) -> None:
+        """
+        CAPA (RFC 2449): what this server offers in the current state.
+        """
+        lines = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
+        if self.state is State.AUTHORIZATION:
+            if self._plaintextAllowed() and IUsernamePassword in self._credentialInterfaces():
+                lines.append(b"USER")
+            mechanisms = self._mechanisms()
+            if mechanisms:
+                lines.append(b"SASL " + b" ".join(m.name.encode("ascii") for m in mechanisms))
+            if self.factory.tls is not None and not self._secure:
+                lines.append(b"STLS")
+        lines.append(b"EXPIRE NEVER" if self.factory.expire is None else b"EXPIRE %d" % self.factory.expire)
+        if self.factory.policy.loginDelay is not None:
+            lines.append(b"LOGIN-DELAY %d" % self.factory.policy.loginDelay)
+        lines.append(b"UTF8 USER" if self.state is State.AUTHORIZATION else b"UTF8")
+        lines.append(b"IMPLEMENTATION popsrv-" + __version__.encode("ascii"))
+        self._sendMultiline("capability list follows", lines)
+
+    def do_UTF8(self) -> None:
+        """
+        UTF8 (RFC 6856): the client handles UTF-8.  User names and passwords
+        in UTF-8 are accepted with or without it (the capability says
+        "UTF8 USER"), and messages are always sent as stored.
+        """
+        self._ok("UTF8 enabled")
+
+    def do_STLS(self) -> None:
+        """
+        STLS (RFC 2595): start TLS.  Whatever the client sent after the
+        command, before the handshake, is discarded (it was not protected
+        and must not be taken as coming from the TLS peer), and the session
+        starts over: a USER given before is forgotten.
+        """
+        if self.factory.tls is None:
+            raise _Reply("STLS is not available on this server")
+        if self._secure:
+            raise _Reply("TLS is already active")
+        self._ok("begin TLS negotiation")
+        discarded = self.clearLineBuffer()
+        if discarded:
+            self.log.warn(
+                "discarded {count} octets {peer} sent before the TLS handshake",
+                count=len(discarded), peer=self._peer, event="stls-injection",
+            )
+        self._user = None
+        self._unregisterGate()
+        self.transport.startTLS(self.factory.tls.options)
+        self._registerGate()
+        self._secure = True
+        self.log.info("TLS started with {peer}", peer=self._peer, event="stls")
+
+    def do_AUTH(self, name: Optional[bytes] = None, initial: Optional[bytes] = None):
+        """
+        AUTH [mechanism [initial-response]] (RFC 5034): without arguments,
+        list the mechanisms (the form of RFC 1734 older clients use);
+        otherwise run a SASL exchange and log in.
+        """
+        if name is None:
+            self._sendMultiline("methods follow", [m.name.encode("ascii") for m in self._mechanisms()])
+            return None
+        mechanism = sasl.mechanism(name.decode("ascii", "replace"))
+        if mechanism is None or mechanism.credentialInterface not in self._credentialInterfaces():
+            raise _Reply(f'unsupported authentication mechanism "{_printable(name)}"')
+        if mechanism.plaintext:
+            self._requirePlaintextAllowed()
+        response = None
+        if initial is not None:
+            response = b"" if initial == b"=" else _decodeBase64(initial)
+        started = self.factory.clock.seconds()
+        return defer.ensureDeferred(self._authenticate(mechanism, response, started))
+
+    async def _authenticate(self, mechanism, response: Optional[bytes], started: float) -> None:
+        """
+        Run a SASL exchange to its credentials, then log in with them.
+        """
+        self._user = None
+        exchange = mechanism.exchange(self.challenge)
+        while True:
+            try:
+                step = exchange.step(response)
+            except sasl.SASLError as error:
+                await self._authFailed(b"", f"{mechanism.name}: {error}", started)
+                return
+            if not isinstance(step, sasl.Challenge):
+                break
+            self._send(b"+ " + base64.b64encode(step.data))
+            line = await self._readLine()
+            if line is None:
+                return
+            if line == b"*":
+                self._err("authentication cancelled")
+                return
+            try:
+                response = _decodeBase64(line)
+            except _Reply as reply:
+                self._err(reply.text)
+                return
+        await self._loginAsync(step, step.username, started, exchange)
+
+    def _credentialInterfaces(self) -> set:
+        """
+        The credentials interfaces the portal's checkers accept.
+        """
+        return set(self.factory.portal.listCredentialsInterfaces())
+
+    def _plaintextAllowed(self) -> bool:
+        return self.factory.policy.plaintextAllowed(self._secure, self.transport.getPeer())
+
+    def _requirePlaintextAllowed(self) -> None:
+        """
+        Refuse a command that would send a password in plaintext when the
+        policy forbids it now.
+        """
+        if not self._plaintextAllowed():
+            advice = "; use STLS first" if self.factory.tls is not None and not self._secure else ""
+            raise _Reply(f"[AUTH] plaintext authentication is not allowed on this connection{advice}")
+
+    def _mechanisms(self) -> list:
+        """
+        The SASL mechanisms this session may use now.
+        """
+        interfaces = self._credentialInterfaces()
+        plaintext = self._plaintextAllowed()
+        return [
+            m for m in sasl.MECHANISMS
+            if m.credentialInterface in interfaces and (plaintext or not m.plaintext)
+        ]
+
     def _login(self, credentials, user: bytes, malformed: bool) -> defer.Deferred:
         """
         Run a login through the portal, then lock and snapshot the maildrop.
@@ -519,7 +705,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             return self._authFailed(user, "malformed credentials", started)
         return defer.ensureDeferred(self._loginAsync(credentials, user, started))
 
-    async def _loginAsync(self, credentials, user: bytes, started: float) -> None:
+    async def _loginAsync(self, credentials, user: bytes, started: float, exchange=None) -> None:
         try:
             _, maildrop, logout = await self.factory.portal.login(credentials, None, IMaildrop)
         except (UnauthorizedLogin, UnhandledCredentials, UnicodeError) as error:
@@ -529,12 +715,32 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             self.log.failure("authentication backend failed for {user!r}", user=user, peer=self._peer)
             self._err("[SYS/TEMP] authentication is unavailable, try again later")
             return
+        successData = exchange.successData() if exchange is not None else None
+        if successData is not None:
+            # RFC 5034: data that comes with success is sent as one more
+            # challenge, which the client answers with an empty line.
+            self._send(b"+ " + base64.b64encode(successData))
+            if await self._readLine() != b"":
+                logout()
+                if not self._gone():
+                    self._err("authentication cancelled")
+                return
+        if not self.factory.policy.admit(maildrop.name, self.factory.clock.seconds()):
+            logout()
+            self.log.info("{user} logged in again too soon", user=maildrop.name, peer=self._peer, event="login-delay")
+            self._err(f"[LOGIN-DELAY] wait {self.factory.policy.loginDelay} seconds between logins")
+            return
         try:
             await defer.maybeDeferred(maildrop.lock)
         except MaildropLocked:
             logout()
             self.log.info("maildrop of {user} is in use", user=maildrop.name, peer=self._peer, event="in-use")
             self._err("[IN-USE] maildrop is locked by another session, try again later")
+            return
+        except MaildropUnusable as error:
+            logout()
+            self.log.error("maildrop of {user} is unusable: {error}", user=maildrop.name, error=str(error))
+            self._err("[SYS/PERM] maildrop cannot be used, contact the administrator")
             return
         except Exception:
             logout()
@@ -801,6 +1007,9 @@ class POP3Factory(Factory):
     @ivar clock: where time comes from (and timers are set).
     @ivar authFailureDelay: seconds after a PASS or APOP command at which a
         failed login is answered.
+    @ivar tls: the L{TLSSettings} of STLS, or L{None} to offer no STLS.
+    @ivar policy: the L{LoginPolicy} (plaintext logins, login delay).
+    @ivar expire: the EXPIRE capability's days, or L{None} for NEVER.
     """
 
     protocol = POP3Protocol
@@ -814,6 +1023,9 @@ class POP3Factory(Factory):
         clock: Optional[IReactorTime] = None,
         randomToken: Callable[[], str] = lambda: secrets.token_hex(12),
         authFailureDelay: float = AUTH_FAILURE_DELAY,
+        tls: Optional[TLSSettings] = None,
+        policy: Optional[LoginPolicy] = None,
+        expire: Optional[int] = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
@@ -822,6 +1034,9 @@ class POP3Factory(Factory):
         self.hostname = _CHALLENGE_HOST.sub(b"", host) or b"localhost"
         self.timeout = timeout
         self.authFailureDelay = authFailureDelay
+        self.tls = tls
+        self.policy = policy or LoginPolicy()
+        self.expire = expire
         self.clock = clock
         self._randomToken = randomToken
 

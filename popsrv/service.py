@@ -12,6 +12,7 @@ Embedding needs only L{popsrv.protocol.POP3Factory} and a portal::
 from __future__ import annotations
 
 import os
+import signal
 from typing import Callable, Optional
 
 from twisted.application.service import IService, MultiService, Service
@@ -27,9 +28,11 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from popsrv.demo import prepareDemo
+from popsrv.policy import PLAINTEXT_POLICIES, LoginPolicy
 from popsrv.protocol import DEFAULT_TIMEOUT, POP3Factory
 from popsrv.realm import MaildirRealm
 from popsrv.store.maildir import threadRunner
+from popsrv.tls import TLSConfigError, TLSSettings
 
 __all__ = ["DEFAULT_LISTEN", "ListeningService", "Options", "makeService"]
 
@@ -120,6 +123,31 @@ class ListeningService(Service):
         return None
 
 
+class ReloadOnHangup(Service):
+    """
+    Reloads the TLS certificate and key when the process gets SIGHUP (as
+    after a certificate renewal), while the service runs.
+    """
+
+    def __init__(self, tls: TLSSettings, reactor) -> None:
+        self.tls = tls
+        self.reactor = reactor
+        self._previous = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._previous = signal.signal(signal.SIGHUP, self._hangup)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._previous = None
+
+    def _hangup(self, signum, frame) -> None:
+        self.reactor.callFromThread(self.tls.reload)
+
+
 class Options(usage.Options, strcred.AuthOptionMixin):
     """
     The options of C{twistd popsrv}.
@@ -140,6 +168,15 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     ]
     optParameters = [
         ["maildir-root", "m", "mail", "Directory holding one Maildir per user: user alice's is DIR/alice/."],
+        ["tls-cert", None, None, "PEM file with the TLS certificate (and its chain) for STLS; reloaded on SIGHUP."],
+        ["tls-key", None, None, "PEM file with the TLS private key for STLS."],
+        [
+            "plaintext-auth", None, "tls-only",
+            "When USER/PASS and SASL PLAIN/LOGIN may send passwords: tls-only (over TLS or from "
+            "a loopback address), always, or never.",
+        ],
+        ["expire", None, "NEVER", "Days the server keeps messages, advertised as EXPIRE in CAPA (or NEVER)."],
+        ["login-delay", None, None, "Minimum seconds between two logins of one user (LOGIN-DELAY)."],
         ["hostname", None, None, "Host name in the greeting's APOP challenge [default: this machine's name]."],
         [
             "timeout", None, DEFAULT_TIMEOUT,
@@ -176,12 +213,47 @@ systemd:domain=INET:index=0 [default: tcp:1110:interface=127.0.0.1]."""
         if self["timeout"] <= 0:
             raise usage.UsageError("--timeout must be a positive number of seconds")
         self["credCheckers"] = [_withByteNames(c) for c in self.get("credCheckers", [])]
+        if self["plaintext-auth"] not in PLAINTEXT_POLICIES:
+            raise usage.UsageError(f"--plaintext-auth must be one of: {', '.join(PLAINTEXT_POLICIES)}")
+        self["expire"] = _daysOrNever(self["expire"])
+        if self["login-delay"] is not None:
+            self["login-delay"] = _nonNegative("--login-delay", self["login-delay"])
+        if bool(self["tls-cert"]) != bool(self["tls-key"]):
+            raise usage.UsageError("--tls-cert and --tls-key go together")
+        self["tls"] = None
+        if self["tls-cert"]:
+            try:
+                self["tls"] = TLSSettings(self["tls-cert"], self["tls-key"])
+            except TLSConfigError as error:
+                raise usage.UsageError(str(error))
         if not self["credCheckers"] and not self["demo"]:
             raise usage.UsageError(
                 "no users are configured: give --auth, for example "
                 "--auth file:/etc/popsrv/passwd (lines user:password) or "
                 "--auth memory:alice:secret, or try --demo"
             )
+
+
+def _nonNegative(option: str, value: str) -> int:
+    """
+    Parse a whole number of at least 0, or raise a usage error.
+    """
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise usage.UsageError(f"{option} takes a whole number of at least 0, not {value!r}")
+    return number
+
+
+def _daysOrNever(value: str):
+    """
+    Parse --expire: L{None} for NEVER, or a number of days.
+    """
+    if value.upper() == "NEVER":
+        return None
+    return _nonNegative("--expire", value)
 
 
 def _withByteNames(checker):
@@ -229,8 +301,18 @@ def makeService(options: Options, reactor=None) -> IService:
             )
 
     portal = Portal(MaildirRealm(root, runner=threadRunner(reactor)), checkers)
-    factory = POP3Factory(portal, hostname=options["hostname"], timeout=options["timeout"], clock=reactor)
+    factory = POP3Factory(
+        portal,
+        hostname=options["hostname"],
+        timeout=options["timeout"],
+        clock=reactor,
+        tls=options["tls"],
+        policy=LoginPolicy(options["plaintext-auth"], options["login-delay"]),
+        expire=options["expire"],
+    )
     service = MultiService()
+    if options["tls"] is not None:
+        ReloadOnHangup(options["tls"], reactor).setServiceParent(service)
     for description in options["listen"]:
         endpoint = endpoints.serverFromString(reactor, description)
         ListeningService(endpoint, factory, announce).setServiceParent(service)

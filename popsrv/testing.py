@@ -73,11 +73,16 @@ class POP3TestClient:
 
     waitLimit = 5.0
 
-    def __init__(self, factory: POP3Factory, clock: Clock) -> None:
+    def __init__(self, factory: POP3Factory, clock: Clock, peer: str = "127.0.0.1") -> None:
         self.clock = clock
-        address = IPv4Address("TCP", "127.0.0.1", 110)
+        server = IPv4Address("TCP", "127.0.0.1", 110)
+        client = IPv4Address("TCP", peer, 40000)
         self._collector, self.server, self._pump = iosim.connectedServerAndClient(
-            lambda: factory.buildProtocol(address), _Collector, clock=clock
+            lambda: factory.buildProtocol(client),
+            _Collector,
+            serverTransportFactory=lambda p: iosim.FakeTransport(p, True, hostAddress=server, peerAddress=client),
+            clientTransportFactory=lambda p: iosim.FakeTransport(p, False, hostAddress=client, peerAddress=server),
+            clock=clock,
         )
         self.greeting = self.readLine()
 
@@ -182,11 +187,16 @@ class POP3TestClient:
 
 
 def connect(
-    portal: Optional[Portal] = None, factory: Optional[POP3Factory] = None, clock: Optional[Clock] = None
+    portal: Optional[Portal] = None,
+    factory: Optional[POP3Factory] = None,
+    clock: Optional[Clock] = None,
+    peer: str = "127.0.0.1",
 ) -> POP3TestClient:
     """
     Connect a new in-memory client to a POP3 server for C{portal} (or built
-    by C{factory}), and read its greeting.
+    by C{factory}), and read its greeting.  The client's address is
+    C{peer}: a loopback address by default, which the default login policy
+    lets log in with a plaintext password without TLS.
     """
     if factory is not None:
         if not isinstance(factory.clock, Clock):
@@ -198,7 +208,7 @@ def connect(
         if portal is None:
             raise TypeError("connect() needs a portal or a factory")
         factory = POP3Factory(portal, hostname="popsrv.test", clock=clock)
-    return POP3TestClient(factory, clock)
+    return POP3TestClient(factory, clock, peer)
 
 
 def memoryPortal(users: Mapping[str, str]) -> tuple[Portal, MemoryRealm]:

@@ -43,12 +43,13 @@ class Session:
     One POP3 session over a string transport.
     """
 
-    def __init__(self, portal, clock=None, timeout=600, token="token", authFailureDelay=0):
+    def __init__(self, portal, clock=None, timeout=600, token="token", authFailureDelay=0,
+                 peer="127.0.0.1", transport=None, **factoryArgs):
         self.clock = clock or Clock()
         self.factory = POP3Factory(portal, hostname="pop.example", timeout=timeout, clock=self.clock,
-                                   randomToken=lambda: token, authFailureDelay=authFailureDelay)
+                                   randomToken=lambda: token, authFailureDelay=authFailureDelay, **factoryArgs)
         self.protocol = self.factory.buildProtocol(None)
-        self.transport = NoDelayTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 40000))
+        self.transport = (transport or NoDelayTransport)(peerAddress=IPv4Address("TCP", peer, 40000))
         self.protocol.makeConnection(self.transport)
         self.greeting = self.output()
 

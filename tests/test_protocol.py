@@ -315,11 +315,12 @@ def test_authorizationCommandsRefusedAfterLogin(loggedIn, command):
 
 def test_everyCommandIsCovered():
     """
-    The command table is the one this test file exercises.
+    The command table is the one this file and test_extensions.py (CAPA,
+    AUTH, STLS, UTF8) exercise.
     """
     assert set(COMMANDS) == {
         b"USER", b"PASS", b"APOP", b"STAT", b"LIST", b"UIDL", b"RETR", b"TOP",
-        b"DELE", b"RSET", b"LAST", b"NOOP", b"QUIT",
+        b"DELE", b"RSET", b"LAST", b"NOOP", b"QUIT", b"CAPA", b"AUTH", b"STLS", b"UTF8",
     }
 
 

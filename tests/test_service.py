@@ -146,3 +146,89 @@ def test_implementationsProvideTheirInterfaces(tmp_path):
     assert verifyObject(IRealm, MemoryRealm())
     assert verifyObject(IUsernameHashedPassword, APOPCredentials(b"<a@b>", b"alice", b"0" * 32))
     assert verifyObject(ICredentialsChecker, parse("--auth", "memory:a:b")["credCheckers"][0])
+
+
+def test_extensionOptions(tmp_path):
+    """
+    --tls-cert/--tls-key load a usable certificate; --plaintext-auth,
+    --expire and --login-delay reach the factory.
+    """
+    from .certificates import makePKI
+
+    pki = makePKI(tmp_path / "pki")
+    options = parse("--auth", "memory:a:b", "--tls-cert", str(pki.chain), "--tls-key", str(pki.key),
+                    "--plaintext-auth", "never", "--expire", "30", "--login-delay", "900")
+    reactor = MemoryReactorClock()
+    service = makeService(options, reactor=reactor)
+    service.startService()
+    factory = reactor.tcpServers[0][1]
+    assert factory.tls is options["tls"] and factory.tls.options is not None
+    assert factory.policy.plaintext == "never" and factory.policy.loginDelay == 900
+    assert factory.expire == 30
+    service.stopService()
+    assert parse("--auth", "memory:a:b")["expire"] is None
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tls-cert", "x.pem"], "go together"),
+    (["--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"], "cannot read"),
+    (["--plaintext-auth", "sometimes"], "tls-only, always, never"),
+    (["--expire", "-1"], "--expire"),
+    (["--expire", "soon"], "--expire"),
+    (["--login-delay", "x"], "--login-delay"),
+])
+def test_badExtensionOptions(args, message):
+    """
+    Unusable TLS files and bad values are usage errors saying why.
+    """
+    with pytest.raises(usage.UsageError, match=message):
+        parse("--auth", "memory:a:b", *args)
+
+
+def test_mismatchedKeyRefused(tmp_path):
+    """
+    A key that does not belong to the certificate is refused at startup.
+    """
+    from .certificates import makePKI
+
+    one, other = makePKI(tmp_path / "one"), makePKI(tmp_path / "other")
+    with pytest.raises(usage.UsageError, match="cannot use"):
+        parse("--auth", "memory:a:b", "--tls-cert", str(one.chain), "--tls-key", str(other.key))
+
+
+def test_sighupReloadsCertificate(tmp_path):
+    """
+    SIGHUP makes the service reload the certificate files; unusable new
+    files keep the previous certificate.
+    """
+    import signal
+
+    from twisted.logger import capturedLogs
+
+    from popsrv.service import ReloadOnHangup
+    from popsrv.tls import TLSSettings
+
+    from .certificates import makePKI
+
+    pki = makePKI(tmp_path / "pki")
+    tls = TLSSettings(str(pki.chain), str(pki.key))
+    first = tls.options
+
+    class Reactor(MemoryReactorClock):
+        def callFromThread(self, f, *args):
+            f(*args)
+
+    service = ReloadOnHangup(tls, Reactor())
+    service.startService()
+    try:
+        signal.raise_signal(signal.SIGHUP)
+        second = tls.options
+        assert second is not first
+        pki.key.write_bytes(b"garbage")
+        with capturedLogs() as events:
+            signal.raise_signal(signal.SIGHUP)
+        assert tls.options is second
+        assert any("keeping the previous TLS certificate" in e.get("log_format", "") for e in events)
+    finally:
+        service.stopService()
+    assert signal.getsignal(signal.SIGHUP) is not service._hangup

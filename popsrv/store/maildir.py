@@ -40,7 +40,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from popsrv.errors import MaildropError, MaildropLocked, MessageVanished
+from popsrv.errors import MaildropError, MaildropLocked, MaildropUnusable, MessageVanished
 from popsrv.framing import normalizedSize
 from popsrv.interfaces import IMaildrop, MessageInfo
 from popsrv.producer import CHUNK_SIZE, sendFile
@@ -218,7 +218,7 @@ class MaildirMaildrop:
             os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
         for directory in (self.path, self._cur, self._new, os.path.join(self.path, "tmp")):
             if not stat.S_ISDIR(os.lstat(directory).st_mode):
-                raise MaildropError(f"{directory} is not a directory (a symbolic link?)")
+                raise MaildropUnusable(f"{directory} is not a directory (a symbolic link?)")
         fd = os.open(
             os.path.join(self.path, LOCK_FILE),
             os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,

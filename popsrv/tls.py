@@ -1,0 +1,91 @@
+"""
+TLS settings for STLS (RFC 2595): a certificate chain and key loaded into
+Twisted's L{CertificateOptions}, reloadable while the server runs.
+
+Twisted's defaults are kept (its cipher selection, no compression, server
+cipher preference) with TLS 1.2 as the minimum version.  A certificate file
+may hold the whole chain: the server certificate first, then the
+intermediates.
+"""
+
+from __future__ import annotations
+
+import re
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from twisted.internet import ssl
+from twisted.logger import Logger
+
+__all__ = ["TLSConfigError", "TLSSettings", "loadCertificateOptions"]
+
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+log = Logger()
+
+
+class TLSConfigError(Exception):
+    """
+    The certificate or key cannot be used; the message says why.
+    """
+
+
+def loadCertificateOptions(certificatePath: str, keyPath: str) -> ssl.CertificateOptions:
+    """
+    Load a PEM certificate chain and its private key into TLS options, and
+    check that they can make a TLS context (the key matches the
+    certificate).
+
+    @raise TLSConfigError: if a file cannot be read or used.
+    """
+    try:
+        with open(certificatePath, "rb") as f:
+            chainPEM = f.read()
+        with open(keyPath, "rb") as f:
+            keyPEM = f.read()
+    except OSError as error:
+        raise TLSConfigError(f"cannot read {error.filename}: {error.strerror}")
+    blocks = _PEM_CERTIFICATE.findall(chainPEM)
+    if not blocks:
+        raise TLSConfigError(f"{certificatePath} holds no PEM certificate")
+    try:
+        chain = [x509.load_pem_x509_certificate(block) for block in blocks]
+        key = serialization.load_pem_private_key(keyPEM, password=None)
+        options = ssl.CertificateOptions(
+            privateKey=key,
+            certificate=chain[0],
+            extraCertChain=chain[1:],
+            raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        )
+        options.getContext()
+    except Exception as error:
+        raise TLSConfigError(f"cannot use {certificatePath} with {keyPath}: {error}")
+    return options
+
+
+class TLSSettings:
+    """
+    The TLS options STLS uses, loaded from two files and reloaded from them
+    on request (C{twistd popsrv} reloads on SIGHUP), so a renewed
+    certificate is used by new STLS sessions without a restart.
+
+    @ivar options: the current L{CertificateOptions}.
+    """
+
+    def __init__(self, certificatePath: str, keyPath: str) -> None:
+        self.certificatePath = certificatePath
+        self.keyPath = keyPath
+        self.options = loadCertificateOptions(certificatePath, keyPath)
+
+    def reload(self) -> bool:
+        """
+        Load the files again; keep the previous options if they are not
+        usable now.  Return whether the new files were taken.
+        """
+        try:
+            self.options = loadCertificateOptions(self.certificatePath, self.keyPath)
+        except TLSConfigError as error:
+            log.error("keeping the previous TLS certificate: {error}", error=str(error))
+            return False
+        log.info("reloaded the TLS certificate from {path}", path=self.certificatePath)
+        return True
