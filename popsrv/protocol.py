@@ -30,7 +30,7 @@ from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword,
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime, ISSLTransport
+from twisted.internet.interfaces import IConsumer, INegotiated, IPushProducer, IReactorTime, ISSLTransport
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -314,7 +314,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self._started = clock.seconds()
         peer = self.transport.getPeer()
         self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
-        self._secure = ISSLTransport.providedBy(self.transport)
+        self._secure = ISSLTransport.providedBy(self.transport) or INegotiated.providedBy(self.transport)
         _setNoDelay(self.transport)
         self.setTimeout(self.factory.timeout)
         self._registerGate()

@@ -393,3 +393,24 @@ def test_unusableMaildrop(realm):
     s = session(realm)
     with capturedLogs():
         assert s.login() == b"-ERR [SYS/PERM] maildrop cannot be used, contact the administrator\r\n"
+
+
+def test_implicitTLSIsSecure(realm, tls):
+    """
+    A connection that is TLS from the start (an ssl: listener, RFC 8314)
+    offers no STLS and allows plaintext logins from anywhere under
+    tls-only.
+    """
+    from twisted.internet.interfaces import INegotiated
+    from zope.interface import directlyProvides
+
+    class Negotiated(TLSTransport):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            directlyProvides(self, INegotiated)
+
+    portal, _ = makePortal(realm=realm)
+    s = Session(portal, peer=REMOTE, transport=Negotiated, tls=tls)
+    caps = capabilities(s)
+    assert b"STLS" not in caps and b"USER" in caps
+    assert s.login().startswith(b"+OK alice has")
