@@ -30,7 +30,14 @@ from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword,
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IConsumer, INegotiated, IPushProducer, IReactorTime, ISSLTransport
+from twisted.internet.interfaces import (
+    IConsumer,
+    IHandshakeListener,
+    INegotiated,
+    IPushProducer,
+    IReactorTime,
+    ISSLTransport,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -262,6 +269,7 @@ class _ReadGate:
         pass
 
 
+@implementer(IHandshakeListener)
 class POP3Protocol(LineReceiver, TimeoutMixin):
     """
     One POP3 session.  Build it with L{POP3Factory}.
@@ -317,7 +325,9 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self._secure = ISSLTransport.providedBy(self.transport) or INegotiated.providedBy(self.transport)
         _setNoDelay(self.transport)
         self.setTimeout(self.factory.timeout)
-        self._registerGate()
+        if not self._secure:
+            # Over TLS the gate waits for the handshake (handshakeCompleted).
+            self._registerGate()
         self.log.info("connection from {peer}", peer=self._peer, event="connect")
         if self._credentialInterfaces() & {IUsernameHashedPassword}:
             # The challenge tells clients that APOP is available.
@@ -348,6 +358,16 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             deleted=self._deletedCount, duration=self.factory.clock.seconds() - self._started,
             event="session-end",
         )
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake is done: start watching the client's reading.
+
+        Until now the TLS layer may pause a registered producer while it
+        holds back writes (the greeting), and the read gate would then stop
+        reading the very handshake that would resume it.
+        """
+        self._registerGate()
 
     def timeoutConnection(self) -> None:
         """
@@ -615,7 +635,6 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self._user = None
         self._unregisterGate()
         self.transport.startTLS(self.factory.tls.options)
-        self._registerGate()
         self._secure = True
         self.log.info("TLS started with {peer}", peer=self._peer, event="stls")
 

@@ -414,3 +414,31 @@ def test_implicitTLSIsSecure(realm, tls):
     caps = capabilities(s)
     assert b"STLS" not in caps and b"USER" in caps
     assert s.login().startswith(b"+OK alice has")
+
+
+def test_readGateWaitsForTheHandshake(realm, tls):
+    """
+    Over TLS the read gate is registered only once the handshake is done:
+    before that the TLS layer may pause producers while it holds back the
+    greeting, and pausing reads would stall the handshake itself.
+    """
+    from twisted.internet.interfaces import INegotiated
+    from zope.interface import directlyProvides
+
+    class Negotiated(TLSTransport):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            directlyProvides(self, INegotiated)
+
+    portal, _ = makePortal(realm=realm)
+    implicit = Session(portal, transport=Negotiated)
+    assert implicit.transport.producer is None
+    implicit.protocol.handshakeCompleted()
+    assert implicit.transport.streaming is True
+
+    s = session(realm, tls=tls)
+    assert s.transport.producer is not None
+    s.send("STLS")
+    assert s.transport.producer is None
+    s.protocol.handshakeCompleted()
+    assert s.transport.producer is not None and s.transport.streaming
