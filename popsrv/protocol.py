@@ -298,6 +298,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self._abortLater = None
         self._secure = False
         self._lineWaiter: Optional[defer.Deferred] = None
+        self._method = ""
         self._maildrop: Optional[IMaildrop] = None
         self._logout: Optional[Callable[[], None]] = None
         self._messages: list[_Message] = []
@@ -330,8 +331,9 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             self._registerGate()
         self.log.info("connection from {peer}", peer=self._peer, event="connect")
         if self._credentialInterfaces() & {IUsernameHashedPassword}:
-            # The challenge tells clients that APOP is available.
-            self._send(b"+OK " + self.challenge + b" popsrv ready")
+            # The challenge tells clients that APOP is available; it ends
+            # the line, as in RFC 1939's example (curl looks for it there).
+            self._send(b"+OK popsrv ready " + self.challenge)
         else:
             self._send(b"+OK popsrv ready")
 
@@ -576,6 +578,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         if self._user is None:
             raise _Reply("give USER before PASS")
         user, self._user = self._user, None
+        self._method = "USER/PASS"
         return self._login(UsernamePassword(user, password), user, b"\0" in password)
 
     def do_APOP(self, name: bytes, digest: bytes):
@@ -584,6 +587,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         """
         self._user = None
         credentials = APOPCredentials(self.challenge, name, digest)
+        self._method = "APOP"
         return self._login(credentials, name, not _HEX_DIGEST.fullmatch(digest))
 
     def do_CAPA(self) -> None:
@@ -663,6 +667,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         Run a SASL exchange to its credentials, then log in with them.
         """
         self._user = None
+        self._method = f"SASL {mechanism.name}"
         exchange = mechanism.exchange(self.challenge)
         while True:
             try:
@@ -785,8 +790,9 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self.state = State.TRANSACTION
         count, octets = self._totals()
         self.log.info(
-            "{user} logged in from {peer}, {count} messages ({octets} octets)",
-            user=maildrop.name, peer=self._peer, count=count, octets=octets, event="login",
+            "{user} logged in from {peer} with {mechanism}, {count} messages ({octets} octets)",
+            user=maildrop.name, peer=self._peer, count=count, octets=octets, mechanism=self._method,
+            tls=self._secure, event="login",
         )
         self._ok(f"{maildrop.name} has {_count(count, 'message')} ({octets} octets)")
 
@@ -799,8 +805,9 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         """
         self._failures += 1
         self.log.info(
-            "login failed for {user} from {peer}: {why}",
-            user=_printable(user, 64), peer=self._peer, why=why, failures=self._failures, event="login-failed",
+            "login failed for {user} from {peer} with {mechanism}: {why}",
+            user=_printable(user, 64), peer=self._peer, why=why, failures=self._failures,
+            mechanism=self._method, event="login-failed",
         )
         clock = self.factory.clock
         wait = started + self.factory.authFailureDelay - clock.seconds()

@@ -159,6 +159,33 @@ class TwistdProcess:
         """
         return int(self.waitFor(LISTENING.pattern, timeout).group(1))
 
+    def waitListeningPorts(self, count: int, timeout: float = START_TIMEOUT) -> List[int]:
+        """
+        Wait for C{count} "popsrv listening on 127.0.0.1:PORT" lines (one per
+        --listen option) and return their ports in the order they were
+        logged, which is the order of the --listen options.
+
+        @raise AssertionError: if the deadline passes or twistd exits first.
+        """
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                ports = [int(match.group(1)) for match in map(LISTENING.search, self._lines) if match]
+                if len(ports) >= count:
+                    return ports[:count]
+                if self._eof:
+                    raise AssertionError(
+                        f"twistd exited (status {self.process.wait(STOP_TIMEOUT)}) after logging {len(ports)} "
+                        f"of {count} listening lines; its output:\n" + "\n".join(self._lines)
+                    )
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"only {len(ports)} of {count} listening lines within {timeout}s; output so far:\n"
+                        + "\n".join(self._lines)
+                    )
+                self._changed.wait(left)
+
     def stop(self) -> Optional[int]:
         """
         Stop twistd (SIGTERM, then SIGKILL if it does not exit in time) and

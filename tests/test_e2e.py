@@ -518,7 +518,8 @@ def test_hostile_user_names_are_refused_without_touching_files(launcher: Launche
 
     # With the right password the checker accepts the name: the realm is what
     # refuses it (the checker's own refusal is logged as UnauthorizedLogin).
-    server.twistd.waitFor(rf"login failed for {re.escape(name)} from 127\.0\.0\.1:{port}: (?!UnauthorizedLogin$)")
+    failure = rf"login failed for {re.escape(name)} from 127\.0\.0\.1:{port} with USER/PASS: (?!UnauthorizedLogin$)"
+    server.twistd.waitFor(failure)
     assert filesUnder(tmp_path, root / "alice") == before
     assert sorted(os.listdir(root)) == ["alice"]
     login(server).quit()

@@ -229,7 +229,10 @@ def test_authPlainInitialResponse(realm):
     AUTH PLAIN with an initial response logs in.
     """
     s = session(realm)
-    assert s.send(b"AUTH PLAIN " + b64(b"\0alice\0secret")) == b"+OK alice has 1 message (22 octets)\r\n"
+    with capturedLogs() as events:
+        assert s.send(b"AUTH PLAIN " + b64(b"\0alice\0secret")) == b"+OK alice has 1 message (22 octets)\r\n"
+    (login,) = [e for e in events if e.get("event") == "login"]
+    assert login["mechanism"] == "SASL PLAIN" and login["tls"] is False
 
 
 def test_authPlainContinuation(realm):

@@ -67,7 +67,7 @@ def test_greetingCarriesAPOPChallenge(session):
     The greeting is +OK with a <token.time@host> challenge made of
     A-Za-z0-9.@_+/- only.
     """
-    match = re.fullmatch(rb"\+OK (<[A-Za-z0-9.@_+/-]+>) popsrv ready\r\n", session.greeting)
+    match = re.fullmatch(rb"\+OK popsrv ready (<[A-Za-z0-9.@_+/-]+>)\r\n", session.greeting)
     assert match is not None
     assert match.group(1) == b"<token.0@pop.example>"
     assert session.protocol.challenge == match.group(1)

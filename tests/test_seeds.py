@@ -72,7 +72,7 @@ def test_qpopper1997(qpopperSession):
     The qpopper session of seed 000, line by line.
     """
     session, maildrop = qpopperSession
-    assert session.greeting.startswith(b"+OK <")
+    assert session.greeting.startswith(b"+OK popsrv ready <")
     replay(session, [
         ("user paul", "+OK"),
         ("pass Kukuru23432", "+OK paul has 6 messages (12576 octets)"),

@@ -30,7 +30,7 @@ def test_clientDrivesTheRealProtocol():
     maildrop.add(b"Subject: 1\n\n.dot\n")
     maildrop.add(b"Subject: 2\n\nbody")
     client = connect(portal)
-    assert client.greeting.startswith("+OK <")
+    assert client.greeting.startswith("+OK popsrv ready <")
     with pytest.raises(POP3ClientError, match=r"\[AUTH\]"):
         client.login("alice", "wrong")
     assert client.login("alice", "secret") == "+OK alice has 2 messages (40 octets)"
