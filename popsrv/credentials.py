@@ -15,16 +15,17 @@ import hmac
 from twisted.cred.credentials import IUsernameHashedPassword
 from zope.interface import implementer
 
-__all__ = ["APOPCredentials"]
+__all__ = ["APOPCredentials", "CramMD5Credentials"]
 
 
-@implementer(IUsernameHashedPassword)
-class APOPCredentials:
+class _DigestCredentials:
     """
-    The credentials of an APOP command.
+    Credentials proving knowledge of a secret with a digest over a server
+    challenge; a checker holding the plaintext secret verifies them through
+    L{IUsernameHashedPassword.checkPassword}.
 
     @ivar username: the login name, as sent.
-    @ivar challenge: the C{<...>} string of the greeting, brackets included.
+    @ivar challenge: the server's C{<...>} challenge, brackets included.
     @ivar digest: the client's digest, 32 lowercase hex digits.
     """
 
@@ -40,5 +41,31 @@ class APOPCredentials:
         """
         if isinstance(password, str):
             password = password.encode("utf-8")
-        expected = hashlib.md5(self.challenge + password).hexdigest().encode("ascii")
+        expected = self._digest(password).hexdigest().encode("ascii")
         return hmac.compare_digest(expected, self.digest)
+
+    def _digest(self, secret: bytes):
+        raise NotImplementedError()
+
+
+@implementer(IUsernameHashedPassword)
+class APOPCredentials(_DigestCredentials):
+    """
+    The credentials of an APOP command: C{MD5(challenge + secret)}.
+    """
+
+    def _digest(self, secret: bytes):
+        return hashlib.md5(self.challenge + secret)
+
+
+@implementer(IUsernameHashedPassword)
+class CramMD5Credentials(_DigestCredentials):
+    """
+    The credentials of a CRAM-MD5 exchange (RFC 2195):
+    C{HMAC-MD5(secret, challenge)}.  Unlike Twisted's own
+    C{CramMD5Credentials}, this compares in constant time and accepts a
+    secret as L{str} or L{bytes}.
+    """
+
+    def _digest(self, secret: bytes):
+        return hmac.new(secret, self.challenge, hashlib.md5)

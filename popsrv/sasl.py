@@ -36,8 +36,6 @@ nothing else.
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
 import re
 import secrets
 from typing import Callable, Optional, Union
@@ -48,6 +46,8 @@ from scramp.utils import ServerError
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword, UsernamePassword
 from zope.interface import implementer
 from zope.interface.interface import InterfaceClass
+
+from popsrv.credentials import CramMD5Credentials
 
 __all__ = [
     "MECHANISMS",
@@ -187,35 +187,6 @@ class _LoginExchange(Exchange):
             self._username = _text(response, "user name")
             return Challenge(b"Password:")
         return UsernamePassword(self._username, _text(response, "password"))
-
-
-@implementer(IUsernameHashedPassword)
-class CramMD5Credentials:
-    """
-    The credentials of a CRAM-MD5 exchange (RFC 2195).
-
-    Unlike Twisted's own C{CramMD5Credentials}, this compares digests in
-    constant time and accepts a secret as L{str} or L{bytes}.
-
-    @ivar username: the login name, as sent.
-    @ivar challenge: the server's challenge, C{<...>} brackets included.
-    @ivar digest: the client's HMAC-MD5 digest, 32 lowercase hex digits.
-    """
-
-    def __init__(self, challenge: bytes, username: bytes, digest: bytes) -> None:
-        self.challenge = challenge
-        self.username = username
-        self.digest = digest.lower()
-
-    def checkPassword(self, password) -> bool:
-        """
-        Return whether C{password} (the user's plaintext secret) produces the
-        client's digest; compared in constant time.
-        """
-        if isinstance(password, str):
-            password = password.encode("utf-8")
-        expected = hmac.new(password, self.challenge, hashlib.md5).hexdigest().encode("ascii")
-        return hmac.compare_digest(expected, self.digest)
 
 
 class _CramMD5Exchange(Exchange):

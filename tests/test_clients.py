@@ -36,6 +36,7 @@ from popsrv import __version__
 from popsrv.store.maildir import deliver, uidFor
 
 from .certificates import makePKI
+from .test_e2e import storedLines
 
 if TYPE_CHECKING:
     from .certificates import TestPKI
@@ -89,19 +90,6 @@ MESSAGES: Tuple[bytes, ...] = (
     b"first\n\n. space\n.\nthe last line has no newline",
     bigMessage(),
 )
-
-
-def storedLines(stored: bytes) -> List[bytes]:
-    """
-    The lines of a stored message without their line ends: a line ends at
-    LF, a CR just before that LF belongs to the line end, and an
-    unterminated last line is a line.
-    """
-    parts = stored.split(b"\n")
-    lines = [part[:-1] if part.endswith(b"\r") else part for part in parts[:-1]]
-    if parts[-1]:
-        lines.append(parts[-1])
-    return lines
 
 
 def crlfForm(stored: bytes) -> bytes:

@@ -20,7 +20,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from popsrv import sasl
+from popsrv import credentials
 from popsrv.sasl import MECHANISMS, Challenge, CramMD5Credentials, SASLError, ScramCredentials, mechanism
 
 SESSION_CHALLENGE = b"<4711.1700000000@pop.example>"
@@ -646,7 +646,7 @@ def test_cramMD5ComparesInConstantTime(monkeypatch):
         calls.append((a, b))
         return False
 
-    monkeypatch.setattr(sasl.hmac, "compare_digest", compareDigest)
+    monkeypatch.setattr(credentials.hmac, "compare_digest", compareDigest)
     assert not CramMD5Credentials(RFC2195_CHALLENGE, b"tim", b"b913a602c7eda7a495b4e6e7334d3890").checkPassword(
         b"tanstaaftanstaaf"
     )
