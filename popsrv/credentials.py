@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 
 from twisted.cred.credentials import IUsernameHashedPassword
 from zope.interface import implementer
 
-__all__ = ["APOPCredentials", "CramMD5Credentials"]
+__all__ = ["HEX_DIGEST", "APOPCredentials", "CramMD5Credentials"]
+
+HEX_DIGEST = re.compile(rb"[0-9A-Fa-f]{32}")
 
 
 class _DigestCredentials:

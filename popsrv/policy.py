@@ -16,6 +16,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Optional
 
+from twisted.internet.address import UNIXAddress
+
 __all__ = ["PLAINTEXT_POLICIES", "LoginPolicy", "isLoopback"]
 
 PLAINTEXT_POLICIES = ("tls-only", "always", "never")
@@ -26,9 +28,11 @@ def isLoopback(address) -> bool:
     Whether a peer address (a Twisted address object) is on this machine:
     127.0.0.0/8, ::1 or an IPv4-mapped loopback address, or a UNIX socket.
     """
+    if isinstance(address, UNIXAddress):
+        return True
     host = getattr(address, "host", None)
     if host is None:
-        return getattr(address, "name", None) is not None
+        return False
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
@@ -68,21 +72,26 @@ class LoginPolicy:
             return False
         return secure or isLoopback(peer)
 
-    def admit(self, avatarId, now: float) -> bool:
+    def mayLogIn(self, avatarId, now: float) -> bool:
         """
-        Record a login of C{avatarId} at time C{now} and return True, or
-        return False if it comes sooner than the login delay allows after
-        the user's previous login.
+        Whether C{avatarId} may log in at time C{now}: not sooner than the
+        login delay after the user's last successful login.
         """
         if self.loginDelay is None:
             return True
         last = self._lastLogin.get(avatarId)
-        if last is not None and now - last < self.loginDelay:
-            return False
+        return last is None or now - last >= self.loginDelay
+
+    def loggedIn(self, avatarId, now: float) -> None:
+        """
+        Record a successful login (one that got its maildrop), from which the
+        login delay counts.
+        """
+        if self.loginDelay is None:
+            return
         self._lastLogin[avatarId] = now
         if len(self._lastLogin) > 100000:
             self._forgetOld(now)
-        return True
 
     def _forgetOld(self, now: float) -> None:
         """

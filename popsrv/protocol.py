@@ -37,6 +37,7 @@ from twisted.internet.interfaces import (
     IPushProducer,
     IReactorTime,
     ISSLTransport,
+    ITLSTransport,
 )
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -46,7 +47,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from popsrv import __version__, sasl
-from popsrv.credentials import APOPCredentials
+from popsrv.credentials import HEX_DIGEST, APOPCredentials
 from popsrv.errors import MaildropLocked, MaildropUnusable, MessageVanished
 from popsrv.framing import MessageFramer
 from popsrv.interfaces import IMaildrop, MessageInfo
@@ -64,7 +65,6 @@ MAX_BAD_COMMANDS = 20
 AUTH_FAILURE_DELAY = 1.0
 CLOSE_GRACE = 10.0
 _CHALLENGE_HOST = re.compile(rb"[^A-Za-z0-9.@_+/-]")
-_HEX_DIGEST = re.compile(rb"[0-9A-Fa-f]{32}")
 
 
 class State(Enum):
@@ -413,6 +413,9 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         if self._gateRegistered:
             self._gateRegistered = False
             self.transport.unregisterProducer()
+            if self._blocked:
+                self._blocked = False
+                self._updateReading()
 
     def _setBlocked(self, blocked: bool) -> None:
         self._blocked = blocked
@@ -437,6 +440,10 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         Parse one command line and run it; pause reading while it waits.
         """
         self.resetTimeout()
+        if self._secure and not self._gateRegistered:
+            # A line read over TLS: the handshake is done, even where no
+            # handshakeCompleted reached us (a wrapper such as HAProxy's).
+            self._registerGate()
         if line.endswith(b"\r"):
             line = line[:-1]
         if self._lineWaiter is not None:
@@ -588,25 +595,26 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self._user = None
         credentials = APOPCredentials(self.challenge, name, digest)
         self._method = "APOP"
-        return self._login(credentials, name, not _HEX_DIGEST.fullmatch(digest))
+        return self._login(credentials, name, not HEX_DIGEST.fullmatch(digest))
 
     def do_CAPA(self) -> None:
         """
-        CAPA (RFC 2449): what this server offers in the current state.
+        CAPA (RFC 2449): what this server offers this connection.  The
+        list is the same before and after login: RFC 2449 (section 5) wants
+        the capabilities of the AUTHORIZATION state announced in both.
         """
         lines = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
-        if self.state is State.AUTHORIZATION:
-            if self._plaintextAllowed() and IUsernamePassword in self._credentialInterfaces():
-                lines.append(b"USER")
-            mechanisms = self._mechanisms()
-            if mechanisms:
-                lines.append(b"SASL " + b" ".join(m.name.encode("ascii") for m in mechanisms))
-            if self.factory.tls is not None and not self._secure:
-                lines.append(b"STLS")
+        if self._plaintextAllowed() and IUsernamePassword in self._credentialInterfaces():
+            lines.append(b"USER")
+        mechanisms = self._mechanisms()
+        if mechanisms:
+            lines.append(b"SASL " + b" ".join(m.name.encode("ascii") for m in mechanisms))
+        if self._stlsAvailable():
+            lines.append(b"STLS")
         lines.append(b"EXPIRE NEVER" if self.factory.expire is None else b"EXPIRE %d" % self.factory.expire)
         if self.factory.policy.loginDelay is not None:
             lines.append(b"LOGIN-DELAY %d" % self.factory.policy.loginDelay)
-        lines.append(b"UTF8 USER" if self.state is State.AUTHORIZATION else b"UTF8")
+        lines.append(b"UTF8 USER")
         lines.append(b"IMPLEMENTATION popsrv-" + __version__.encode("ascii"))
         self._sendMultiline("capability list follows", lines)
 
@@ -625,10 +633,10 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         and must not be taken as coming from the TLS peer), and the session
         starts over: a USER given before is forgotten.
         """
-        if self.factory.tls is None:
-            raise _Reply("STLS is not available on this server")
         if self._secure:
             raise _Reply("TLS is already active")
+        if not self._stlsAvailable():
+            raise _Reply("STLS is not available on this server")
         self._ok("begin TLS negotiation")
         discarded = self.clearLineBuffer()
         if discarded:
@@ -659,17 +667,19 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         response = None
         if initial is not None:
             response = b"" if initial == b"=" else _decodeBase64(initial)
-        started = self.factory.clock.seconds()
-        return defer.ensureDeferred(self._authenticate(mechanism, response, started))
+        return defer.ensureDeferred(self._authenticate(mechanism, response))
 
-    async def _authenticate(self, mechanism, response: Optional[bytes], started: float) -> None:
+    async def _authenticate(self, mechanism, response: Optional[bytes]) -> None:
         """
-        Run a SASL exchange to its credentials, then log in with them.
+        Run a SASL exchange to its credentials, then log in with them.  A
+        failure is paced from the client's last response, like a failed
+        PASS from its command.
         """
         self._user = None
         self._method = f"SASL {mechanism.name}"
         exchange = mechanism.exchange(self.challenge)
         while True:
+            started = self.factory.clock.seconds()
             try:
                 step = exchange.step(response)
             except sasl.SASLError as error:
@@ -691,6 +701,12 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
                 return
         await self._loginAsync(step, step.username, started, exchange)
 
+    def _stlsAvailable(self) -> bool:
+        """
+        Whether STLS can start TLS on this connection now.
+        """
+        return self.factory.tls is not None and not self._secure and ITLSTransport.providedBy(self.transport)
+
     def _credentialInterfaces(self) -> set:
         """
         The credentials interfaces the portal's checkers accept.
@@ -706,7 +722,8 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         policy forbids it now.
         """
         if not self._plaintextAllowed():
-            advice = "; use STLS first" if self.factory.tls is not None and not self._secure else ""
+            tlsWouldHelp = self.factory.policy.plaintext == "tls-only" and self._stlsAvailable()
+            advice = "; use STLS first" if tlsWouldHelp else ""
             raise _Reply(f"[AUTH] plaintext authentication is not allowed on this connection{advice}")
 
     def _mechanisms(self) -> list:
@@ -749,7 +766,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
                 if not self._gone():
                     self._err("authentication cancelled")
                 return
-        if not self.factory.policy.admit(maildrop.name, self.factory.clock.seconds()):
+        if not self.factory.policy.mayLogIn(maildrop.name, self.factory.clock.seconds()):
             logout()
             self.log.info("{user} logged in again too soon", user=maildrop.name, peer=self._peer, event="login-delay")
             self._err(f"[LOGIN-DELAY] wait {self.factory.policy.loginDelay} seconds between logins")
@@ -781,6 +798,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             return
         self._maildrop, self._logout = maildrop, logout
         self._userName = maildrop.name
+        self.factory.policy.loggedIn(maildrop.name, self.factory.clock.seconds())
         if self._lost:
             self._endSession()
             return

@@ -36,7 +36,6 @@ nothing else.
 from __future__ import annotations
 
 import functools
-import re
 import secrets
 from typing import Callable, Optional, Union
 
@@ -47,7 +46,7 @@ from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword,
 from zope.interface import implementer
 from zope.interface.interface import InterfaceClass
 
-from popsrv.credentials import CramMD5Credentials
+from popsrv.credentials import HEX_DIGEST, CramMD5Credentials
 
 __all__ = [
     "MECHANISMS",
@@ -61,7 +60,6 @@ __all__ = [
 ]
 
 SCRAM_SALT_OCTETS = 16
-_HEX_DIGEST = re.compile(rb"[0-9A-Fa-f]{32}")
 
 
 class SASLError(Exception):
@@ -206,7 +204,7 @@ class _CramMD5Exchange(Exchange):
             self._challenged = True
             return Challenge(self._challenge)
         username, space, digest = response.rpartition(b" ")
-        if not space or not _HEX_DIGEST.fullmatch(digest):
+        if not space or not HEX_DIGEST.fullmatch(digest):
             raise SASLError("a CRAM-MD5 response is a user name, a space and 32 hex digits")
         return CramMD5Credentials(self._challenge, _text(username, "user name"), digest)
 

@@ -14,7 +14,9 @@ import pytest
 import scramp
 from twisted.cred.checkers import FilePasswordDB
 from twisted.cred.portal import Portal
+from twisted.internet.interfaces import ITLSTransport
 from twisted.logger import capturedLogs
+from zope.interface import implementer
 
 from popsrv import __version__
 from popsrv.errors import MaildropUnusable
@@ -28,6 +30,7 @@ from .helpers import NoDelayTransport, Session, makePortal
 REMOTE = "192.0.2.7"
 
 
+@implementer(ITLSTransport)
 class TLSTransport(NoDelayTransport):
     """
     A string transport that records STLS's switch to TLS.
@@ -84,13 +87,16 @@ def test_capaBeforeLogin(realm, tls):
 
 def test_capaAfterLogin(realm, tls):
     """
-    After login CAPA leaves out what only applies before it.
+    After login CAPA lists what it listed before (RFC 2449, section 5: the
+    AUTHORIZATION state's capabilities are announced in both states).
     """
     s = session(realm, tls=tls, policy=LoginPolicy(loginDelay=0), expire=30)
+    before = capabilities(s)
     s.login()
-    assert capabilities(s) == [
-        b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING", b"EXPIRE 30",
-        b"LOGIN-DELAY 0", b"UTF8", b"IMPLEMENTATION popsrv-" + __version__.encode(),
+    assert capabilities(s) == before == [
+        b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING", b"USER",
+        b"SASL SCRAM-SHA-256 SCRAM-SHA-1 CRAM-MD5 PLAIN LOGIN", b"STLS", b"EXPIRE 30",
+        b"LOGIN-DELAY 0", b"UTF8 USER", b"IMPLEMENTATION popsrv-" + __version__.encode(),
     ]
 
 
@@ -445,3 +451,107 @@ def test_readGateWaitsForTheHandshake(realm, tls):
     assert s.transport.producer is None
     s.protocol.handshakeCompleted()
     assert s.transport.producer is not None and s.transport.streaming
+
+
+# Regressions from review
+
+def test_saslFailurePacedFromLastResponse(realm):
+    """
+    A SASL login that fails is answered a second after the client's last
+    response, however long the exchange took: no quicker answer for an
+    unknown user.
+    """
+    s = session(realm, authFailureDelay=1.0)
+    assert s.send("AUTH PLAIN") == b"+ \r\n"
+    s.clock.advance(5)
+    assert s.send(b64(b"\0nobody\0secret")) == b""
+    s.clock.advance(0.9)
+    assert s.output() == b""
+    s.clock.advance(0.1)
+    assert s.output() == b"-ERR [AUTH] invalid user name or password\r\n"
+
+
+def test_gateRegisteredOnFirstLineOverTLS(realm):
+    """
+    Over TLS through a wrapper that never reports the handshake, the read
+    gate is registered when the first line arrives (it is readable, so the
+    handshake is done).
+    """
+    from twisted.internet.interfaces import INegotiated
+    from zope.interface import directlyProvides
+
+    class Negotiated(TLSTransport):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            directlyProvides(self, INegotiated)
+
+    portal, _ = makePortal(realm=realm)
+    s = Session(portal, transport=Negotiated)
+    assert s.transport.producer is None
+    s.send("NOOP")
+    assert s.transport.producer is not None and s.transport.streaming
+
+
+def test_loginDelayCountsOnlyLoginsThatWorked(realm):
+    """
+    A login refused with [IN-USE] does not start the login delay.
+    """
+    s = session(realm, policy=LoginPolicy(loginDelay=60))
+    s.clock.advance(100)
+    s.login()
+    refused = Session(s.factory.portal, clock=s.clock, policy=s.factory.policy)
+    s.clock.advance(70)
+    assert refused.login().startswith(b"-ERR [IN-USE]")
+    s.send("QUIT")
+    s.lose()
+    s.clock.advance(10)
+    third = Session(s.factory.portal, clock=s.clock, policy=s.factory.policy)
+    assert third.login().startswith(b"+OK alice has")
+
+
+def test_unnamedUnixPeerIsLocal():
+    """
+    A peer on a UNIX socket (whose address has no name) is local.
+    """
+    from twisted.internet.address import UNIXAddress
+
+    assert isLoopback(UNIXAddress(None))
+
+
+def test_stlsClearsAReadPause(realm, tls):
+    """
+    If the client's unread replies had paused reading when STLS switches to
+    TLS, reading resumes, or the handshake could never be read.
+    """
+
+
+    class FullBuffer(TLSTransport):
+        def write(self, data):
+            super().write(data)
+            if b"begin TLS" in data and self.producer is not None:
+                self.producer.pauseProducing()
+
+    portal, _ = makePortal(realm=realm)
+    s = Session(portal, transport=FullBuffer, tls=tls)
+    assert s.send("STLS") == b"+OK begin TLS negotiation\r\n"
+    assert not s.protocol.paused and s.transport.producerState == "producing"
+
+
+def test_stlsNeedsATLSCapableTransport(realm, tls):
+    """
+    On a transport that cannot start TLS, STLS is not offered and refused
+    before any +OK.
+    """
+    portal, _ = makePortal(realm=realm)
+    s = Session(portal, tls=tls)
+    assert b"STLS" not in capabilities(s)
+    assert s.send("STLS") == b"-ERR STLS is not available on this server\r\n"
+
+
+def test_neverPolicyDoesNotSuggestSTLS(realm, tls):
+    """
+    Under --plaintext-auth never the refusal does not suggest STLS, which
+    would not help.
+    """
+    s = session(realm, tls=tls, policy=LoginPolicy("never"))
+    assert s.send("USER alice") == b"-ERR [AUTH] plaintext authentication is not allowed on this connection\r\n"
