@@ -1002,12 +1002,13 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         """
         The UPDATE state: commit deletions and seen marks, release, close.
         """
-        deleted = {m.info.uid for m in self._messages if m.deleted}
+        deleted = frozenset(m.info.uid for m in self._messages if m.deleted)
+        alreadySeen = {m.info.uid for m in self._messages if m.info.seen}
+        seen = frozenset(self._retrieved - deleted - alreadySeen)
         self._committing = True
         try:
-            if deleted or self._retrieved:
-                seen = frozenset(self._retrieved - deleted)
-                await defer.maybeDeferred(self._maildrop.commit, frozenset(deleted), seen)
+            if deleted or seen:
+                await defer.maybeDeferred(self._maildrop.commit, deleted, seen)
         except Exception:
             self.log.failure("could not apply the deletions of {user}", user=self._maildrop.name, peer=self._peer)
             self._endReason = "update failed"

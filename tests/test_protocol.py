@@ -926,3 +926,33 @@ def test_sessionEndLoggedWithoutLogin(session):
         session.lose()
     (summary,) = [e for e in events if e.get("event") == "session-end"]
     assert summary["user"] == "-" and summary["reason"] == "quit"
+
+
+def test_quitCommitsOnlyChanges(realm):
+    """
+    QUIT asks the maildrop only for what changes: no commit at all when
+    nothing was deleted and every retrieved message was already seen.
+    """
+    calls = []
+
+    class Recording(MemoryMaildrop):
+        def commit(self, deleted, seen):
+            calls.append((set(deleted), set(seen)))
+            super().commit(deleted, seen)
+
+    maildrop = Recording("alice", MESSAGES)
+    maildrop.seenUids.add(list(maildrop.messages)[0])
+    portal, _ = makePortal(realm=MemoryRealm({"alice": maildrop}))
+    first = Session(portal)
+    first.login()
+    first.send("RETR 1")
+    first.send("QUIT")
+    assert calls == []
+    uids = list(maildrop.messages)
+    second = Session(portal)
+    second.login()
+    second.send("RETR 1")
+    second.send("RETR 2")
+    second.send("DELE 3")
+    second.send("QUIT")
+    assert calls == [({uids[2]}, {uids[1]})]
