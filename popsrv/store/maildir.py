@@ -276,7 +276,11 @@ class MaildirMaildrop:
         Stream one message file to the consumer.
         """
         try:
-            fileObject = _openMessage(os.path.join(self._cur, self._locate(uid)))
+            try:
+                fileObject = _openMessage(os.path.join(self._cur, self._names[uid]))
+            except FileNotFoundError:
+                # Renamed (its flags changed) since the snapshot, or gone.
+                fileObject = _openMessage(os.path.join(self._cur, self._locate(uid)))
         except (KeyError, FileNotFoundError):
             return fail(MessageVanished(uid))
         except OSError as error:
