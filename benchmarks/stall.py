@@ -28,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from sessions import startPopsrv  # noqa: E402
+from servers import popsrv  # noqa: E402
 
 from popsrv.store.maildir import deliver  # noqa: E402
 
@@ -36,12 +36,10 @@ from popsrv.store.maildir import deliver  # noqa: E402
 def main(args) -> None:
     root = tempfile.mkdtemp(prefix="popsrv-stall-")
     try:
-        passwd = os.path.join(root, "passwd")
-        with open(passwd, "w") as f:
-            f.write("big:pw\nsmall:pw\n")
         line = b"x" * 99 + b"\n"
         deliver(os.path.join(root, "mail", "big"), b"Subject: big\n\n" + line * (args.megabytes * 10000))
-        process, port = startPopsrv(root, passwd)
+        server = popsrv.start(os.path.join(root, "mail"), {"big": "pw", "small": "pw"})
+        port = server.port
         try:
             probes: list[tuple[float, float]] = []
             stop = threading.Event()
@@ -72,8 +70,7 @@ def main(args) -> None:
                 print(f"greetings during it: {len(during)}, median {1000 * during[len(during) // 2]:.2f} ms, "
                       f"worst {1000 * during[-1]:.1f} ms")
         finally:
-            process.terminate()
-            process.wait(10)
+            server.stop()
     finally:
         shutil.rmtree(root)
 

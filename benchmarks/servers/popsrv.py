@@ -1,0 +1,75 @@
+"""
+Runs popsrv (`twistd -n popsrv`, from this checkout) for the benchmarks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from .processes import ProcessTree
+
+__all__ = ["RunningServer", "available", "start"]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class RunningServer(ProcessTree):
+    """
+    A popsrv process serving a Maildir root on 127.0.0.1.
+    """
+
+    def __init__(self, process: subprocess.Popen, port: int, workdir: tempfile.TemporaryDirectory) -> None:
+        super().__init__(process)
+        self.name = "popsrv"
+        self.port = port
+        self._workdir = workdir
+
+    def stop(self) -> None:
+        """
+        Stop the server and remove its working directory.
+        """
+        super().stop()
+        self._workdir.cleanup()
+
+
+def available():
+    """
+    popsrv is always available: it is this checkout.
+    """
+    return None
+
+
+def start(maildirRoot: str, users: dict[str, str], *extra: str) -> RunningServer:
+    """
+    Start `twistd -n popsrv` for C{users} (name to password) on a free port
+    of 127.0.0.1, serving C{maildirRoot}; return once it listens.
+    """
+    workdir = tempfile.TemporaryDirectory(prefix="popsrv-bench-")
+    passwd = os.path.join(workdir.name, "passwd")
+    with open(passwd, "w") as f:
+        f.writelines(f"{user}:{password}\n" for user, password in users.items())
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    process = subprocess.Popen(
+        [twistd, "-n", "--pidfile=", "--logfile=-", "popsrv", "--listen", "tcp:0:interface=127.0.0.1",
+         "--maildir-root", maildirRoot, "--auth", f"file:{passwd}", *extra],
+        cwd=workdir.name, env=dict(os.environ, PYTHONPATH=ROOT),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    for line in iter(process.stdout.readline, b""):
+        match = re.search(rb"popsrv listening on 127\.0\.0\.1:(\d+)", line)
+        if match:
+            # Keep reading the log so that the server never blocks on it.
+            threading.Thread(target=process.stdout.read, daemon=True).start()
+            return RunningServer(process, int(match.group(1)), workdir)
+        if time.monotonic() > deadline:
+            break
+    process.kill()
+    workdir.cleanup()
+    raise RuntimeError("popsrv did not start listening")
