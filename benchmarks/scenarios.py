@@ -124,7 +124,8 @@ def bulk(server, megabytes: int) -> str:
     watcher.join()
     client.command("QUIT")
     client.close()
-    return f"{octets / seconds / 1e6:.0f} MB/s ({octets / 1e6:.0f} MB in {seconds:.2f} s), RSS +{(peak[0] - before) / 1024:.1f} MB"
+    growth = (peak[0] - before) / 1024
+    return f"{octets / seconds / 1e6:.0f} MB/s ({octets / 1e6:.0f} MB in {seconds:.2f} s), RSS +{growth:.1f} MB"
 
 
 def dele(server, count: int) -> str:
@@ -143,7 +144,7 @@ def bigbox(server, count: int) -> str:
         worst = [0.0]
         stop = threading.Event()
 
-        def probe() -> None:
+        def probe(stop=stop, worst=worst) -> None:
             while not stop.is_set():
                 started = time.perf_counter()
                 small = Client(server.port)
