@@ -772,25 +772,46 @@ def test_symlinkedSubdirectoryRefused(tmp_path):
 
 def test_blockingWorkGoesThroughTheRunner(tmp_path):
     """
-    A realm's runner does the maildrop's listing and committing (the
-    service gives a thread pool runner, so no directory scan or measuring
-    of new mail blocks the reactor).
+    Listing with new mail to measure, or a large cur/, and committing many
+    files go through the realm's runner (the service gives a thread pool
+    runner); small work is done at once.
     """
+    from popsrv.store.maildir import QUICK_COMMIT_FILES, QUICK_DIRECTORY_SIZE
+
     calls = []
 
     def runner(function, *args):
         calls.append(function.__name__)
         return defer.succeed(function(*args))
 
-    deliver(str(tmp_path / "alice"), b"Subject: x\n\nbody\n")
-    maildrop = MaildirRealm(str(tmp_path), runner=runner).maildropFor("alice")
-    maildrop.lock()
-    snapshot = []
-    maildrop.listMessages().addCallback(snapshot.extend)
-    maildrop.commit(frozenset([snapshot[0].uid]), frozenset()).addCallback(calls.append)
-    maildrop.release()
-    assert calls == ["_snapshot", "_apply", None]
+    def session(actions):
+        maildrop = MaildirRealm(str(tmp_path), runner=runner).maildropFor("alice")
+        maildrop.lock()
+        snapshot = []
+        result = maildrop.listMessages()
+        if isinstance(result, defer.Deferred):
+            result.addCallback(snapshot.extend)
+        else:
+            snapshot.extend(result)
+        actions(maildrop, snapshot)
+        maildrop.release()
+        return snapshot
+
+    count = QUICK_COMMIT_FILES + 1
+    for n in range(count):
+        deliver(str(tmp_path / "alice"), b"Subject: %d\n\nbody\n" % n)
+    session(lambda maildrop, snapshot: maildrop.commit(frozenset(), frozenset(m.uid for m in snapshot[:2])))
+    assert calls == ["_snapshot"]
+    calls.clear()
+    session(lambda maildrop, snapshot: maildrop.commit(frozenset(m.uid for m in snapshot), frozenset()))
+    assert calls == ["_apply"]
     assert not hasMessages(str(tmp_path / "alice"))
+    calls.clear()
+    for n in range(3000):
+        (tmp_path / "alice" / "cur" / f"{n}.M{n}P1.a-rather-long-host-name.example.com,S=9,W=10:2,").write_bytes(b"x\n")
+    assert os.stat(tmp_path / "alice" / "cur").st_size > QUICK_DIRECTORY_SIZE
+    session(lambda maildrop, snapshot: None)
+    assert calls == ["_snapshot"]
 
 
 def test_threadRunnerUsesTheReactorPool():
