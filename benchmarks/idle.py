@@ -16,10 +16,8 @@ import argparse
 import asyncio
 import os
 import resource
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -28,8 +26,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import loadgen  # noqa: E402
 from fixtures import benchmarkMessage  # noqa: E402
+from harness import eachServer  # noqa: E402
 from scenarios import SERVERS  # noqa: E402
-from sessions import startServer  # noqa: E402
 
 
 async def openIdle(port: int, users: list[int], parallel: int = 50) -> list[asyncio.StreamWriter]:
@@ -100,20 +98,8 @@ async def scenario(server, sessions: int) -> str:
 def main(args) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 2 * args.sessions + 1000)), hard))
-    for name in args.servers:
-        work = tempfile.mkdtemp(prefix="popsrv-idle-")
-        try:
-            users = prepare(os.path.join(work, "mail"), args.sessions)
-            server = startServer(name, os.path.join(work, "mail"), users)
-            if isinstance(server, str):
-                print(f"- {name}: skipped, {server}")
-                continue
-            try:
-                print(f"- {server.name}: {asyncio.run(scenario(server, args.sessions))}", flush=True)
-            finally:
-                server.stop()
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+    for server in eachServer(args.servers, lambda root: prepare(root, args.sessions)):
+        print(f"- {server.name}: {asyncio.run(scenario(server, args.sessions))}", flush=True)
 
 
 if __name__ == "__main__":

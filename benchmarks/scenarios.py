@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import socket
 import sys
-import tempfile
 import threading
 import time
 
@@ -33,7 +31,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 from fixtures import benchmarkMessage  # noqa: E402
-from sessions import startServer  # noqa: E402
+from harness import eachServer  # noqa: E402
 
 from popsrv.store.maildir import deliver  # noqa: E402
 
@@ -199,28 +197,12 @@ def prepare(root: str, scenario: str, args) -> dict[str, str]:
 
 
 def main(args) -> None:
+    measures = {"bulk": lambda server: bulk(server, args.megabytes), "dele": lambda server: dele(server, args.dele),
+                "bigbox": lambda server: bigbox(server, args.messages)}
     for scenario in args.scenarios:
         print(f"## {scenario}", flush=True)
-        for name in args.servers:
-            work = tempfile.mkdtemp(prefix=f"popsrv-{scenario}-")
-            try:
-                users = prepare(os.path.join(work, "mail"), scenario, args)
-                server = startServer(name, os.path.join(work, "mail"), users)
-                if isinstance(server, str):
-                    print(f"- {name}: skipped, {server}")
-                    continue
-                try:
-                    if scenario == "bulk":
-                        text = bulk(server, args.megabytes)
-                    elif scenario == "dele":
-                        text = dele(server, args.dele)
-                    else:
-                        text = bigbox(server, args.messages)
-                    print(f"- {server.name}: {text}", flush=True)
-                finally:
-                    server.stop()
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
+        for server in eachServer(args.servers, lambda root, scenario=scenario: prepare(root, scenario, args)):
+            print(f"- {server.name}: {measures[scenario](server)}", flush=True)
 
 
 if __name__ == "__main__":

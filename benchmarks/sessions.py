@@ -37,29 +37,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import loadgen  # noqa: E402
 from fixtures import makeMaildirs  # noqa: E402
-
-SERVERS = ("popsrv", "twisted", "twisted-nodelay", "dovecot")
-
-
-def startServer(name: str, root: str, users: dict[str, str]):
-    """
-    Start one of L{SERVERS} on a copy of the Maildirs; return it, or a
-    one-line reason why it is not available.
-    """
-    if name == "popsrv":
-        from servers import popsrv
-
-        return popsrv.start(root, users)
-    if name.startswith("twisted"):
-        from servers import twistedmail
-
-        return twistedmail.start(root, users, nodelay=name.endswith("nodelay"))
-    from servers import dovecot
-
-    reason = dovecot.ensureInstalled()
-    if reason is not None:
-        return reason
-    return dovecot.start(root, users)
+from harness import SERVERS, eachServer  # noqa: E402
 
 
 def cannedCeiling(args) -> dict[int, loadgen.Result]:
@@ -97,34 +75,27 @@ def main(args) -> None:
     for concurrency, result in cannedCeiling(args).items():
         print(row("canned (generator ceiling)", concurrency, result, None, None, None), flush=True)
     fixture = tempfile.mkdtemp(prefix="popsrv-sessions-")
-    notes = []
     popsrvResults: dict[int, loadgen.Result] = {}
     try:
         users = makeMaildirs(os.path.join(fixture, "original"), args.users, args.messages, args.size)
-        for name in args.servers:
-            root = os.path.join(fixture, name)
+
+        def prepare(root: str) -> dict[str, str]:
             shutil.copytree(os.path.join(fixture, "original"), root)
-            server = startServer(name, root, users)
-            if isinstance(server, str):
-                notes.append(f"{name}: skipped, {server}")
-                continue
-            try:
-                asyncio.run(loadgen.run(server.port, 4, args.users, args.messages, 60, args.users))
-                for concurrency in args.concurrency:
-                    before = server.cpuSeconds()
-                    result = asyncio.run(loadgen.run(
-                        server.port, concurrency, args.users, args.messages, args.seconds, args.max_sessions))
-                    cpu = server.cpuSeconds() - before
-                    if name == "popsrv":
-                        popsrvResults[concurrency] = result
-                    reference = popsrvResults.get(concurrency) if name != "popsrv" else None
-                    print(row(server.name, concurrency, result, cpu, server.rssKilobytes(), reference), flush=True)
-            finally:
-                server.stop()
+            return users
+
+        for server in eachServer(args.servers, prepare):
+            asyncio.run(loadgen.run(server.port, 4, args.users, args.messages, 60, args.users))
+            for concurrency in args.concurrency:
+                before = server.cpuSeconds()
+                result = asyncio.run(loadgen.run(
+                    server.port, concurrency, args.users, args.messages, args.seconds, args.max_sessions))
+                cpu = server.cpuSeconds() - before
+                if server.name == "popsrv":
+                    popsrvResults[concurrency] = result
+                reference = popsrvResults.get(concurrency) if server.name != "popsrv" else None
+                print(row(server.name, concurrency, result, cpu, server.rssKilobytes(), reference), flush=True)
     finally:
         shutil.rmtree(fixture, ignore_errors=True)
-    for note in notes:
-        print(note)
 
 
 if __name__ == "__main__":

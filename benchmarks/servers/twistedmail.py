@@ -14,20 +14,20 @@ import os
 import re
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 
+from .processes import ProcessTree
+
 __all__ = ["RunningServer", "available", "start"]
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "twistedmail_server.py")
-_TICKS = os.sysconf("SC_CLK_TCK")
 _START_SECONDS = 20
 
 
-class RunningServer:
+class RunningServer(ProcessTree):
     """
     A running twisted.mail.pop3 server process.
 
@@ -36,51 +36,18 @@ class RunningServer:
     """
 
     def __init__(self, process: subprocess.Popen, port: int, nodelay: bool, workdir: str) -> None:
+        super().__init__(process)
         self.name = "twisted.mail.pop3 (TCP_NODELAY)" if nodelay else "twisted.mail.pop3"
         self.port = port
-        self._process = process
         self._workdir = workdir
-        self._finalCPU: float | None = None
-
-    def cpuSeconds(self) -> float:
-        """
-        User plus system CPU seconds of the server process so far (at its
-        stop, once stopped).
-        """
-        if self._finalCPU is not None:
-            return self._finalCPU
-        with open(f"/proc/{self._process.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICKS
-
-    def rssKilobytes(self) -> int:
-        """
-        Resident memory of the server process, in KiB.
-        """
-        with open(f"/proc/{self._process.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return 0
 
     def stop(self) -> None:
         """
-        SIGTERM the server, wait up to 10 s, SIGKILL it if needed; remove
-        its working directory.
+        Stop the server and remove its working directory.
         """
-        if self._process.poll() is None:
-            try:
-                self._finalCPU = self.cpuSeconds()
-            except OSError:
-                pass
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(5)
-        if self._process.stdout is not None:
-            self._process.stdout.close()
+        super().stop()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
         shutil.rmtree(self._workdir, ignore_errors=True)
 
 
