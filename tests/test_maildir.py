@@ -837,3 +837,30 @@ def test_threadRunnerUsesTheReactorPool():
     results = []
     threadRunner(Reactor())(lambda a, b: a + b, 2, 3).addCallback(results.append)
     assert results == [5]
+
+
+def test_quickListingNeverMeasuresNewMail(tmp_path, monkeypatch):
+    """
+    When listing is done at once (new/ was empty), mail that lands in new/
+    just then is left for the next session instead of being measured on
+    the calling thread.
+    """
+    from popsrv.store import maildir as module
+
+    deliver(str(tmp_path), b"Subject: old\n\nbody\n")
+    listOnce(tmp_path)
+    maildrop = MaildirMaildrop(str(tmp_path), "alice", runner=lambda f, *a: pytest.fail("not quick"))
+    maildrop.lock()
+    quick = maildrop._quickToList
+    late = []
+
+    def deliverAfterTheCheck():
+        answer = quick()
+        late.append(deliver(str(tmp_path), b"Subject: late\n\nbody\n"))
+        return answer
+
+    monkeypatch.setattr(maildrop, "_quickToList", deliverAfterTheCheck)
+    monkeypatch.setattr(module, "_measure", lambda *a: pytest.fail("measured on the calling thread"))
+    assert len(maildrop.listMessages()) == 1
+    maildrop.release()
+    assert os.listdir(tmp_path / "new") == late

@@ -267,7 +267,10 @@ class MaildirMaildrop:
         through the runner.
         """
         if self._quickToList():
-            return self._snapshot()
+            # new/ was empty a moment ago: mail that lands there now waits
+            # for the next session rather than being measured, perhaps
+            # large, on this thread.
+            return self._snapshot(deliverNew=False)
         return self._run(self._snapshot)
 
     def _quickToList(self) -> bool:
@@ -285,11 +288,12 @@ class MaildirMaildrop:
         except OSError:
             return False
 
-    def _snapshot(self) -> list[MessageInfo]:
+    def _snapshot(self, deliverNew: bool = True) -> list[MessageInfo]:
         """
-        Move new mail to C{cur/} and snapshot C{cur/}.
+        Move new mail to C{cur/} (unless told not to) and snapshot C{cur/}.
         """
-        self._deliverNew()
+        if deliverNew:
+            self._deliverNew()
         entries = []
         keyed = []
         for fileName in self._listDir(self._cur):
