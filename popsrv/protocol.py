@@ -302,6 +302,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self._maildrop: Optional[IMaildrop] = None
         self._logout: Optional[Callable[[], None]] = None
         self._messages: list[_Message] = []
+        self._liveCount = self._liveOctets = self._totalOctets = 0
         self._initialLast = 0
         self._last = 0
         self._retrieved: set[str] = set()
@@ -756,45 +757,12 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             self.log.failure("authentication backend failed for {user!r}", user=user, peer=self._peer)
             self._err("[SYS/TEMP] authentication is unavailable, try again later")
             return
-        successData = exchange.successData() if exchange is not None else None
-        if successData is not None:
-            # RFC 5034: data that comes with success is sent as one more
-            # challenge, which the client answers with an empty line.
-            self._send(b"+ " + base64.b64encode(successData))
-            if await self._readLine() != b"":
-                logout()
-                if not self._gone():
-                    self._err("authentication cancelled")
-                return
-        if not self.factory.policy.mayLogIn(maildrop.name, self.factory.clock.seconds()):
-            logout()
-            self.log.info("{user} logged in again too soon", user=maildrop.name, peer=self._peer, event="login-delay")
-            self._err(f"[LOGIN-DELAY] wait {self.factory.policy.loginDelay} seconds between logins")
-            return
         try:
-            await defer.maybeDeferred(maildrop.lock)
-        except MaildropLocked:
+            snapshot = await self._openMaildrop(maildrop, exchange)
+        except _Reply as refusal:
             logout()
-            self.log.info("maildrop of {user} is in use", user=maildrop.name, peer=self._peer, event="in-use")
-            self._err("[IN-USE] maildrop is locked by another session, try again later")
-            return
-        except MaildropUnusable as error:
-            logout()
-            self.log.error("maildrop of {user} is unusable: {error}", user=maildrop.name, error=str(error))
-            self._err("[SYS/PERM] maildrop cannot be used, contact the administrator")
-            return
-        except Exception:
-            logout()
-            self.log.failure("could not lock the maildrop of {user}", user=maildrop.name, peer=self._peer)
-            self._err("[SYS/TEMP] maildrop is unavailable, try again later")
-            return
-        try:
-            snapshot = await defer.maybeDeferred(maildrop.listMessages)
-        except Exception:
-            maildrop.release()
-            logout()
-            self.log.failure("could not list the maildrop of {user}", user=maildrop.name, peer=self._peer)
-            self._err("[SYS/TEMP] maildrop is unavailable, try again later")
+            if not self._gone():
+                self._err(refusal.text)
             return
         self._maildrop, self._logout = maildrop, logout
         self._userName = maildrop.name
@@ -803,6 +771,8 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             self._endSession()
             return
         self._messages = [_Message(info) for info in snapshot]
+        self._liveCount = len(snapshot)
+        self._liveOctets = self._totalOctets = sum(info.size for info in snapshot)
         seen = [number for number, info in enumerate(snapshot, 1) if info.seen]
         self._initialLast = self._last = max(seen, default=0)
         self.state = State.TRANSACTION
@@ -813,6 +783,43 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             tls=self._secure, event="login",
         )
         self._ok(f"{maildrop.name} has {_count(count, 'message')} ({octets} octets)")
+
+    async def _openMaildrop(self, maildrop: IMaildrop, exchange) -> list[MessageInfo]:
+        """
+        Finish a login the checker accepted: send SASL's success data, apply
+        the login delay, lock and snapshot the maildrop.
+
+        @raise _Reply: with the refusal to send, once logged (the maildrop
+            is not locked then).
+        """
+        name = maildrop.name
+        successData = exchange.successData() if exchange is not None else None
+        if successData is not None:
+            # RFC 5034: data that comes with success is sent as one more
+            # challenge, which the client answers with an empty line.
+            self._send(b"+ " + base64.b64encode(successData))
+            if await self._readLine() != b"":
+                raise _Reply("authentication cancelled")
+        if not self.factory.policy.mayLogIn(name, self.factory.clock.seconds()):
+            self.log.info("{user} logged in again too soon", user=name, peer=self._peer, event="login-delay")
+            raise _Reply(f"[LOGIN-DELAY] wait {self.factory.policy.loginDelay} seconds between logins")
+        try:
+            await defer.maybeDeferred(maildrop.lock)
+        except MaildropLocked:
+            self.log.info("maildrop of {user} is in use", user=name, peer=self._peer, event="in-use")
+            raise _Reply("[IN-USE] maildrop is locked by another session, try again later")
+        except MaildropUnusable as error:
+            self.log.error("maildrop of {user} is unusable: {error}", user=name, error=str(error))
+            raise _Reply("[SYS/PERM] maildrop cannot be used, contact the administrator")
+        except Exception:
+            self.log.failure("could not lock the maildrop of {user}", user=name, peer=self._peer)
+            raise _Reply("[SYS/TEMP] maildrop is unavailable, try again later")
+        try:
+            return await defer.maybeDeferred(maildrop.listMessages)
+        except Exception:
+            maildrop.release()
+            self.log.failure("could not list the maildrop of {user}", user=name, peer=self._peer)
+            raise _Reply("[SYS/TEMP] maildrop is unavailable, try again later")
 
     def _authFailed(self, user: bytes, why: str, started: float) -> defer.Deferred:
         """
@@ -847,10 +854,10 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
 
     def _totals(self) -> tuple[int, int]:
         """
-        Count the messages not marked deleted, and their octets.
+        The number of messages not marked deleted, and their octets (kept up
+        to date by DELE and RSET, so STAT costs nothing in a big maildrop).
         """
-        live = [m.info.size for m in self._messages if not m.deleted]
-        return len(live), sum(live)
+        return self._liveCount, self._liveOctets
 
     def _message(self, argument: bytes) -> tuple[int, _Message]:
         """
@@ -962,6 +969,8 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         """
         number, message = self._message(argument)
         message.deleted = True
+        self._liveCount -= 1
+        self._liveOctets -= message.info.size
         self._ok(f"message {number} deleted")
 
     def do_RSET(self) -> None:
@@ -970,6 +979,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         """
         for message in self._messages:
             message.deleted = False
+        self._liveCount, self._liveOctets = len(self._messages), self._totalOctets
         self._last = self._initialLast
         count, octets = self._totals()
         self._ok(f"maildrop has {count} messages ({octets} octets)")
