@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import pytest
 
@@ -124,6 +124,33 @@ class TwistdProcess:
         with self._changed:
             return len(self._lines)
 
+    def _waitUntil(self, check: Callable[[], object], describe: str, timeout: float):
+        """
+        Wait until C{check()} (called with the output lines locked, and
+        again whenever a line arrives) returns something other than L{None},
+        and return that.
+
+        @raise AssertionError: if the deadline passes or twistd exits first;
+            C{describe} says what was awaited.
+        """
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = check()
+                if found is not None:
+                    return found
+                if self._eof:
+                    raise AssertionError(
+                        f"twistd exited (status {self.process.wait(STOP_TIMEOUT)}) before {describe}; "
+                        "its output:\n" + "\n".join(self._lines)
+                    )
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"no {describe} within {timeout}s; output so far:\n" + "\n".join(self._lines)
+                    )
+                self._changed.wait(left)
+
     def waitFor(self, pattern: str, timeout: float = 10.0, since: int = 0) -> re.Match:
         """
         Wait until an output line (from position C{since} on) matches the
@@ -132,26 +159,17 @@ class TwistdProcess:
         @raise AssertionError: if the deadline passes or twistd exits first.
         """
         regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        checked = since
-        with self._changed:
-            while True:
-                for line in self._lines[checked:]:
-                    match = regex.search(line)
-                    if match:
-                        return match
-                checked = max(checked, len(self._lines))
-                if self._eof:
-                    raise AssertionError(
-                        f"twistd exited (status {self.process.wait(STOP_TIMEOUT)}) before logging "
-                        f"{pattern!r}; its output:\n" + "\n".join(self._lines)
-                    )
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(
-                        f"no line matching {pattern!r} within {timeout}s; output so far:\n" + "\n".join(self._lines)
-                    )
-                self._changed.wait(left)
+        checked = [since]
+
+        def check():
+            for line in self._lines[checked[0]:]:
+                match = regex.search(line)
+                if match:
+                    return match
+            checked[0] = max(checked[0], len(self._lines))
+            return None
+
+        return self._waitUntil(check, f"line matching {pattern!r}", timeout)
 
     def waitListening(self, timeout: float = START_TIMEOUT) -> int:
         """
@@ -167,24 +185,12 @@ class TwistdProcess:
 
         @raise AssertionError: if the deadline passes or twistd exits first.
         """
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                ports = [int(match.group(1)) for match in map(LISTENING.search, self._lines) if match]
-                if len(ports) >= count:
-                    return ports[:count]
-                if self._eof:
-                    raise AssertionError(
-                        f"twistd exited (status {self.process.wait(STOP_TIMEOUT)}) after logging {len(ports)} "
-                        f"of {count} listening lines; its output:\n" + "\n".join(self._lines)
-                    )
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(
-                        f"only {len(ports)} of {count} listening lines within {timeout}s; output so far:\n"
-                        + "\n".join(self._lines)
-                    )
-                self._changed.wait(left)
+
+        def check():
+            ports = [int(match.group(1)) for match in map(LISTENING.search, self._lines) if match]
+            return ports[:count] if len(ports) >= count else None
+
+        return self._waitUntil(check, f"{count} listening lines", timeout)
 
     def stop(self) -> Optional[int]:
         """
