@@ -2,7 +2,7 @@
 Exceptions that storage backends raise and the protocol turns into replies.
 """
 
-__all__ = ["MaildropError", "MaildropLocked", "MaildropUnusable", "MessageVanished"]
+__all__ = ["CredentialsUnavailable", "MaildropError", "MaildropLocked", "MaildropUnusable", "MessageVanished"]
 
 
 class MaildropError(Exception):
@@ -30,4 +30,12 @@ class MaildropUnusable(MaildropError):
     """
     The maildrop cannot be used until an administrator repairs it (the
     protocol answers C{-ERR [SYS/PERM]}).
+    """
+
+
+class CredentialsUnavailable(Exception):
+    """
+    A credential backend cannot check a login now (its database is down or
+    too slow); the protocol answers C{-ERR [SYS/TEMP]}, never a wrong
+    password.
     """

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IConsumer
 
-__all__ = ["IMaildrop", "MessageInfo"]
+__all__ = ["IMaildrop", "ISecretSource", "MessageInfo"]
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -116,4 +116,27 @@ class IMaildrop(Interface):
         """
         Give up the lock taken by L{lock}.  Called exactly once per session
         that called L{lock} successfully; must not fail.
+        """
+
+
+class ISecretSource(Interface):
+    """
+    Where a credential backend finds each user's stored secret: a passwd
+    file, a database, a directory service.
+
+    A stored secret is a text C{{SCHEME}secret}, in the format Dovecot uses
+    (for example C{{ARGON2ID}$argon2id$...}, C{{SHA512-CRYPT}$6$...} or
+    C{{PLAIN}hunter2}); the checker built on a source verifies every kind of
+    login against it, so a source only looks secrets up.
+    """
+
+    def secretFor(username: bytes) -> Deferred[str | None] | str | None:
+        """
+        Return the stored secret of C{username} (the login name as the client
+        sent it, UTF-8), or L{None} if there is no such user.
+
+        @raise popsrv.errors.CredentialsUnavailable: (or fail with it) if the
+            source cannot answer now (a database is down or too slow); the
+            client is told to try again later, never that its password is
+            wrong.
         """
