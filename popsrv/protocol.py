@@ -23,7 +23,7 @@ import re
 import secrets
 import socket
 from enum import Enum
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import attr
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword, UsernamePassword
@@ -77,14 +77,15 @@ class State(Enum):
     UPDATE = "UPDATE"
 
 
-@attr.s(slots=True, auto_attribs=True)
-class _Message:
+def _lastSeen(snapshot: Sequence[MessageInfo]) -> int:
     """
-    A message as one session sees it: the snapshot entry and its marks.
+    The number of the last message of a snapshot that was retrieved in an
+    earlier session (0 if none): where LAST starts.
     """
-
-    info: MessageInfo
-    deleted: bool = False
+    for index in range(len(snapshot) - 1, -1, -1):
+        if snapshot[index].seen:
+            return index + 1
+    return 0
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -301,11 +302,15 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self._method = ""
         self._maildrop: Optional[IMaildrop] = None
         self._logout: Optional[Callable[[], None]] = None
-        self._messages: list[_Message] = []
+        # The maildrop's snapshot, as it gave it (never changed here), and
+        # the indexes into it of the messages marked deleted.
+        self._messages: Sequence[MessageInfo] = ()
+        self._deleted: set[int] = set()
         self._liveCount = self._liveOctets = self._totalOctets = 0
         self._initialLast = 0
         self._last = 0
         self._retrieved: set[str] = set()
+        self._newlySeen: set[str] = set()
         self._retrievedOctets = 0
         self._deletedCount = 0
         self._lost = False
@@ -770,11 +775,10 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         if self._lost:
             self._endSession()
             return
-        self._messages = [_Message(info) for info in snapshot]
+        self._messages = snapshot
         self._liveCount = len(snapshot)
-        self._liveOctets = self._totalOctets = sum(info.size for info in snapshot)
-        seen = [number for number, info in enumerate(snapshot, 1) if info.seen]
-        self._initialLast = self._last = max(seen, default=0)
+        self._liveOctets = self._totalOctets = sum([info.size for info in snapshot])
+        self._initialLast = self._last = _lastSeen(snapshot)
         self.state = State.TRANSACTION
         count, octets = self._totals()
         self.log.info(
@@ -859,7 +863,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         """
         return self._liveCount, self._liveOctets
 
-    def _message(self, argument: bytes) -> tuple[int, _Message]:
+    def _message(self, argument: bytes) -> tuple[int, MessageInfo]:
         """
         Return the number and entry of the live message an argument names.
         """
@@ -868,10 +872,9 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         number = int(argument)
         if not 1 <= number <= len(self._messages):
             raise _Reply(f"no such message, only {len(self._messages)} messages in maildrop")
-        message = self._messages[number - 1]
-        if message.deleted:
+        if number - 1 in self._deleted:
             raise _Reply(f"message {number} already deleted")
-        return number, message
+        return number, self._messages[number - 1]
 
     def do_STAT(self) -> None:
         """
@@ -886,10 +889,11 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         """
         if argument is not None:
             number, message = self._message(argument)
-            self._ok(f"{number} {message.info.size}")
+            self._ok(f"{number} {message.size}")
             return
         count, octets = self._totals()
-        lines = [b"%d %d" % (n, m.info.size) for n, m in enumerate(self._messages, 1) if not m.deleted]
+        deleted = self._deleted
+        lines = [b"%d %d" % (n, m.size) for n, m in enumerate(self._messages, 1) if n - 1 not in deleted]
         self._sendMultiline(f"{count} messages ({octets} octets)", lines)
 
     def do_UIDL(self, argument: Optional[bytes] = None) -> None:
@@ -898,12 +902,13 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         """
         if argument is not None:
             number, message = self._message(argument)
-            self._ok(f"{number} {message.info.uid}")
+            self._ok(f"{number} {message.uid}")
             return
+        deleted = self._deleted
         lines = [
-            b"%d %s" % (n, m.info.uid.encode("ascii"))
+            b"%d %s" % (n, m.uid.encode("ascii"))
             for n, m in enumerate(self._messages, 1)
-            if not m.deleted
+            if n - 1 not in deleted
         ]
         self._sendMultiline("unique-id listing follows", lines)
 
@@ -912,7 +917,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         RETR n: send a whole message.
         """
         number, message = self._message(argument)
-        status = b"+OK %d octets\r\n" % (message.info.size,)
+        status = b"+OK %d octets\r\n" % (message.size,)
         return self._sendMessage(number, message, MessageFramer(), status, retrieve=True)
 
     def do_TOP(self, argument: bytes, lines: bytes) -> defer.Deferred:
@@ -926,13 +931,13 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         return self._sendMessage(number, message, framer, b"+OK top of message follows\r\n", retrieve=False)
 
     def _sendMessage(
-        self, number: int, message: _Message, framer: MessageFramer, status: bytes, retrieve: bool
+        self, number: int, message: MessageInfo, framer: MessageFramer, status: bytes, retrieve: bool
     ) -> defer.Deferred:
         """
         Stream a message from the maildrop through the framer.
         """
         consumer = _FramingConsumer(self, framer, status)
-        uid = message.info.uid
+        uid = message.uid
 
         def sent(_):
             if self._gone():
@@ -942,7 +947,9 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
                 self._last = max(self._last, number)
                 if uid not in self._retrieved:
                     self._retrieved.add(uid)
-                    self._retrievedOctets += message.info.size
+                    self._retrievedOctets += message.size
+                    if not message.seen:
+                        self._newlySeen.add(uid)
 
         def failed(failure: Failure):
             if self._gone():
@@ -968,17 +975,16 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         DELE n: mark a message deleted; it is removed only at QUIT.
         """
         number, message = self._message(argument)
-        message.deleted = True
+        self._deleted.add(number - 1)
         self._liveCount -= 1
-        self._liveOctets -= message.info.size
+        self._liveOctets -= message.size
         self._ok(f"message {number} deleted")
 
     def do_RSET(self) -> None:
         """
         RSET: unmark every deleted message.
         """
-        for message in self._messages:
-            message.deleted = False
+        self._deleted.clear()
         self._liveCount, self._liveOctets = len(self._messages), self._totalOctets
         self._last = self._initialLast
         count, octets = self._totals()
@@ -1012,9 +1018,9 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         """
         The UPDATE state: commit deletions and seen marks, release, close.
         """
-        deleted = frozenset(m.info.uid for m in self._messages if m.deleted)
-        alreadySeen = {m.info.uid for m in self._messages if m.info.seen}
-        seen = frozenset(self._retrieved - deleted - alreadySeen)
+        messages = self._messages
+        deleted = frozenset(messages[index].uid for index in self._deleted)
+        seen = frozenset(self._newlySeen - deleted)
         self._committing = True
         try:
             if deleted or seen:

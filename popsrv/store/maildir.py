@@ -22,10 +22,8 @@ Layout and rules (the Maildir conventions of qmail, Courier and Dovecot):
 
 from __future__ import annotations
 
-import collections
 import errno
 import fcntl
-import hashlib
 import itertools
 import os
 import re
@@ -44,6 +42,7 @@ from popsrv.errors import MaildropError, MaildropLocked, MaildropUnusable, Messa
 from popsrv.framing import normalizedSize
 from popsrv.interfaces import IMaildrop, MessageInfo
 from popsrv.producer import CHUNK_SIZE, sendFile
+from popsrv.store.listing import ListingCache, recordedSize, splitName, uidFor
 
 __all__ = ["LOCK_FILE", "MaildirMaildrop", "deliver", "hasMessages", "threadRunner", "uidFor"]
 
@@ -57,14 +56,12 @@ QUICK_COMMIT_FILES = 64
 # What handling one file name costs, in measured octets (about 1 µs of CPU
 # per 1 KiB measured, several µs per name): the pacer yields every ~250 names.
 _NAME_WORK = 4096
-_SIZE_FIELDS = re.compile(r",[SW]=\d+")
-_VIRTUAL_SIZE = re.compile(r",W=(\d+)")
 _PHYSICAL_SIZE = re.compile(r",S=\d+")
-_DELIVERY_TIME = re.compile(r"(\d+)(?:\.M(\d+))?")
-_UID_OCTETS = re.compile(r"[\x21-\x7e]{1,70}")
 
 log = Logger()
 _deliveries = itertools.count()
+# The parsed cur/ listings of the big Maildirs this process served lately.
+LISTINGS = ListingCache()
 
 
 def deliver(maildir: str, message: bytes) -> str:
@@ -100,15 +97,6 @@ def hasMessages(maildir: str) -> bool:
     return False
 
 
-def _splitName(name: str) -> tuple[str, str]:
-    """
-    Split a Maildir file name into its base name and its info part (without
-    the colon; empty if there is none).
-    """
-    base, _, info = name.partition(":")
-    return base, info
-
-
 def _inline(function: Callable[..., Any], *args: Any) -> Any:
     """
     Run blocking work right away, in the calling thread.
@@ -126,38 +114,6 @@ def threadRunner(reactor) -> Callable[..., Deferred]:
         return deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
 
     return run
-
-
-def _hashed(text: str) -> str:
-    """
-    A stable uid made from any text: 40 hex digits.
-    """
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:40]
-
-
-def uidFor(base: str) -> str:
-    """
-    Return the POP3 unique id of a message from its Maildir base name: the
-    name without its size fields (which tools add and fix), or a hash of
-    that if it is not 1 to 70 printable ASCII characters.
-    """
-    uid = _SIZE_FIELDS.sub("", base)
-    return uid if _UID_OCTETS.fullmatch(uid) else _hashed(uid)
-
-
-def _orderKey(name: str) -> tuple[int, int, str, str]:
-    """
-    Sort key of a Maildir name: delivery time first (seconds, then the
-    microseconds of a C{<seconds>.M<usec>...} name, which MDAs do not always
-    zero-pad), then the unique name without size fields, then the base name;
-    never the flags, so the order does not change when they do.
-    """
-    base = _splitName(name)[0]
-    unique = _SIZE_FIELDS.sub("", base)
-    match = _DELIVERY_TIME.match(unique)
-    if match is None:
-        return (0, 0, unique, base)
-    return (int(match.group(1)), int(match.group(2) or 0), unique, base)
 
 
 def _openMessage(path: str):
@@ -290,42 +246,38 @@ class MaildirMaildrop:
 
     def _snapshot(self, deliverNew: bool = True) -> list[MessageInfo]:
         """
-        Move new mail to C{cur/} (unless told not to) and snapshot C{cur/}.
+        Move new mail to C{cur/} (unless told not to) and snapshot C{cur/},
+        parsing only the names that the listing kept from an earlier
+        snapshot does not know.
         """
         if deliverNew:
             self._deliverNew()
-        entries = []
-        keyed = []
-        for fileName in self._listDir(self._cur):
-            self._pacer.account(_NAME_WORK)
-            keyed.append((_orderKey(fileName), fileName))
-        keyed.sort()
-        for _, fileName in keyed:
-            self._pacer.account(_NAME_WORK)
-            base, info = _splitName(fileName)
-            size = _VIRTUAL_SIZE.search(base)
-            if size is None:
-                fileName = self._recordSize(self._cur, fileName, fileName)
-                if fileName is None:
-                    continue
-                base, info = _splitName(fileName)
-                size = _VIRTUAL_SIZE.search(base)
-            seen = info.startswith("2,") and "S" in info[2:]
-            entries.append((uidFor(base), base, fileName, int(size.group(1)), seen))
-        # Names alike but for their size fields (or, against the Maildir
-        # rules, alike but for their flags) would share a uid: give each of
-        # them its own hash, so none of them ever shows another's uid.
-        counts = collections.Counter(uid for uid, *_ in entries)
-        bases = collections.Counter(base for _, base, *_ in entries)
-        messages = []
-        names = {}
-        for uid, base, fileName, size, seen in entries:
-            if counts[uid] > 1:
-                uid = _hashed(base if bases[base] == 1 else fileName)
-            names[uid] = fileName
-            messages.append(MessageInfo(uid, size, seen))
-        self._names = names
-        return messages
+        listing = LISTINGS.take(self._cur)
+        if listing.isEmpty():
+            listing.update(self._listDir(self._cur), self._recordSizeInCur, self._accountName)
+        else:
+            listing.update(os.listdir(self._cur), self._recordSizeInCur, self._accountName, self._isMessageFile)
+        LISTINGS.give(self._cur, listing)
+        self._names = dict(listing.fileNames)
+        return listing.messages
+
+    def _accountName(self) -> None:
+        self._pacer.account(_NAME_WORK)
+
+    def _recordSizeInCur(self, fileName: str) -> Optional[str]:
+        return self._recordSize(self._cur, fileName, fileName)
+
+    def _isMessageFile(self, name: str) -> bool:
+        """
+        Whether a name of C{cur/} is a message: a regular file whose name
+        does not start with a dot.
+        """
+        if name.startswith("."):
+            return False
+        try:
+            return stat.S_ISREG(os.lstat(os.path.join(self._cur, name)).st_mode)
+        except FileNotFoundError:
+            return False
 
     def sendMessage(self, uid: str, consumer: IConsumer) -> Deferred[None]:
         """
@@ -426,7 +378,7 @@ class MaildirMaildrop:
         """
         for fileName in self._listDir(self._new):
             self._pacer.account(_NAME_WORK)
-            base, info = _splitName(fileName)
+            base, info = splitName(fileName)
             target = fileName if info else base + ":2,"
             self._recordSize(self._new, fileName, target)
 
@@ -436,8 +388,8 @@ class MaildirMaildrop:
         sizes in the name; return the new name (L{None} if it vanished).
         """
         source = os.path.join(directory, fileName)
-        base, info = _splitName(target)
-        if not _VIRTUAL_SIZE.search(base):
+        base, info = splitName(target)
+        if recordedSize(base) is None:
             try:
                 physical, size = _measure(source, self._pacer)
             except FileNotFoundError:
@@ -462,9 +414,9 @@ class MaildirMaildrop:
         fileName = self._names[uid]
         if os.path.exists(os.path.join(self._cur, fileName)):
             return fileName
-        base, _ = _splitName(fileName)
+        base, _ = splitName(fileName)
         for candidate in self._listDir(self._cur):
-            if _splitName(candidate)[0] == base:
+            if splitName(candidate)[0] == base:
                 self._names[uid] = candidate
                 return candidate
         raise KeyError(uid)
@@ -477,7 +429,7 @@ class MaildirMaildrop:
         @raise OSError: if it cannot be renamed.
         """
         fileName = self._locate(uid)
-        base, info = _splitName(fileName)
+        base, info = splitName(fileName)
         flags = info[2:] if info.startswith("2,") else ""
         if "S" in flags:
             return

@@ -1,0 +1,269 @@
+"""
+The snapshot of a Maildir's C{cur/}: its file names parsed into the numbered
+list of messages a POP3 session sees.
+
+Parsing a name (its delivery time for the order, its uid, its sizes and
+flags) costs a few microseconds, which adds up to a second for 100,000
+messages.  A L{CurListing} keeps what it parsed, so the next snapshot of
+the same Maildir parses only the names that are new since; L{ListingCache}
+keeps the listings of the big Maildirs a process served recently.  Nothing
+is trusted without looking: every snapshot lists the directory again, and a
+name that appeared, vanished or changed (new flags, new size fields) is a
+different name.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import re
+import threading
+from typing import Callable, Iterable, Optional
+
+import attr
+
+from popsrv.interfaces import MessageInfo
+
+__all__ = ["CurListing", "ListingCache", "orderKey", "splitName", "uidFor"]
+
+_SIZE_FIELDS = re.compile(r",[SW]=\d+")
+_VIRTUAL_SIZE = re.compile(r",W=(\d+)")
+_DELIVERY_TIME = re.compile(r"(\d+)(?:\.M(\d+))?")
+_UID_OCTETS = re.compile(r"[\x21-\x7e]{1,70}")
+
+
+def splitName(name: str) -> tuple[str, str]:
+    """
+    Split a Maildir file name into its base name and its info part (without
+    the colon; empty if there is none).
+    """
+    base, _, info = name.partition(":")
+    return base, info
+
+
+def hashedUid(text: str) -> str:
+    """
+    A stable uid made from any text: 40 hex digits.
+    """
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+def uidFor(base: str) -> str:
+    """
+    Return the POP3 unique id of a message from its Maildir base name: the
+    name without its size fields (which tools add and fix), or a hash of
+    that if it is not 1 to 70 printable ASCII characters.
+    """
+    uid = _SIZE_FIELDS.sub("", base)
+    return uid if _UID_OCTETS.fullmatch(uid) else hashedUid(uid)
+
+
+def orderKey(name: str) -> tuple[int, int, str, str]:
+    """
+    Sort key of a Maildir name: delivery time first (seconds, then the
+    microseconds of a C{<seconds>.M<usec>...} name, which MDAs do not always
+    zero-pad), then the unique name without size fields, then the base name;
+    never the flags, so the order does not change when they do.
+    """
+    base = splitName(name)[0]
+    unique = _SIZE_FIELDS.sub("", base)
+    match = _DELIVERY_TIME.match(unique)
+    if match is None:
+        return (0, 0, unique, base)
+    return (int(match.group(1)), int(match.group(2) or 0), unique, base)
+
+
+def recordedSize(base: str) -> Optional[int]:
+    """
+    The POP3 size a base name records in its C{,W=} field, or L{None}.
+    """
+    match = _VIRTUAL_SIZE.search(base)
+    return None if match is None else int(match.group(1))
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class _Parsed:
+    """
+    What one file name of C{cur/} says about its message.
+    """
+
+    key: tuple[int, int, str, str]
+    base: str
+    info: MessageInfo
+
+
+def _parse(fileName: str) -> Optional[_Parsed]:
+    """
+    Parse a name of C{cur/}; L{None} if it records no POP3 size.
+    """
+    base, flags = splitName(fileName)
+    size = recordedSize(base)
+    if size is None:
+        return None
+    seen = flags.startswith("2,") and "S" in flags[2:]
+    return _Parsed(orderKey(fileName), base, MessageInfo(uidFor(base), size, seen))
+
+
+class CurListing:
+    """
+    The parsed listing of one Maildir's C{cur/}, brought up to date from
+    the directory's current names by L{update}.
+
+    @ivar messages: the snapshot of the last L{update}, in POP3 order; never
+        changed afterwards (the next update makes a new list), so sessions
+        may keep it.
+    @ivar fileNames: the file name of each message of L{messages}, by uid.
+    """
+
+    def __init__(self) -> None:
+        self._parsed: dict[str, _Parsed] = {}
+        self._order: list[str] = []
+        self.messages: list[MessageInfo] = []
+        self.fileNames: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._parsed)
+
+    def isEmpty(self) -> bool:
+        """
+        Whether nothing was parsed yet (the first listing reads every name).
+        """
+        return not self._parsed
+
+    def knows(self, fileName: str) -> bool:
+        """
+        Whether C{fileName} was parsed by an earlier update.
+        """
+        return fileName in self._parsed
+
+    def update(
+        self,
+        names: list[str],
+        withSize: Callable[[str], Optional[str]],
+        account: Callable[[], None] = lambda: None,
+        admit: Optional[Callable[[str], bool]] = None,
+    ) -> None:
+        """
+        Bring the listing up to date with C{names}, the names now in
+        C{cur/} (each once).
+
+        @param withSize: called with each name that records no POP3 size;
+            returns the file's new name, which does, or L{None} if the
+            message is gone.
+        @param account: called for each name parsed (to pace CPU work).
+        @param admit: if given, called with each name the listing does not
+            know, to tell whether it is a message file at all.
+        """
+        parsed = self._parsed
+        fresh = [name for name in names if name not in parsed]
+        known = len(names) - len(fresh)
+        if admit is not None and fresh:
+            fresh = [name for name in fresh if admit(name)]
+        if not fresh and known == len(parsed):
+            return
+        if known != len(parsed):
+            present = set(names)
+            self._parsed = parsed = {name: p for name, p in parsed.items() if name in present}
+        added = []
+        for name in fresh:
+            account()
+            entry = _parse(name)
+            if entry is None:
+                renamed = withSize(name)
+                entry = None if renamed is None else _parse(renamed)
+                if entry is None:
+                    continue
+                name = renamed
+            parsed[name] = entry
+            added.append(name)
+        order = [name for name in self._order if name in parsed]
+        order.extend(added)
+        # Mostly in order already: the sort merges the new names in.
+        order.sort(key=lambda name: parsed[name].key)
+        self._order = order
+        self._publish()
+
+    def _publish(self) -> None:
+        """
+        Build the snapshot from the parsed names, giving each of the names
+        that would share a uid a hash of its own instead.
+        """
+        parsed, order = self._parsed, self._order
+        uids = collections.Counter(parsed[name].info.uid for name in order)
+        messages = []
+        fileNames = {}
+        if len(uids) == len(order):
+            for name in order:
+                info = parsed[name].info
+                messages.append(info)
+                fileNames[info.uid] = name
+        else:
+            # Names alike but for their size fields (or, against the Maildir
+            # rules, alike but for their flags) would share a uid: none of
+            # them may ever show another's.
+            bases = collections.Counter(parsed[name].base for name in order)
+            for name in order:
+                entry = parsed[name]
+                info = entry.info
+                if uids[info.uid] > 1:
+                    unique = entry.base if bases[entry.base] == 1 else name
+                    info = MessageInfo(hashedUid(unique), info.size, info.seen)
+                messages.append(info)
+                fileNames[info.uid] = name
+        self.messages, self.fileNames = messages, fileNames
+
+
+class ListingCache:
+    """
+    The listings of the biggest Maildirs a process served recently, so that
+    their next snapshot parses only what changed.
+
+    A listing is taken out (L{take}) by the one session that holds the
+    Maildir's lock, and handed back (L{give}) when it is up to date, so no
+    two threads ever work on the same one.  Listings of fewer than
+    C{minimum} messages are not kept (parsing them is quick); beyond
+    C{capacity} messages in all, the least recently used are dropped.
+    """
+
+    def __init__(self, capacity: int = 250_000, minimum: int = 1_000) -> None:
+        self.capacity = capacity
+        self.minimum = minimum
+        self._listings: collections.OrderedDict[str, CurListing] = collections.OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> CurListing:
+        """
+        Take the listing kept for C{key}, or a new empty one.
+        """
+        with self._lock:
+            listing = self._listings.pop(key, None)
+            if listing is None:
+                return CurListing()
+            self._size -= len(listing)
+            return listing
+
+    def give(self, key: str, listing: CurListing) -> None:
+        """
+        Keep an up-to-date listing for the next snapshot of C{key}, if it is
+        worth keeping.
+        """
+        size = len(listing)
+        if size < self.minimum or size > self.capacity:
+            return
+        with self._lock:
+            previous = self._listings.pop(key, None)
+            if previous is not None:
+                self._size -= len(previous)
+            self._listings[key] = listing
+            self._size += size
+            while self._size > self.capacity:
+                _, dropped = self._listings.popitem(last=False)
+                self._size -= len(dropped)
+
+    def keys(self) -> Iterable[str]:
+        """
+        The keys of the kept listings, least recently used first.
+        """
+        with self._lock:
+            return list(self._listings)

@@ -1,0 +1,202 @@
+"""
+Tests of the parsed C{cur/} listings (L{popsrv.store.listing}): a listing
+brought up to date from an earlier one must always equal a listing made from
+nothing, whatever changed in between, and the Maildir backend must give the
+same snapshots with and without the listings it keeps.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from popsrv.store import maildir
+from popsrv.store.listing import CurListing, ListingCache
+from popsrv.store.maildir import MaildirMaildrop, deliver
+
+
+def noSize(name: str):
+    raise AssertionError(f"{name} records no size")
+
+
+def fresh(names) -> CurListing:
+    listing = CurListing()
+    listing.update(list(names), noSize)
+    return listing
+
+
+def snapshotOf(listing: CurListing):
+    return list(listing.messages), dict(listing.fileNames)
+
+
+# Names as MDAs write them, some with colliding uids (alike but for their
+# size fields or flags), some unordered by time, some not Maildir-like.
+_seconds = st.integers(1_600_000_000, 1_600_000_003)
+_names = st.one_of(
+    st.builds(
+        lambda t, u, q, w, flags: f"{t}.M{u}P7Q{q}.host,S={w},W={w + 1}:2,{flags}",
+        _seconds, st.integers(0, 999_999), st.integers(0, 3), st.integers(1, 3), st.sampled_from(["", "S", "FS"]),
+    ),
+    st.builds(lambda t, w: f"{t}.odd,W={w}", _seconds, st.integers(1, 3)),
+    st.builds(lambda w: f"not-a-time-{'x' * 80},W={w}:2,", st.integers(1, 2)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sets(_names, max_size=12), min_size=1, max_size=5))
+def test_anUpdatedListingEqualsAFreshOne(generations) -> None:
+    """
+    Whatever names appear and vanish between updates, the updated listing
+    is the one parsed from nothing.
+    """
+    listing = CurListing()
+    for names in generations:
+        listing.update(list(names), noSize)
+        assert snapshotOf(listing) == snapshotOf(fresh(names))
+        assert len({info.uid for info in listing.messages}) == len(names)
+
+
+def test_anUnchangedListingKeepsItsSnapshot() -> None:
+    """
+    When no name changed, the update parses nothing and the snapshot is the
+    very same list.
+    """
+    names = [f"{1_600_000_000 + n}.M1P1Q{n}.h,S=5,W=6:2," for n in range(50)]
+    listing = fresh(names)
+    before = listing.messages
+    parsed = []
+    listing.update(list(reversed(names)), noSize, lambda: parsed.append(1))
+    assert listing.messages is before
+    assert parsed == []
+
+
+def test_onlyNewNamesAreParsed() -> None:
+    """
+    After a delivery, only the new names are parsed, and the new message
+    comes last.
+    """
+    names = [f"{1_600_000_000 + n}.M1P1Q{n}.h,W=6:2," for n in range(50)]
+    listing = fresh(names)
+    parsed = []
+    listing.update(names + ["1700000000.M1P1Q9.h,W=9:2,"], noSize, lambda: parsed.append(1))
+    assert len(parsed) == 1
+    assert listing.messages[-1].uid == "1700000000.M1P1Q9.h"
+    assert listing.messages[-1].size == 9
+
+
+def test_namesWithoutASizeAreHandedToWithSize() -> None:
+    """
+    A name without C{,W=} is measured (renamed) through C{withSize}; a
+    message gone meanwhile (L{None}) is left out.
+    """
+    listing = CurListing()
+    listing.update(["1.a:2,", "2.b:2,"], lambda name: None if name == "2.b:2," else "1.a,W=4:2,")
+    assert [(info.uid, info.size) for info in listing.messages] == [("1.a", 4)]
+    assert listing.fileNames == {"1.a": "1.a,W=4:2,"}
+
+
+def test_namesThatAreNotMessagesAreNotAdmitted() -> None:
+    """
+    Names that C{admit} refuses are never parsed nor listed, and do not
+    make an unchanged listing look changed.
+    """
+    listing = fresh(["1.a,W=1:2,"])
+    before = listing.messages
+    listing.update(["1.a,W=1:2,", ".hidden", "2.dir,W=1"], noSize, admit=lambda name: False)
+    assert listing.messages is before
+
+
+def test_theCacheKeepsOnlyBigListingsWithinItsCapacity() -> None:
+    """
+    L{ListingCache} keeps listings of at least C{minimum} messages, at most
+    C{capacity} messages in all, dropping the least recently used.
+    """
+    cache = ListingCache(capacity=12, minimum=3)
+    small, big, other = fresh(["1.a,W=1"]), fresh([f"{n}.a,W=1" for n in range(4)]), fresh(
+        [f"{n}.b,W=1" for n in range(7)]
+    )
+    cache.give("small", small)
+    cache.give("big", big)
+    assert list(cache.keys()) == ["big"]
+    assert cache.take("big") is big
+    assert cache.take("big").isEmpty()
+    cache.give("big", big)
+    cache.give("other", other)
+    assert list(cache.keys()) == ["big", "other"]
+    cache.give("big2", fresh([f"{n}.c,W=1" for n in range(4)]))
+    assert list(cache.keys()) == ["other", "big2"]
+
+
+@pytest.fixture
+def keepEveryListing(monkeypatch):
+    """
+    Make the Maildir backend keep the listing of every Maildir, however
+    small.
+    """
+    cache = ListingCache(minimum=0)
+    monkeypatch.setattr(maildir, "LISTINGS", cache)
+    return cache
+
+
+def session(path):
+    maildrop = MaildirMaildrop(str(path), "alice")
+    maildrop.lock()
+    try:
+        return maildrop.listMessages(), dict(maildrop._names)
+    finally:
+        maildrop.release()
+
+
+def coldSession(path, cache: ListingCache):
+    cache.take(os.path.join(str(path), "cur"))
+    return session(path)
+
+
+def test_maildropSnapshotsWithAKeptListingEqualColdOnes(tmp_path, keepEveryListing) -> None:
+    """
+    Between sessions, mail is delivered, removed, flagged and renamed by
+    other programs, and files that are not messages appear: the snapshot
+    made with the kept listing is the one made without it.
+    """
+    box = tmp_path / "alice"
+    for n in range(20):
+        deliver(str(box), b"Subject: %d\n\nbody\n" % n)
+    first = session(box)
+    assert session(box) == first
+    cur = box / "cur"
+    names = sorted(os.listdir(cur))
+    os.unlink(cur / names[3])
+    os.rename(cur / names[5], cur / (names[5].split(":")[0] + ":2,FS"))
+    deliver(str(box), b"Subject: late\n\nbody\n")
+    (cur / "1000.foreign-without-size:2,").write_bytes(b"x\n")
+    (cur / ".dotfile").write_bytes(b"x")
+    os.mkdir(cur / "2000.a-directory,W=1:2,")
+    os.symlink("/etc/passwd", cur / "3000.a-symlink,W=1:2,")
+    warm = session(box)
+    assert warm == coldSession(box, keepEveryListing)
+    messages, _ = warm
+    assert len(messages) == 20 - 1 + 1 + 1
+    assert messages[0].uid == "1000.foreign-without-size"
+    assert messages[0].size == 3
+
+
+def test_aCommitIsSeenByTheNextSession(tmp_path, keepEveryListing) -> None:
+    """
+    Deletions and seen flags applied at the end of a session show in the
+    next snapshot.
+    """
+    box = tmp_path / "alice"
+    for n in range(5):
+        deliver(str(box), b"Subject: %d\n\nbody\n" % n)
+    maildrop = MaildirMaildrop(str(box), "alice")
+    maildrop.lock()
+    messages = maildrop.listMessages()
+    maildrop.commit({messages[0].uid}, {messages[1].uid})
+    maildrop.release()
+    after, _ = session(box)
+    assert [info.uid for info in after] == [info.uid for info in messages[1:]]
+    assert after[0].seen and not any(info.seen for info in after[1:])
+    assert session(box) == coldSession(box, keepEveryListing)
