@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import operator
 import re
 import secrets
 import socket
@@ -77,15 +78,18 @@ class State(Enum):
     UPDATE = "UPDATE"
 
 
+_seenFlag = operator.attrgetter("seen")
+_sizeOf = operator.attrgetter("size")
+
+
 def _lastSeen(snapshot: Sequence[MessageInfo]) -> int:
     """
     The number of the last message of a snapshot that was retrieved in an
     earlier session (0 if none): where LAST starts.
     """
-    for index in range(len(snapshot) - 1, -1, -1):
-        if snapshot[index].seen:
-            return index + 1
-    return 0
+    seen = list(map(_seenFlag, snapshot))
+    seen.reverse()
+    return len(seen) - seen.index(True) if True in seen else 0
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -777,7 +781,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             return
         self._messages = snapshot
         self._liveCount = len(snapshot)
-        self._liveOctets = self._totalOctets = sum([info.size for info in snapshot])
+        self._liveOctets = self._totalOctets = sum(map(_sizeOf, snapshot))
         self._initialLast = self._last = _lastSeen(snapshot)
         self.state = State.TRANSACTION
         count, octets = self._totals()

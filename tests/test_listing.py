@@ -8,6 +8,7 @@ same snapshots with and without the listings it keeps.
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -200,3 +201,74 @@ def test_aCommitIsSeenByTheNextSession(tmp_path, keepEveryListing) -> None:
     assert [info.uid for info in after] == [info.uid for info in messages[1:]]
     assert after[0].seen and not any(info.seen for info in after[1:])
     assert session(box) == coldSession(box, keepEveryListing)
+
+
+def settle(directory) -> None:
+    """
+    Date a directory's modification time back, as if it had not changed
+    for a minute.
+    """
+    old = time.time() - 60
+    os.utime(directory, (old, old))
+
+
+def test_aSettledUnchangedCurIsNotListedAgain(tmp_path, keepEveryListing, monkeypatch) -> None:
+    """
+    Once C{cur/} has not changed for a while, a session whose listing was
+    made after that change does not list it again while its modification
+    time stays the same.
+    """
+    box = tmp_path / "alice"
+    for n in range(3):
+        deliver(str(box), b"Subject: %d\n\nbody\n" % n)
+    session(box)
+    settle(box / "cur")
+    first = session(box)
+    listed = []
+    realListdir = os.listdir
+
+    def listdir(path):
+        listed.append(path)
+        return realListdir(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    assert session(box) == first
+    assert listed == []
+
+
+def test_aChangeOfASettledCurIsSeen(tmp_path, keepEveryListing) -> None:
+    """
+    A change to a settled C{cur/} gives it a new modification time, and
+    the next snapshot lists it again.
+    """
+    box = tmp_path / "alice"
+    for n in range(3):
+        deliver(str(box), b"Subject: %d\n\nbody\n" % n)
+    session(box)
+    settle(box / "cur")
+    session(box)
+    victim = sorted(os.listdir(box / "cur"))[1]
+    os.unlink(box / "cur" / victim)
+    messages, names = session(box)
+    assert len(messages) == 2
+    assert victim not in names.values()
+    assert (messages, names) == coldSession(box, keepEveryListing)
+
+
+def test_aFreshlyChangedCurIsListedEachTime(tmp_path, keepEveryListing) -> None:
+    """
+    While C{cur/} changed only a moment ago, a change within the same tick
+    of its clock would not show in its modification time, so every
+    snapshot lists it again; here a change whose modification time is put
+    back to the old value is still seen.
+    """
+    box = tmp_path / "alice"
+    for n in range(3):
+        deliver(str(box), b"Subject: %d\n\nbody\n" % n)
+    session(box)
+    before = os.stat(box / "cur")
+    victim = sorted(os.listdir(box / "cur"))[0]
+    os.unlink(box / "cur" / victim)
+    os.utime(box / "cur", ns=(before.st_atime_ns, before.st_mtime_ns))
+    messages, _ = session(box)
+    assert len(messages) == 2

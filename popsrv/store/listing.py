@@ -112,10 +112,14 @@ class CurListing:
     @ivar messages: the snapshot of the last L{update}, in POP3 order; never
         changed afterwards (the next update makes a new list), so sessions
         may keep it.
-    @ivar fileNames: the file name of each message of L{messages}, by uid.
+    @ivar fileNames: the file name of each message of L{messages}, by uid;
+        never changed either.
+    @ivar signature: what identifies the state of C{cur/} this listing is
+        known to be complete for (its owner's to set), or L{None}.
     """
 
     def __init__(self) -> None:
+        self.signature: Optional[tuple] = None
         self._parsed: dict[str, _Parsed] = {}
         self._order: list[str] = []
         self.messages: list[MessageInfo] = []

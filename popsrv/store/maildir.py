@@ -30,7 +30,7 @@ import re
 import socket
 import stat
 import time
-from typing import AbstractSet, Any, Callable, Optional
+from typing import AbstractSet, Any, Callable, Mapping, Optional
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IConsumer
@@ -53,6 +53,10 @@ _MEASURE_CHUNK = 2**20
 # maildrops), and short enough not to hold up other sessions.
 QUICK_DIRECTORY_SIZE = 32 * 1024
 QUICK_COMMIT_FILES = 64
+# How long after its last change cur/'s modification time is trusted to
+# change again with the next change (timestamps are coarser than the clock,
+# up to the 2 s of FAT; a server's clock and an NFS server's may differ).
+SETTLED_NS = 2 * 10**9
 # What handling one file name costs, in measured octets (about 1 µs of CPU
 # per 1 KiB measured, several µs per name): the pacer yields every ~250 names.
 _NAME_WORK = 4096
@@ -187,7 +191,11 @@ class MaildirMaildrop:
         self._new = os.path.join(path, "new")
         self._lockFD: int | None = None
         self._pacer = _GILPacer()
-        self._names: dict[str, str] = {}
+        # The file name of each message of the snapshot, by uid (shared
+        # with the kept listing: never changed here), and the new names of
+        # those renamed since.
+        self._names: Mapping[str, str] = {}
+        self._renamed: dict[str, str] = {}
 
     def lock(self) -> None:
         """
@@ -253,12 +261,20 @@ class MaildirMaildrop:
         if deliverNew:
             self._deliverNew()
         listing = LISTINGS.take(self._cur)
+        before = os.stat(self._cur)
+        signature = (before.st_dev, before.st_ino, before.st_mtime_ns, before.st_size)
         if listing.isEmpty():
             listing.update(self._listDir(self._cur), self._recordSizeInCur, self._accountName)
-        else:
+        elif listing.signature != signature:
             listing.update(os.listdir(self._cur), self._recordSizeInCur, self._accountName, self._isMessageFile)
+        # The listing is complete for this modification time of cur/ if
+        # that time was already past when the listing began: any later
+        # change of cur/ gives it a later one.
+        settled = time.time_ns() - before.st_mtime_ns > SETTLED_NS
+        listing.signature = signature if settled else None
         LISTINGS.give(self._cur, listing)
-        self._names = dict(listing.fileNames)
+        self._names = listing.fileNames
+        self._renamed = {}
         return listing.messages
 
     def _accountName(self) -> None:
@@ -285,7 +301,7 @@ class MaildirMaildrop:
         """
         try:
             try:
-                fileObject = _openMessage(os.path.join(self._cur, self._names[uid]))
+                fileObject = _openMessage(os.path.join(self._cur, self._renamed.get(uid) or self._names[uid]))
             except FileNotFoundError:
                 # Renamed (its flags changed) since the snapshot, or gone.
                 fileObject = _openMessage(os.path.join(self._cur, self._locate(uid)))
@@ -411,13 +427,13 @@ class MaildirMaildrop:
 
         @raise KeyError: if the message is gone.
         """
-        fileName = self._names[uid]
+        fileName = self._renamed.get(uid) or self._names[uid]
         if os.path.exists(os.path.join(self._cur, fileName)):
             return fileName
         base, _ = splitName(fileName)
         for candidate in self._listDir(self._cur):
             if splitName(candidate)[0] == base:
-                self._names[uid] = candidate
+                self._renamed[uid] = candidate
                 return candidate
         raise KeyError(uid)
 
