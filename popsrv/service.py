@@ -38,6 +38,7 @@ __all__ = ["DEFAULT_LISTEN", "ListeningService", "Options", "makeService"]
 
 DEFAULT_LISTEN = "tcp:1110:interface=127.0.0.1"
 DEMO_DIRECTORY = "popsrv-demo"
+MAX_WORKERS = 256
 
 log = Logger()
 
@@ -179,6 +180,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["login-delay", None, None, "Minimum seconds between two logins of one user (LOGIN-DELAY)."],
         ["hostname", None, None, "Host name in the greeting's APOP challenge [default: this machine's name]."],
         [
+            "workers", None, 1,
+            "Processes serving the listening sockets (the parent binds them, starts the workers and "
+            "restarts any that dies); 1 serves from this process.",
+            int,
+        ],
+        [
             "timeout", None, DEFAULT_TIMEOUT,
             "Seconds of inactivity before a session is closed without deleting anything "
             "(RFC 1939 asks for at least 600).",
@@ -189,6 +196,16 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self.arguments: list[str] = []
+
+    def parseOptions(self, options=None) -> None:
+        """
+        Parse the options, keeping them as given for worker processes.
+        """
+        import sys
+
+        self.arguments = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def opt_listen(self, description: str) -> None:
         """Listen on a Twisted endpoint description; repeatable, e.g. tcp:110, \
@@ -210,6 +227,8 @@ systemd:domain=INET:index=0 [default: tcp:1110:interface=127.0.0.1]."""
         """
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
+        if not 1 <= self["workers"] <= MAX_WORKERS:
+            raise usage.UsageError(f"--workers must be between 1 and {MAX_WORKERS}")
         if self["timeout"] <= 0:
             raise usage.UsageError("--timeout must be a positive number of seconds")
         self["credCheckers"] = [_withByteNames(c) for c in self.get("credCheckers", [])]
@@ -269,12 +288,26 @@ def _withByteNames(checker):
     return checker
 
 
-def makeService(options: Options, reactor=None) -> IService:
+def makeService(
+    options: Options,
+    reactor=None,
+    endpointFor: Optional[Callable[[str], IStreamServerEndpoint]] = None,
+) -> IService:
     """
-    Build the popsrv service from parsed options.
+    Build the popsrv service from parsed options: with C{--workers} above 1,
+    the parent of the worker processes (L{popsrv.workers.WorkerPool}).
+
+    @param endpointFor: makes the endpoint of a C{--listen} description
+        (by default, L{endpoints.serverFromString}); a worker gives its own,
+        to adopt the sockets its parent bound.
     """
     if reactor is None:
         from twisted.internet import reactor
+    worker = endpointFor is not None
+    if endpointFor is None:
+
+        def endpointFor(description: str) -> IStreamServerEndpoint:
+            return endpoints.serverFromString(reactor, description)
     checkers = list(options["credCheckers"])
     root = options["maildir-root"]
     announce = None
@@ -300,6 +333,10 @@ def makeService(options: Options, reactor=None) -> IService:
                 maildir=os.path.join(root, demo.user), event="demo",
             )
 
+        if worker:
+            announce = None
+    if options["workers"] > 1 and not worker:
+        return _workerPool(options, reactor, announce)
     portal = Portal(MaildirRealm(root, runner=threadRunner(reactor)), checkers)
     factory = POP3Factory(
         portal,
@@ -314,6 +351,17 @@ def makeService(options: Options, reactor=None) -> IService:
     if options["tls"] is not None:
         ReloadOnHangup(options["tls"], reactor).setServiceParent(service)
     for description in options["listen"]:
-        endpoint = endpoints.serverFromString(reactor, description)
-        ListeningService(endpoint, factory, announce).setServiceParent(service)
+        ListeningService(endpointFor(description), factory, announce).setServiceParent(service)
+    return service
+
+
+def _workerPool(options: Options, reactor, announce) -> IService:
+    """
+    The service of a parent process: it binds the listening sockets and runs
+    the workers, which serve them with the same options.
+    """
+    from popsrv.workers import WorkerPool
+
+    service = MultiService()
+    WorkerPool(reactor, options["listen"], options.arguments, options["workers"], announce).setServiceParent(service)
     return service

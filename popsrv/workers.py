@@ -1,0 +1,404 @@
+"""
+Several processes serving the same listening sockets: C{--workers N}.
+
+The parent process binds every C{--listen} endpoint (in
+C{privilegedStartService}, before twistd drops root), never accepts a
+connection itself, and starts N workers.  A worker is a Python process
+(C{python -m popsrv.workers}) that inherits the listening sockets, adopts
+them (C{IReactorSocket.adoptStreamPort}, wrapped in TLS for C{ssl:}
+listeners) and runs popsrv with the parent's own options; the kernel hands
+each new connection to one of the workers.
+
+  - The maildrop lock is C{flock} on a file, which excludes every other
+    open file, in the same process or another: a maildrop is still used
+    by one session at a time across workers.
+  - A worker that dies is started again, at once the first time and after
+    a growing delay (up to a minute) while workers keep dying young.
+  - When the parent stops (SIGTERM, SIGINT), it stops its workers with
+    SIGTERM, and with SIGKILL those still running after
+    L{STOP_GRACE} seconds, before it exits itself.
+  - SIGHUP is passed on to the workers (each reloads its TLS
+    certificate).
+  - Workers write their log events as JSON lines to a pipe; the parent
+    publishes them in its own log, with a C{worker} key, so the log stays
+    one stream of structured events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+from typing import Callable, Optional, Sequence
+
+from twisted.application.service import Service
+from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReactorSocket,
+    IReactorSSL,
+    IReactorTCP,
+    IReactorUNIX,
+)
+from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.logger import Logger, eventFromJSON, globalLogPublisher
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import usage
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+__all__ = ["STOP_GRACE", "WorkerPool", "adoptingEndpoint", "main"]
+
+STOP_GRACE = 10.0
+# A worker that dies within this many seconds of its start died young.
+YOUNG = 5.0
+RESTART_DELAY_MAX = 60.0
+
+_FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
+
+log = Logger()
+
+
+class _NoConnections(Factory):
+    """
+    The factory of the parent's listening ports, which never accept.
+    """
+
+    noisy = False
+
+    def buildProtocol(self, addr):
+        return None
+
+
+def _familyOf(port: IListeningPort) -> str:
+    """
+    The address family of a listening port, as the workers are told it.
+    """
+    host = port.getHost()
+    if hasattr(host, "port"):
+        return "INET6" if ":" in host.host else "INET"
+    return "UNIX"
+
+
+class _WorkerProcess(ProcessProtocol):
+    """
+    The parent's end of one worker: relays its log, and tells the pool when
+    it ends.
+    """
+
+    def __init__(self, pool: WorkerPool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.ended = defer.Deferred()
+        self.ready = False
+        self._pendingSignals: list[str] = []
+        self._buffers = {1: b"", 2: b""}
+
+    def signal(self, name: str) -> None:
+        """
+        Send the worker a signal; a SIGHUP only once it has started (until
+        then, SIGHUP would end it), so it waits until then.
+        """
+        if name == "HUP" and not self.ready:
+            self._pendingSignals.append(name)
+            return
+        try:
+            self.transport.signalProcess(name)
+        except Exception:  # noqa: BLE001 - it ended meanwhile
+            pass
+
+    def connectionMade(self) -> None:
+        self.transport.closeStdin()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD not in self._buffers:
+            return
+        *lines, self._buffers[childFD] = (self._buffers[childFD] + data).split(b"\n")
+        for line in lines:
+            if childFD == 1:
+                self._relayEvent(line)
+            elif line.strip():
+                log.error("worker {worker}: {line}", worker=self.index, line=line.decode("utf-8", "replace"))
+
+    def _relayEvent(self, line: bytes) -> None:
+        """
+        Publish one of the worker's log events in the parent's log.
+        """
+        try:
+            event = eventFromJSON(line.decode("utf-8"))
+        except ValueError:
+            if line.strip():
+                log.info("worker {worker}: {line}", worker=self.index, line=line.decode("utf-8", "replace"))
+            return
+        if not isinstance(event, dict):
+            return
+        event["worker"] = self.index
+        if event.get("event") == "listening" and not self.ready:
+            self.ready = True
+            pending, self._pendingSignals = self._pendingSignals, []
+            for name in pending:
+                self.signal(name)
+        level = getattr(event.get("log_level"), "name", "-")
+        event["log_system"] = f"{event.get('log_namespace', '-')}#{level} worker {self.index}"
+        globalLogPublisher(event)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.pool._ended(self, reason)
+        self.ended.callback(None)
+
+
+class WorkerPool(Service):
+    """
+    Binds the listening sockets, then runs C{count} worker processes that
+    serve them, restarting any that dies, until the service stops.
+
+    @ivar ports: the listening ports, once bound.
+    """
+
+    def __init__(
+        self,
+        reactor,
+        descriptions: Sequence[str],
+        arguments: Sequence[str],
+        count: int,
+        onListening: Optional[Callable[[IListeningPort], None]] = None,
+        executable: str = sys.executable,
+    ) -> None:
+        self.reactor = reactor
+        self.descriptions = list(descriptions)
+        self.arguments = list(arguments)
+        self.count = count
+        self.ports: list[IListeningPort] = []
+        self._onListening = onListening
+        self._executable = executable
+        self._workers: dict[int, _WorkerProcess] = {}
+        self._started: dict[int, float] = {}
+        self._delays: dict[int, float] = {}
+        self._restarts: dict[int, object] = {}
+        self._previousHangup = None
+
+    def privilegedStartService(self) -> None:
+        """
+        Bind every listening socket (as root, if twistd runs as root).
+        """
+        super().privilegedStartService()
+        self._bind()
+
+    def startService(self) -> None:
+        """
+        Bind (unless already bound) and start the workers.
+        """
+        super().startService()
+        self._bind()
+        for index in range(self.count):
+            self._spawn(index)
+        self._previousHangup = signal.signal(signal.SIGHUP, self._hangup)
+
+    def _bind(self) -> None:
+        if self.ports:
+            return
+        from popsrv.service import describeAddress
+
+        for description in self.descriptions:
+            endpoint = endpoints.serverFromString(self.reactor, description)
+            results = []
+            endpoint.listen(_NoConnections()).addBoth(results.append)
+            if not results or isinstance(results[0], Failure):
+                for port in self.ports:
+                    port.stopListening()
+                self.ports = []
+                if results:
+                    results[0].raiseException()
+                raise RuntimeError(f"could not listen on {description}")
+            port = results[0]
+            # The workers accept; the parent only holds the socket open.
+            port.stopReading()
+            self.ports.append(port)
+            log.info("popsrv listening on {address}", address=describeAddress(port.getHost()), event="listening")
+            if self._onListening is not None:
+                self._onListening(port)
+
+    def _spawn(self, index: int) -> None:
+        """
+        Start worker C{index}, handing it the listening sockets.
+        """
+        self._restarts.pop(index, None)
+        childFDs: dict[int, object] = {0: "w", 1: "r", 2: "r"}
+        adopt = []
+        for port in self.ports:
+            fd = port.fileno()
+            childFDs[fd] = fd
+            adopt += ["--adopt", f"{fd}:{_familyOf(port)}"]
+        worker = _WorkerProcess(self, index)
+        argv = [self._executable, "-m", "popsrv.workers", "--index", str(index), *adopt, "--", *self.arguments]
+        self.reactor.spawnProcess(worker, self._executable, argv, env=dict(os.environ), childFDs=childFDs)
+        self._workers[index] = worker
+        self._started[index] = self.reactor.seconds()
+        log.info("worker {worker} started (pid {pid})", worker=index, pid=worker.transport.pid, event="worker-start")
+
+    def _ended(self, worker: _WorkerProcess, reason: Failure) -> None:
+        """
+        A worker ended: start it again if the pool still runs.
+        """
+        index = worker.index
+        if self._workers.get(index) is not worker:
+            return
+        del self._workers[index]
+        if not self.running:
+            return
+        lived = self.reactor.seconds() - self._started[index]
+        delay = self._delays.get(index, 0.0)
+        delay = min(RESTART_DELAY_MAX, max(0.5, delay * 2)) if lived < YOUNG else 0.0
+        self._delays[index] = delay
+        log.error(
+            "worker {worker} ended ({reason}); starting it again in {delay:.1f} s",
+            worker=index, reason=reason.getErrorMessage(), delay=delay, event="worker-exit",
+        )
+        self._restarts[index] = self.reactor.callLater(delay, self._spawn, index)
+
+    def _hangup(self, signum, frame) -> None:
+        self.reactor.callFromThread(self.signalWorkers, "HUP")
+
+    def signalWorkers(self, name: str) -> None:
+        """
+        Send a signal (C{"HUP"}, C{"TERM"}, C{"KILL"}) to every live worker.
+        """
+        for worker in list(self._workers.values()):
+            worker.signal(name)
+
+    def stopService(self) -> defer.Deferred:
+        """
+        Stop the workers (SIGTERM, then SIGKILL after L{STOP_GRACE}
+        seconds), then close the listening sockets.
+        """
+        super().stopService()
+        if self._previousHangup is not None:
+            signal.signal(signal.SIGHUP, self._previousHangup)
+            self._previousHangup = None
+        for call in self._restarts.values():
+            if call.active():
+                call.cancel()
+        self._restarts.clear()
+        ending = [worker.ended for worker in self._workers.values()]
+        self.signalWorkers("TERM")
+        killer = self.reactor.callLater(STOP_GRACE, self.signalWorkers, "KILL")
+
+        def closePorts(_):
+            if killer.active():
+                killer.cancel()
+            ports, self.ports = self.ports, []
+            return defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in ports])
+
+        return defer.gatherResults(ending).addCallback(closePorts)
+
+
+@implementer(IReactorTCP, IReactorSSL, IReactorUNIX, IReactorSocket)
+class _AdoptingReactor:
+    """
+    A reactor for building one endpoint in a worker: where the endpoint
+    would bind a socket, it adopts the one the parent bound instead.
+    """
+
+    def __init__(self, reactor, fileno: int, family: int) -> None:
+        self._reactor = reactor
+        self._fileno = fileno
+        self._family = family
+
+    def _adopt(self, factory) -> IListeningPort:
+        port = self._reactor.adoptStreamPort(self._fileno, self._family, factory)
+        # The port works on a duplicate; the inherited descriptor is spare.
+        os.close(self._fileno)
+        return port
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        return self._adopt(factory)
+
+    def listenSSL(self, port, factory, contextFactory, backlog=50, interface=""):
+        return self._adopt(TLSMemoryBIOFactory(contextFactory, False, factory))
+
+    def listenUNIX(self, address, factory, backlog=50, mode=0o666, wantPID=0):
+        return self._adopt(factory)
+
+    def adoptStreamPort(self, fileDescriptor, addressFamily, factory):
+        return self._adopt(factory)
+
+    def adoptStreamConnection(self, fileDescriptor, addressFamily, factory):
+        raise NotImplementedError("a worker only adopts listening sockets")
+
+    def adoptDatagramPort(self, fileDescriptor, addressFamily, protocol, maxPacketSize=8192):
+        raise NotImplementedError("a worker only adopts stream sockets")
+
+    def connectTCP(self, *args, **kwargs):
+        return self._reactor.connectTCP(*args, **kwargs)
+
+    def connectSSL(self, *args, **kwargs):
+        return self._reactor.connectSSL(*args, **kwargs)
+
+    def connectUNIX(self, *args, **kwargs):
+        return self._reactor.connectUNIX(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._reactor, name)
+
+
+def adoptingEndpoint(reactor, description: str, fileno: int, family: int):
+    """
+    Return the endpoint of a C{--listen} description that, instead of
+    binding, adopts the listening socket C{fileno} inherited from the
+    parent (for C{ssl:} endpoints, with their TLS settings).
+    """
+    return endpoints.serverFromString(_AdoptingReactor(reactor, fileno, family), description)
+
+
+def _parseArguments(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m popsrv.workers", description="A popsrv worker process.")
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--adopt", action="append", default=[], help="FD:FAMILY of an inherited listening socket")
+    parser.add_argument("options", nargs=argparse.REMAINDER, help="-- then the popsrv options")
+    arguments = parser.parse_args(argv)
+    if arguments.options[:1] == ["--"]:
+        arguments.options = arguments.options[1:]
+    return arguments
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """
+    Run one worker: the entry point of C{python -m popsrv.workers}.
+    """
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, jsonFileLogObserver
+
+    from popsrv.service import Options, makeService
+
+    arguments = _parseArguments(sys.argv[1:] if argv is None else argv)
+    # A SIGHUP that comes before the TLS reloader is installed must not
+    # end the worker.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    options = Options()
+    try:
+        options.parseOptions(arguments.options)
+    except usage.UsageError as error:
+        sys.stderr.write(f"popsrv worker: {error}\n")
+        sys.exit(2)
+    adopted = []
+    for item in arguments.adopt:
+        fd, _, family = item.partition(":")
+        adopted.append((int(fd), _FAMILIES[family]))
+    if len(adopted) != len(options["listen"]):
+        sys.stderr.write("popsrv worker: one inherited socket per --listen is needed\n")
+        sys.exit(2)
+    inherited = iter(adopted)
+    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout, recordSeparator="")], redirectStandardIO=False)
+    service = makeService(
+        options, reactor, endpointFor=lambda description: adoptingEndpoint(reactor, description, *next(inherited))
+    )
+    service.privilegedStartService()
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
