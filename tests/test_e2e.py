@@ -274,8 +274,8 @@ def test_twistd_help_lists_popsrv_and_its_options(launcher: Launcher, tmp_path: 
     help = launcher.run(["popsrv", "--help"], tmp_path)
     assert help.returncode == 0, help.stdout
     text = help.stdout.decode()
-    for option in ("--listen", "--maildir-root", "--auth", "--hostname", "--timeout", "--demo"):
-        assert re.search(rf"^\s+(-\w, )?{option}\b", text, re.M), f"{option} missing from:\n{text}"
+    for option in ("--listen", "--maildir-root", "--maildir", "--auth", "--hostname", "--timeout", "--demo"):
+        assert re.search(rf"^\s+(-\w, )?{option}(=|\s)", text, re.M), f"{option} missing from:\n{text}"
 
 
 def test_start_without_users_fails_with_a_clear_message(launcher: Launcher, tmp_path: Path) -> None:

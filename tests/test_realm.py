@@ -275,3 +275,27 @@ def test_badMaildirOptions(args, message):
     """
     with pytest.raises(usage.UsageError, match=message):
         parse(*args)
+
+
+def test_loginDelayCountsPerMaildrop(tmp_path):
+    """
+    The login delay keys on the maildrop's name, the login with its domain
+    lower-cased: two spellings of one domain are one user for it, and
+    replies name the maildrop that way.
+    """
+    from popsrv.policy import LoginPolicy
+
+    from .helpers import Session, makePortal
+
+    portal, _ = makePortal(
+        {"alice@Example.COM": "secret", "alice@example.com": "secret"},
+        realm=MaildirRealm(template=str(tmp_path / "%d" / "%n")),
+    )
+    first = Session(portal, policy=LoginPolicy("always", 900))
+    assert first.login("alice@Example.COM").startswith(b"+OK alice@example.com has 0 messages")
+    assert first.send("QUIT").startswith(b"+OK")
+    second = Session(portal, clock=first.clock, policy=first.factory.policy)
+    assert second.login("alice@example.com").startswith(b"-ERR [LOGIN-DELAY]")
+    first.clock.advance(900)
+    assert second.login("alice@example.com").startswith(b"+OK alice@example.com has 0 messages")
+    assert os.listdir(tmp_path) == ["example.com"]
