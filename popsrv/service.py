@@ -30,13 +30,14 @@ from twisted.python import usage
 from popsrv.demo import prepareDemo
 from popsrv.policy import PLAINTEXT_POLICIES, LoginPolicy
 from popsrv.protocol import DEFAULT_TIMEOUT, POP3Factory
-from popsrv.realm import MaildirRealm
+from popsrv.realm import BadMaildirTemplate, MaildirRealm, MaildirTemplate
 from popsrv.store.maildir import threadRunner
 from popsrv.tls import TLSConfigError, TLSSettings
 
 __all__ = ["DEFAULT_LISTEN", "ListeningService", "Options", "makeService"]
 
 DEFAULT_LISTEN = "tcp:1110:interface=127.0.0.1"
+DEFAULT_MAILDIR_ROOT = "mail"
 DEMO_DIRECTORY = "popsrv-demo"
 MAX_WORKERS = 256
 
@@ -154,10 +155,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     The options of C{twistd popsrv}.
     """
 
-    synopsis = "[--listen ENDPOINT]... [--maildir-root DIR] [--auth CHECKER]... [options]"
+    synopsis = "[--listen ENDPOINT]... [--maildir-root DIR | --maildir TEMPLATE] [--auth CHECKER]... [options]"
     longdesc = (
         "Serve the Maildirs of a directory over POP3 (RFC 1939). "
-        "User alice's Maildir is DIR/alice/ (cur/ new/ tmp/, created at her first login). "
+        "User alice's Maildir is DIR/alice/ (cur/ new/ tmp/, created at her first login), "
+        "or wherever --maildir TEMPLATE puts it, e.g. /var/vmail/%d/%n for alice@example.com "
+        "in /var/vmail/example.com/alice/. "
         "Users come from --auth checkers: file:PATH (lines user:password), "
         "memory:alice:secret:bob:secret, unix, or any installed checker plugin "
         "(twistd popsrv --help-auth lists them). Run it in the foreground with "
@@ -168,7 +171,17 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["demo", None, f"Serve a demo user and Maildir kept in ./{DEMO_DIRECTORY}/ and print how to fetch its mail."],
     ]
     optParameters = [
-        ["maildir-root", "m", "mail", "Directory holding one Maildir per user: user alice's is DIR/alice/."],
+        [
+            "maildir-root", "m", None,
+            "Directory holding one Maildir per login: user alice's is DIR/alice/ (the same as "
+            "--maildir DIR/%u) [default: mail].",
+        ],
+        [
+            "maildir", None, None,
+            "Where each user's Maildir is, with %u (the login), %n (its local part, before the last @), "
+            "%d (its domain, lower-cased; a login without one is refused) and %% (a %), "
+            "e.g. /var/vmail/%d/%n. Instead of --maildir-root.",
+        ],
         ["tls-cert", None, None, "PEM file with the TLS certificate (and its chain) for STLS; reloaded on SIGHUP."],
         ["tls-key", None, None, "PEM file with the TLS private key for STLS."],
         [
@@ -229,6 +242,7 @@ systemd:domain=INET:index=0 [default: tcp:1110:interface=127.0.0.1]."""
             self["listen"] = [DEFAULT_LISTEN]
         if not 1 <= self["workers"] <= MAX_WORKERS:
             raise usage.UsageError(f"--workers must be between 1 and {MAX_WORKERS}")
+        self["maildir-template"] = self._maildirTemplate()
         if self["timeout"] <= 0:
             raise usage.UsageError("--timeout must be a positive number of seconds")
         self["credCheckers"] = [_withByteNames(c) for c in self.get("credCheckers", [])]
@@ -251,6 +265,23 @@ systemd:domain=INET:index=0 [default: tcp:1110:interface=127.0.0.1]."""
                 "--auth file:/etc/popsrv/passwd (lines user:password) or "
                 "--auth memory:alice:secret, or try --demo"
             )
+
+
+    def _maildirTemplate(self) -> MaildirTemplate:
+        """
+        The Maildir template of --maildir, or of --maildir-root (or its
+        default), or a usage error.
+        """
+        if self["maildir"] is not None and self["maildir-root"] is not None:
+            raise usage.UsageError("give --maildir-root DIR or --maildir TEMPLATE, not both")
+        try:
+            if self["maildir"] is not None:
+                return MaildirTemplate(self["maildir"])
+            if self["maildir-root"] is None:
+                self["maildir-root"] = DEFAULT_MAILDIR_ROOT
+            return MaildirTemplate.forRoot(self["maildir-root"])
+        except BadMaildirTemplate as error:
+            raise usage.UsageError(f"--maildir: {error}")
 
 
 def _nonNegative(option: str, value: str) -> int:
@@ -309,7 +340,7 @@ def makeService(
         def endpointFor(description: str) -> IStreamServerEndpoint:
             return endpoints.serverFromString(reactor, description)
     checkers = list(options["credCheckers"])
-    root = options["maildir-root"]
+    template = options["maildir-template"]
     announce = None
     if options["demo"]:
         demo = prepareDemo(DEMO_DIRECTORY)
@@ -317,6 +348,7 @@ def makeService(
         demoChecker.addUser(demo.user.encode("utf-8"), demo.password.encode("utf-8"))
         checkers.append(demoChecker)
         root = demo.maildirRoot
+        template = MaildirTemplate.forRoot(root)
 
         def announce(port: IListeningPort) -> None:
             address = port.getHost()
@@ -337,7 +369,7 @@ def makeService(
             announce = None
     if options["workers"] > 1 and not worker:
         return _workerPool(options, reactor, announce)
-    portal = Portal(MaildirRealm(root, runner=threadRunner(reactor)), checkers)
+    portal = Portal(MaildirRealm(template=template, runner=threadRunner(reactor)), checkers)
     factory = POP3Factory(
         portal,
         hostname=options["hostname"],

@@ -22,8 +22,10 @@ import pytest
 from popsrv.demo import MESSAGES
 from popsrv.store.maildir import deliver, uidFor
 
+from .conftest import LISTEN_LOCAL, Popsrv, writePasswordFile
+
 if TYPE_CHECKING:
-    from .conftest import Launcher, Popsrv
+    from .conftest import Launcher
 
 HOST = "127.0.0.1"
 CURL = shutil.which("curl") or "/usr/bin/curl"
@@ -272,8 +274,8 @@ def test_twistd_help_lists_popsrv_and_its_options(launcher: Launcher, tmp_path: 
     help = launcher.run(["popsrv", "--help"], tmp_path)
     assert help.returncode == 0, help.stdout
     text = help.stdout.decode()
-    for option in ("--listen", "--maildir-root", "--auth", "--hostname", "--timeout", "--demo"):
-        assert re.search(rf"^\s+(-\w, )?{option}\b", text, re.M), f"{option} missing from:\n{text}"
+    for option in ("--listen", "--maildir-root", "--maildir", "--auth", "--hostname", "--timeout", "--demo"):
+        assert re.search(rf"^\s+(-\w, )?{option}(=|\s)", text, re.M), f"{option} missing from:\n{text}"
 
 
 def test_start_without_users_fails_with_a_clear_message(launcher: Launcher, tmp_path: Path) -> None:
@@ -659,3 +661,86 @@ def test_pipelined_commands_get_complete_replies_in_order(server: Popsrv) -> Non
     assert rest.startswith(retr), rest[:200]
     rest = rest[len(retr):]
     assert re.fullmatch(rb"\+OK popsrv signing off[^\r\n]*\r\n", rest), rest
+
+
+# 12: virtual hosting
+
+
+class VirtualHosts:
+    """
+    A popsrv serving Maildirs at C{vmail/%d/%n}, with users
+    C{alice@example.com}, C{bob@Example.ORG} (a domain written in capitals,
+    whose Maildir is under C{example.org}) and C{carol} (no domain).
+    """
+
+    users = {"alice@example.com": "secret", "bob@Example.ORG": "hunter2", "carol": "pw"}
+
+    def __init__(self, launcher: Launcher, base: Path) -> None:
+        base.mkdir()
+        self.vmail = base / "vmail"
+        self.alice = self.vmail / "example.com" / "alice"
+        self.bob = self.vmail / "example.org" / "bob"
+        self.stored = {
+            "alice": [CORPUS["dots"], CORPUS["bare-lf"], CORPUS["eight-bit"]],
+            "bob": [CORPUS["crlf"]],
+        }
+        for message in self.stored["alice"]:
+            deliver(str(self.alice), message)
+        for message in self.stored["bob"]:
+            deliver(str(self.bob), message)
+        passwords = writePasswordFile(base / "passwd", self.users)
+        process = launcher.twistd(
+            ["--listen", LISTEN_LOCAL, "--maildir", f"{self.vmail}/%d/%n", "--auth", f"file:{passwords}"], base,
+        )
+        self.server = Popsrv(process, self.vmail, self.users, process.waitListening())
+
+
+@pytest.fixture
+def virtualHosts(launcher: Launcher, tmp_path: Path) -> VirtualHosts:
+    """
+    A running popsrv with --maildir vmail/%d/%n.
+    """
+    return VirtualHosts(launcher, tmp_path / "vhosts")
+
+
+def test_virtual_hosting_poplib_and_curl_fetch_byte_exact(virtualHosts: VirtualHosts) -> None:
+    """With --maildir vmail/%d/%n, alice@example.com gets vmail/example.com/alice over poplib and curl."""
+    server = virtualHosts.server
+    stored = virtualHosts.stored["alice"]
+    client = login(server, "alice@example.com")
+    try:
+        assert client.stat() == (3, sum(len(wire(message)) for message in stored))
+        fetched = sorted(poplibMessage(client.retr(number)[1]) for number in (1, 2, 3))
+    finally:
+        client.quit()
+    assert fetched == sorted(wire(message) for message in stored)
+
+    byCurl = sorted(curl(server.url(str(number)), "-u", "alice@example.com:secret") for number in (1, 2, 3))
+    assert byCurl == fetched
+    # In a URL the @ of the login is escaped as %40.
+    escaped = f"pop3://alice%40example.com:secret@{server.host}:{server.port}/"
+    assert curl(escaped + "1") == curl(server.url("1"), "-u", "alice@example.com:secret")
+    listing = curl(escaped).decode("ascii").split()
+    assert listing[0::2] == ["1", "2", "3"]
+    assert sorted(map(int, listing[1::2])) == sorted(len(wire(message)) for message in stored)
+    server.twistd.waitFor(r"alice@example\.com logged in from 127\.0\.0\.1:\d+ with USER/PASS")
+
+
+def test_virtual_hosting_domain_case_and_missing_domain(virtualHosts: VirtualHosts) -> None:
+    """bob@Example.ORG reads vmail/example.org/bob and is named bob@example.org; carol (no domain) cannot log in."""
+    server = virtualHosts.server
+    before = filesUnder(virtualHosts.vmail, virtualHosts.alice, virtualHosts.bob)
+    with RawClient(server.port) as client:
+        assert client.readLine().startswith(b"+OK")
+        assert client.command(b"USER carol").startswith(b"+OK")
+        assert client.command(b"PASS pw") == AUTH_FAILED
+        assert client.command(b"USER bob@Example.ORG").startswith(b"+OK")
+        expected = len(wire(virtualHosts.stored["bob"][0]))
+        assert client.command(b"PASS hunter2") == b"+OK bob@example.org has 1 message (%d octets)\r\n" % expected
+        assert client.command(b"QUIT").startswith(b"+OK")
+        assert client.readUntilClosed() == b""
+    server.twistd.waitFor(r"login failed for carol from 127\.0\.0\.1:\d+ with USER/PASS: .*no @domain.*%d")
+    assert curl(server.url("1"), "-u", "bob@Example.ORG:hunter2") == wire(virtualHosts.stored["bob"][0])
+    assert sorted(os.listdir(virtualHosts.vmail)) == ["example.com", "example.org"]
+    assert os.listdir(virtualHosts.vmail / "example.org") == ["bob"]
+    assert filesUnder(virtualHosts.vmail, virtualHosts.alice, virtualHosts.bob) == before
