@@ -19,6 +19,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
+from twisted.cred.strcred import ICheckerFactory, findCheckerFactory
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import LoopingCall
@@ -41,7 +42,7 @@ from popsrv.pgsql import (
 from popsrv.protocol import POP3Factory
 from popsrv.store.memory import MemoryRealm
 
-from .conftest import ReactorThread
+from .conftest import ReactorThread, runTwistd
 from .pgserver import HOST, PostgresServer, freePort
 
 QUERY = "SELECT password FROM users WHERE userid = %(user)s"
@@ -647,3 +648,62 @@ def test_otherSessionsGoOnWhileTheDatabaseIsSlow(sources: Sources, listen):
     assert isinstance(outcome, poplib.error_proto) and b"[SYS/TEMP]" in outcome.args[0], outcome
     assert slowElapsed >= SHORT * 2 * 0.9
 
+
+# The strcred plugin
+
+
+def test_pluginIsACheckerFactory():
+    """
+    --auth pgsql:FILE is a strcred checker plugin.
+    """
+    factory = findCheckerFactory("pgsql")
+    assert verifyObject(ICheckerFactory, factory)
+    assert IUsernamePassword in factory.credentialInterfaces
+    assert "conninfo" in factory.authHelp and "query" in factory.authHelp
+
+
+def test_pluginRefusesUnusableSettings(tmp_path: Path):
+    """
+    --auth pgsql: with a missing or wrong file fails with a message naming
+    the file and the mistake.
+    """
+    factory = findCheckerFactory("pgsql")
+    with pytest.raises(ValueError, match="needs the path"):
+        factory.generateChecker("")
+    with pytest.raises(SettingsError, match="cannot read"):
+        factory.generateChecker(str(tmp_path / "missing.conf"))
+    path = tmp_path / "pgsql.conf"
+    path.write_text("[pgsql]\nconninfo = dbname=mail\nquery = SELECT p FROM u WHERE n = '%s'\n", encoding="utf-8")
+    with pytest.raises(SettingsError, match="literal % as %%"):
+        factory.generateChecker(str(path))
+
+
+def test_pluginBuildsTheStoredSecretChecker(tmp_path: Path):
+    """
+    With usable settings, the plugin builds the stored-secret checker over
+    a PostgreSQL source.
+    """
+    checkers = pytest.importorskip("popsrv.checkers")
+    path = tmp_path / "pgsql.conf"
+    path.write_text("[pgsql]\nconninfo = dbname=mail\nquery = " + QUERY + "\n", encoding="utf-8")
+    factory = type(findCheckerFactory("pgsql"))(reactor=MemoryReactor())
+    checker = factory.generateChecker(str(path))
+    assert isinstance(checker, checkers.StoredSecretChecker)
+    assert verifyObject(ICredentialsChecker, checker)
+
+
+def test_twistdListsThePlugin(tmp_path: Path):
+    """
+    twistd popsrv --help-auth lists pgsql, and a settings file that cannot
+    be read stops the start with a message naming it (no traceback).
+    """
+    listing = runTwistd(["popsrv", "--help-auth"], tmp_path)
+    assert listing.returncode == 0, listing.stdout
+    assert b"pgsql" in listing.stdout
+
+    missing = tmp_path / "missing.conf"
+    result = runTwistd(["-n", "--pidfile=", "--logfile=-", "popsrv", "--auth", f"pgsql:{missing}"], tmp_path)
+    text = result.stdout.decode("utf-8", "replace")
+    assert result.returncode != 0, text
+    assert f"cannot read {missing}" in text, text
+    assert "Traceback" not in text, text
