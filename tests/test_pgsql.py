@@ -40,9 +40,10 @@ from popsrv.pgsql import (
     sourceForReactor,
 )
 from popsrv.protocol import POP3Factory
+from popsrv.store.maildir import deliver
 from popsrv.store.memory import MemoryRealm
 
-from .conftest import ReactorThread, runTwistd
+from .conftest import LISTEN_LOCAL, Launcher, ReactorThread, runTwistd
 from .pgserver import HOST, PostgresServer, freePort
 
 QUERY = "SELECT password FROM users WHERE userid = %(user)s"
@@ -50,6 +51,7 @@ SHORT = 1.0  # the timeout of the tests that wait for one
 SLACK = 1.5  # how much later than its timeout a failure may come on a busy machine
 LAG = 0.3  # the longest the reactor may be kept from a timer
 SOCKET_TIMEOUT = 30.0
+AUTH_FAILED = b"-ERR [AUTH] invalid user name or password"
 # Takes 30 seconds for the user "slow", no time for the others.
 SLOW_QUERY = (
     "SELECT (SELECT password FROM users WHERE userid = %(user)s)"
@@ -707,3 +709,84 @@ def test_twistdListsThePlugin(tmp_path: Path):
     assert result.returncode != 0, text
     assert f"cannot read {missing}" in text, text
     assert "Traceback" not in text, text
+
+
+# twistd with --auth pgsql:FILE (needs the stored-secret checker)
+
+
+def writeSettings(path: Path, conninfo: str, timeout: float = 3.0, query: str = QUERY) -> Path:
+    """
+    Write a settings file for --auth pgsql:PATH.
+    """
+    path.write_text(
+        f"[pgsql]\nconninfo = {conninfo}\nquery = {query}\ntimeout = {timeout:g}\npool = 2\n", encoding="utf-8"
+    )
+    return path
+
+
+def startTwistd(launcher: Launcher, workdir: Path, settings: Path):
+    """
+    Start twistd -n popsrv with --auth pgsql:SETTINGS; return it and its
+    port.
+    """
+    root = workdir / "mail"
+    deliver(str(root / "alice"), b"Subject: hello\r\n\r\nfrom PostgreSQL\r\n")
+    process = launcher.twistd(
+        ["--listen", LISTEN_LOCAL, "--maildir-root", str(root), "--auth", f"pgsql:{settings}"], workdir
+    )
+    return process, process.waitListening()
+
+
+def popLogin(port: int, user: str, password: str) -> bytes:
+    """
+    Log in with poplib's USER/PASS and QUIT; return the reply to PASS (an
+    -ERR reply is returned, not raised).
+    """
+    client = poplib.POP3(HOST, port, timeout=SOCKET_TIMEOUT)
+    try:
+        client.user(user)
+        try:
+            reply = client.pass_(password)
+        except poplib.error_proto as error:
+            return error.args[0]
+        client.quit()
+        return reply
+    finally:
+        client.close()
+
+
+def test_twistdServesPostgresUsers(launcher: Launcher, tmp_path: Path, database: str):
+    """
+    twistd -n popsrv --auth pgsql:FILE logs users in with the secrets the
+    query finds ({PLAIN} and {SHA512-CRYPT}), refuses wrong passwords and
+    unknown users alike, and stops cleanly.
+    """
+    pytest.importorskip("popsrv.checkers")
+    settings = writeSettings(tmp_path / "pgsql.conf", database)
+    process, port = startTwistd(launcher, tmp_path, settings)
+    assert popLogin(port, "alice", "secret").startswith(b"+OK alice has 1 message")
+    assert popLogin(port, "bob", "hunter2").startswith(b"+OK bob has 0 messages")
+    assert popLogin(port, "o'brien", "quote").startswith(b"+OK")
+    for user, password in [("alice", "wrong"), ("bob", "secret"), ("nobody-home", "x"), ("alice'OR'1'='1", "x")]:
+        assert popLogin(port, user, password) == AUTH_FAILED, user
+    assert "popsrv-password" not in process.output
+    process.stop()
+    assert "Server Shut Down." in process.output, process.output
+
+
+def test_twistdWithTheDatabaseDown(launcher: Launcher, tmp_path: Path):
+    """
+    With the database unreachable, a login gets -ERR [SYS/TEMP] after the
+    timeout, and the log says why in a line, without a traceback.
+    """
+    pytest.importorskip("popsrv.checkers")
+    settings = writeSettings(tmp_path / "pgsql.conf", f"host={HOST} port={freePort()} dbname=mail", timeout=SHORT)
+    process, port = startTwistd(launcher, tmp_path, settings)
+    mark = process.mark()
+    reply, elapsed = timed(lambda: popLogin(port, "alice", "secret"))
+    assert reply == b"-ERR [SYS/TEMP] authentication is unavailable, try again later"
+    assert elapsed <= SHORT + SLACK + 1
+    process.waitFor(r"PostgreSQL credential lookup for 'alice' failed: .*Connection refused", since=mark)
+    assert "Traceback" not in process.output, process.output
+    process.stop()
+    assert "Server Shut Down." in process.output, process.output
