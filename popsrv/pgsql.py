@@ -61,6 +61,7 @@ __all__ = [
     "PostgresSecretSource",
     "PostgresSettings",
     "SettingsError",
+    "checkQuery",
     "queryParameters",
     "readSettings",
     "sourceForReactor",
@@ -208,7 +209,7 @@ def queryParameters(user: str) -> Dict[str, str]:
     return {"user": user, "localpart": localpart, "domain": domain}
 
 
-def describeConninfo(conninfo: str) -> str:
+def _describeConninfo(conninfo: str) -> str:
     """
     A connection string without its password, for logs.
     """
@@ -301,6 +302,10 @@ class PostgresSecretSource:
             configure=self._configure,
             check=ConnectionPool.check_connection,
             timeout=settings.timeout,
+            # psycopg_pool backs off exponentially between reconnection
+            # attempts; ending a series soon lets the next lookup start a
+            # new one at once, so a database that is back is used at the
+            # next login rather than after a long back-off.
             reconnect_timeout=max(settings.timeout, 2.0),
             name="popsrv-pgsql",
             num_workers=1,
@@ -308,7 +313,7 @@ class PostgresSecretSource:
         self._pool.open(wait=False)
         log.info(
             "PostgreSQL credentials: {where}, up to {pool} connections, {timeout} s timeout",
-            where=describeConninfo(settings.conninfo), pool=settings.pool, timeout=settings.timeout,
+            where=_describeConninfo(settings.conninfo), pool=settings.pool, timeout=settings.timeout,
             event="pgsql-start",
         )
 
