@@ -370,8 +370,11 @@ def test_localpartAndDomainPlaceholders(sources: Sources):
     %(localpart)s and %(domain)s select a virtual user by the parts of the
     login name.
     """
-    source = sources("SELECT password FROM mailboxes WHERE localpart = %(localpart)s AND domain = %(domain)s")
+    source = sources(
+        "SELECT password FROM mailboxes WHERE localpart = lower(%(localpart)s) AND domain = lower(%(domain)s)"
+    )
     assert sources.lookup(source, b"alice@example.org") == "{PLAIN}org"
+    assert sources.lookup(source, b"Alice@Example.ORG") == "{PLAIN}org"
     assert sources.lookup(source, b"alice@example.net") == "{PLAIN}net"
     assert sources.lookup(source, b"alice@example.com") is None
     assert sources.lookup(source, b"alice") is None
