@@ -49,7 +49,7 @@ from zope.interface import implementer
 
 from popsrv import __version__, sasl
 from popsrv.credentials import HEX_DIGEST, APOPCredentials
-from popsrv.errors import MaildropLocked, MaildropUnusable, MessageVanished
+from popsrv.errors import CredentialsUnavailable, MaildropLocked, MaildropUnusable, MessageVanished
 from popsrv.framing import MessageFramer
 from popsrv.interfaces import IMaildrop, MessageInfo
 from popsrv.policy import LoginPolicy
@@ -761,6 +761,14 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             _, maildrop, logout = await self.factory.portal.login(credentials, None, IMaildrop)
         except (UnauthorizedLogin, UnhandledCredentials, UnicodeError) as error:
             await self._authFailed(user, str(error) or error.__class__.__name__, started)
+            return
+        except CredentialsUnavailable as error:
+            # An expected outage (the backend logged why): one line, no traceback.
+            self.log.warn(
+                "authentication is unavailable for {user!r} from {peer}: {why}",
+                user=user, peer=self._peer, why=str(error) or "backend unavailable", event="auth-unavailable",
+            )
+            self._err("[SYS/TEMP] authentication is unavailable, try again later")
             return
         except Exception:
             self.log.failure("authentication backend failed for {user!r}", user=user, peer=self._peer)

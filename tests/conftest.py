@@ -9,6 +9,7 @@ this checkout rather than from whatever copy is installed.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import signal
@@ -20,6 +21,10 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import pytest
+from twisted.internet.defer import ensureDeferred, maybeDeferred
+from twisted.python.failure import Failure
+
+from .pgserver import PostgresServer, canInstall, findBinaries
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -343,3 +348,88 @@ def moduleLauncher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launche
         yield launcher
     finally:
         launcher.stopAll()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """
+    A real PostgreSQL server on 127.0.0.1 for the whole test session, from
+    the machine's C{postgresql} package, in a temporary directory; stopped
+    (by PID) and removed at the end.
+    """
+    binaries = findBinaries()
+    if binaries is None:
+        if not canInstall():
+            pytest.skip("no PostgreSQL server binaries, and this machine has no Debian packages to install them from")
+        pytest.fail("PostgreSQL is not installed: run .ci/run, or apt-get install postgresql")
+    server = PostgresServer(binaries)
+    try:
+        server.initialise()
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+class ReactorThread:
+    """
+    The global reactor, running in a thread of its own for the tests that
+    need real sockets and threads in this process; L{call} runs code in it
+    and waits for the result.
+    """
+
+    def __init__(self) -> None:
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self._thread = threading.Thread(
+            target=reactor.run, kwargs={"installSignalHandlers": False}, name="reactor", daemon=True
+        )
+
+    def start(self) -> None:
+        started = threading.Event()
+        self.reactor.callWhenRunning(started.set)
+        self._thread.start()
+        assert started.wait(START_TIMEOUT), "the reactor did not start"
+
+    def call(self, function: Callable, *args, timeout: float = 60.0, **kwargs):
+        """
+        Run C{function(*args, **kwargs)} in the reactor thread and return
+        its result (waiting for a L{Deferred} or coroutine to fire); raise
+        what it raises.
+
+        @raise AssertionError: if there is no result within C{timeout}.
+        """
+        done = threading.Event()
+        outcome: list = []
+
+        def run() -> None:
+            def callFunction():
+                result = function(*args, **kwargs)
+                return ensureDeferred(result) if inspect.isawaitable(result) else result
+
+            maybeDeferred(callFunction).addBoth(lambda result: (outcome.append(result), done.set()))
+
+        self.reactor.callFromThread(run)
+        assert done.wait(timeout), f"{function!r} gave no result within {timeout}s"
+        if isinstance(outcome[0], Failure):
+            outcome[0].raiseException()
+        return outcome[0]
+
+    def stop(self) -> None:
+        self.reactor.callFromThread(self.reactor.stop)
+        self._thread.join(STOP_TIMEOUT)
+
+
+@pytest.fixture(scope="session")
+def reactorThread() -> Iterator[ReactorThread]:
+    """
+    The global reactor running in a thread for the rest of the session (a
+    reactor cannot be started twice).
+    """
+    running = ReactorThread()
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()

@@ -17,7 +17,7 @@ from twisted.internet import defer
 from twisted.logger import capturedLogs
 from zope.interface import implementer
 
-from popsrv.errors import MaildropError, MessageVanished
+from popsrv.errors import CredentialsUnavailable, MaildropError, MessageVanished
 from popsrv.protocol import COMMANDS, State
 from popsrv.store.memory import MemoryMaildrop, MemoryRealm
 
@@ -245,6 +245,34 @@ def test_checkerFailureIsTemporary(realm):
         assert session.send("PASS secret") == b"-ERR [SYS/TEMP] authentication is unavailable, try again later\r\n"
     assert any(e.get("log_failure") for e in events)
     assert b"Traceback" not in session.output()
+
+
+def test_unavailableCredentialsAreTemporary(realm):
+    """
+    A checker whose backend cannot answer now (CredentialsUnavailable)
+    gives [SYS/TEMP], not a wrong-password reply nor a failure count, and
+    one log line without a traceback; the session goes on.
+    """
+
+    @implementer(ICredentialsChecker)
+    class Unavailable:
+        credentialInterfaces = (IUsernamePassword,)
+
+        def requestAvatarId(self, credentials):
+            return defer.fail(CredentialsUnavailable("no database connection within 3 s"))
+
+    session = Session(Portal(realm, [Unavailable()]))
+    with capturedLogs() as events:
+        for _ in range(4):
+            session.send("USER alice")
+            assert session.send("PASS secret") == (
+                b"-ERR [SYS/TEMP] authentication is unavailable, try again later\r\n"
+            )
+    assert not any(e.get("log_failure") for e in events)
+    unavailable = [e for e in events if e.get("event") == "auth-unavailable"]
+    assert len(unavailable) == 4
+    assert unavailable[0]["why"] == "no database connection within 3 s" and unavailable[0]["user"] == b"alice"
+    assert session.send("NOOP") == b"-ERR NOOP is not allowed until you log in\r\n"
 
 
 def test_loginWaitsForSlowChecker(realm):

@@ -1,0 +1,437 @@
+"""
+A PostgreSQL credential backend: an L{ISecretSource} that runs the
+operator's SQL query to find each user's stored C{{SCHEME}secret}.
+
+How it talks to PostgreSQL, and why: psycopg 3's blocking API, with
+connections kept by C{psycopg_pool.ConnectionPool} and used only from a
+Twisted L{ThreadPool} of its own, as many threads as the pool has
+connections.
+
+    - The reactor never waits: each lookup runs in one of those threads and
+      its result comes back as a L{Deferred}.  The threads are not the
+      reactor's shared pool, so a slow database never holds up Maildir
+      work, nor the other way round.
+    - psycopg_pool bounds the number of connections, checks a connection
+      before each use (one that died when the database restarted is
+      replaced instead of failing a login), reconnects in the background,
+      and bounds the wait for a free connection; that wait, libpq's connect
+      timeout and a server-side C{statement_timeout} all come from the one
+      C{timeout} setting, and the caller's L{Deferred} fails at that
+      deadline whatever the threads are doing.
+    - Twisted's C{adbapi.ConnectionPool} is generic DB-API: it notices a
+      dead connection only when a query on it has failed (that login is
+      lost), has no connect or statement timeout of its own and no bound
+      on the wait for a connection.
+    - psycopg's asyncio API would need Twisted's asyncio reactor for the
+      whole server: a choice for whoever runs twistd, not for a backend.
+
+The source opens its pool when started (L{PostgresSecretSource.start}, or
+the first lookup), and L{PostgresSecretSource.stop} closes the connections
+and ends the threads; L{sourceForReactor} ties both to the reactor's start
+and shutdown, as C{--auth pgsql:FILE} needs.
+"""
+
+from __future__ import annotations
+
+import configparser
+import logging
+import math
+import re
+import time
+from typing import Dict, Optional
+
+import attr
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from popsrv.errors import CredentialsUnavailable
+from popsrv.interfaces import ISecretSource
+
+__all__ = [
+    "DEFAULT_POOL",
+    "DEFAULT_TIMEOUT",
+    "PLACEHOLDERS",
+    "PostgresSecretSource",
+    "PostgresSettings",
+    "SettingsError",
+    "checkQuery",
+    "queryParameters",
+    "readSettings",
+    "sourceForReactor",
+]
+
+SECTION = "pgsql"
+DEFAULT_TIMEOUT = 3.0
+DEFAULT_POOL = 4
+MAXIMUM_POOL = 100
+PLACEHOLDERS = ("user", "localpart", "domain")
+_GRACE = 0.25
+
+log = Logger()
+
+# A psycopg placeholder: %(name)s, %(name)b or %(name)t, a positional %s,
+# or %% for a literal percent sign.
+_PLACEHOLDER = re.compile(r"%(?:\((?P<name>[^)]*)\))?(?P<kind>.?)", re.S)
+
+
+class SettingsError(ValueError):
+    """
+    The PostgreSQL settings (or the file holding them) cannot be used; the
+    text says why, for the operator.
+    """
+
+
+def checkQuery(query: str) -> frozenset:
+    """
+    Check that a query passes the login name only through the named
+    placeholders of L{PLACEHOLDERS}, and return the names it uses.
+
+    @raise SettingsError: for a positional or unknown placeholder, a lone
+        C{%}, or a query that does not use C{%(user)s} or
+        C{%(localpart)s} (it would find the same row for everyone).
+    """
+    used = set()
+    for match in _PLACEHOLDER.finditer(query):
+        name, kind = match.group("name"), match.group("kind")
+        if name is None and kind == "%":
+            continue
+        if name is None:
+            raise SettingsError(
+                f"the query has {match.group(0)!r}: pass the login name only as %(user)s, "
+                "%(localpart)s or %(domain)s, and write a literal % as %%"
+            )
+        if name not in PLACEHOLDERS:
+            raise SettingsError(
+                f"the query uses the unknown placeholder %({name})s; it may use %(user)s, %(localpart)s, %(domain)s"
+            )
+        if kind not in ("s", "b", "t"):
+            raise SettingsError(f"the placeholder %({name}){kind} must end in s, as in %({name})s")
+        used.add(name)
+    if not used & {"user", "localpart"}:
+        raise SettingsError("the query must select the user with %(user)s or %(localpart)s")
+    return frozenset(used)
+
+
+def _checkSettings(instance, attribute, value) -> None:
+    if attribute.name == "conninfo":
+        try:
+            conninfo_to_dict(value)
+        except psycopg.Error as error:
+            raise SettingsError(f"conninfo is not a libpq connection string: {error}")
+    elif attribute.name == "query":
+        checkQuery(value)
+    elif attribute.name == "timeout":
+        if not (isinstance(value, (int, float)) and 0 < value <= 300 and math.isfinite(value)):
+            raise SettingsError(f"timeout must be a number of seconds above 0 and at most 300, not {value!r}")
+    elif attribute.name == "pool":
+        if not (isinstance(value, int) and 1 <= value <= MAXIMUM_POOL):
+            raise SettingsError(f"pool must be a whole number from 1 to {MAXIMUM_POOL}, not {value!r}")
+
+
+@attr.s(frozen=True, auto_attribs=True, kw_only=True)
+class PostgresSettings:
+    """
+    What the PostgreSQL backend needs to know.
+
+    @ivar conninfo: a libpq connection string (C{host=... dbname=...}) or
+        URI (C{postgresql://...}).
+    @ivar query: the SQL query that returns the stored secret, one column
+        and at most one row, with C{%(user)s} (the login name),
+        C{%(localpart)s} (before its last C{@}) and C{%(domain)s} (after
+        it, or empty) as placeholders.
+    @ivar timeout: seconds a lookup may take, connecting included, before
+        the login is refused for now.
+    @ivar pool: the most connections (and threads) the backend uses.
+    """
+
+    conninfo: str = attr.ib(validator=_checkSettings)
+    query: str = attr.ib(validator=_checkSettings)
+    timeout: float = attr.ib(default=DEFAULT_TIMEOUT, validator=_checkSettings)
+    pool: int = attr.ib(default=DEFAULT_POOL, validator=_checkSettings)
+
+
+def readSettings(path: str) -> PostgresSettings:
+    """
+    Read L{PostgresSettings} from an INI file with a C{[pgsql]} section
+    (keys C{conninfo}, C{query}, C{timeout}, C{pool}; the query may go on
+    over indented lines).
+
+    @raise SettingsError: naming the file, if it cannot be read or used.
+    """
+    parser = configparser.ConfigParser(interpolation=None, default_section="-")
+    try:
+        with open(path, encoding="utf-8") as stream:
+            parser.read_file(stream)
+    except OSError as error:
+        raise SettingsError(f"cannot read {path}: {error.strerror or error}")
+    except (configparser.Error, UnicodeDecodeError) as error:
+        raise SettingsError(f"{path} is not a usable settings file: {error}")
+    if not parser.has_section(SECTION):
+        raise SettingsError(f"{path} has no [{SECTION}] section")
+    section = parser[SECTION]
+    unknown = sorted(set(section) - {"conninfo", "query", "timeout", "pool"})
+    if unknown:
+        raise SettingsError(f"{path}: unknown setting {unknown[0]!r} (known: conninfo, query, timeout, pool)")
+    values: Dict[str, object] = {}
+    for key in ("conninfo", "query"):
+        if not section.get(key, "").strip():
+            raise SettingsError(f"{path}: [{SECTION}] needs {key} = ...")
+        values[key] = section[key].strip()
+    try:
+        if "timeout" in section:
+            values["timeout"] = float(section["timeout"])
+        if "pool" in section:
+            values["pool"] = int(section["pool"])
+    except ValueError as error:
+        raise SettingsError(f"{path}: {error}")
+    try:
+        return PostgresSettings(**values)
+    except SettingsError as error:
+        raise SettingsError(f"{path}: {error}")
+
+
+def queryParameters(user: str) -> Dict[str, str]:
+    """
+    The values of the query's placeholders for a login name: C{user}, and
+    C{localpart} and C{domain} split at its last C{@} (C{domain} is empty
+    for a name without one).
+    """
+    localpart, at, domain = user.rpartition("@")
+    if not at:
+        localpart, domain = user, ""
+    return {"user": user, "localpart": localpart, "domain": domain}
+
+
+def _describeConninfo(conninfo: str) -> str:
+    """
+    A connection string without its password, for logs.
+    """
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        return "(unparsable conninfo)"
+    shown = ("host", "hostaddr", "port", "dbname", "user")
+    return " ".join(f"{key}={params[key]}" for key in shown if params.get(key)) or "(libpq defaults)"
+
+
+def _quietPoolWarnings() -> None:
+    """
+    Keep psycopg_pool's warnings about each failed connection attempt out
+    of the log, unless the application configured Python's C{logging}.
+
+    Unconfigured (as under twistd), Python prints them on stderr, several
+    lines per attempt, and twistd logs each as an error; the source already
+    logs one line per failed lookup, with the reason.
+    """
+    poolLogger = logging.getLogger("psycopg.pool")
+    if not logging.getLogger().handlers and poolLogger.level == logging.NOTSET:
+        poolLogger.setLevel(logging.ERROR)
+
+
+def _firstLine(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+@implementer(ISecretSource)
+class PostgresSecretSource:
+    """
+    Stored secrets found by an SQL query in PostgreSQL (see the module
+    docstring for how, and L{PostgresSettings} for what it needs).
+
+    A lookup that cannot be answered within the timeout (the database is
+    down, unreachable or slow, or the query is wrong) fails with
+    L{CredentialsUnavailable} and logs one line saying why; the pool
+    reconnects on its own, and the next lookup after the database is back
+    succeeds.  A query that finds several rows for a user is a
+    configuration error: logged, and the login refused for now.
+    """
+
+    def __init__(self, settings: PostgresSettings, reactor) -> None:
+        self.settings = settings
+        self._reactor = reactor
+        self._pool: Optional[ConnectionPool] = None
+        self._threads: Optional[ThreadPool] = None
+        self._stopped = False
+        self._failing = False
+        self._connectError: Optional[str] = None
+
+    def start(self) -> None:
+        """
+        Start the threads and open the connection pool (connecting in the
+        background); does nothing if already started.
+        """
+        if self._pool is not None or self._stopped:
+            return
+        settings = self.settings
+        source = self
+
+        class Connection(psycopg.Connection):
+            # Keeps the reason of the last failed connection attempt, for
+            # the log line of a lookup that found no connection in time.
+            @classmethod
+            def connect(cls, *args, **kwargs):
+                try:
+                    connection = super().connect(*args, **kwargs)
+                except psycopg.Error as error:
+                    source._connectError = _firstLine(error)
+                    raise
+                source._connectError = None
+                return connection
+
+        kwargs: Dict[str, object] = {"autocommit": True}
+        if "connect_timeout" not in conninfo_to_dict(settings.conninfo):
+            kwargs["connect_timeout"] = max(2, math.ceil(settings.timeout))
+        _quietPoolWarnings()
+        self._threads = ThreadPool(minthreads=0, maxthreads=settings.pool, name="popsrv-pgsql")
+        self._threads.start()
+        self._pool = ConnectionPool(
+            settings.conninfo,
+            connection_class=Connection,
+            kwargs=kwargs,
+            min_size=1,
+            max_size=settings.pool,
+            open=False,
+            configure=self._configure,
+            check=ConnectionPool.check_connection,
+            timeout=settings.timeout,
+            # psycopg_pool backs off exponentially between reconnection
+            # attempts; ending a series soon lets the next lookup start a
+            # new one at once, so a database that is back is used at the
+            # next login rather than after a long back-off.
+            reconnect_timeout=max(settings.timeout, 2.0),
+            name="popsrv-pgsql",
+            num_workers=1,
+        )
+        self._pool.open(wait=False)
+        log.info(
+            "PostgreSQL credentials: {where}, up to {pool} connections, {timeout} s timeout",
+            where=_describeConninfo(settings.conninfo), pool=settings.pool, timeout=settings.timeout,
+            event="pgsql-start",
+        )
+
+    def _configure(self, connection: psycopg.Connection) -> None:
+        """
+        Make the server cancel any statement that runs longer than the
+        timeout, so a slow query does not keep its connection busy.
+        """
+        milliseconds = max(1, int(self.settings.timeout * 1000))
+        connection.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(milliseconds)))
+
+    def stop(self) -> defer.Deferred:
+        """
+        Close the connections and end the threads; later lookups fail with
+        L{CredentialsUnavailable}.  The L{Deferred} fires once done.
+        """
+        self._stopped = True
+        pool, threads = self._pool, self._threads
+        self._pool = self._threads = None
+        if pool is None or threads is None:
+            return defer.succeed(None)
+        closing = deferToThreadPool(self._reactor, threads, pool.close, timeout=self.settings.timeout)
+        closing.addErrback(lambda failure: log.failure("closing the PostgreSQL pool failed", failure))
+
+        def stopThreads(_):
+            threads.stop()
+
+        return closing.addCallback(stopThreads)
+
+    def secretFor(self, username: bytes) -> defer.Deferred:
+        """
+        Run the query for C{username}; fire with the stored secret, or
+        L{None} if the query finds no row (or a NULL).
+        """
+        if self._stopped:
+            return defer.fail(CredentialsUnavailable("the PostgreSQL credential source is stopped"))
+        try:
+            user = username.decode("utf-8")
+        except UnicodeDecodeError:
+            return defer.succeed(None)
+        if "\0" in user:
+            # PostgreSQL text cannot hold NUL, so no row can match.
+            return defer.succeed(None)
+        self.start()
+        deadline = time.monotonic() + self.settings.timeout
+        lookup = deferToThreadPool(self._reactor, self._threads, self._lookup, user, deadline)
+        # The thread gives up at the deadline, with the reason; this is for
+        # a thread that cannot (a server that stopped answering mid-query).
+        lookup.addTimeout(self.settings.timeout + _GRACE, self._reactor)
+        lookup.addCallbacks(self._answered, self._failed, errbackArgs=(user,))
+        return lookup
+
+    def _lookup(self, user: str, deadline: float) -> Optional[str]:
+        """
+        Run the query in a pool thread, within the deadline.
+
+        @raise CredentialsUnavailable: with a one-line reason.
+        """
+        pool = self._pool
+        left = deadline - time.monotonic()
+        if pool is None or left <= 0:
+            raise CredentialsUnavailable("no answer in time")
+        try:
+            with pool.connection(timeout=left) as connection:
+                cursor = connection.execute(self.settings.query, queryParameters(user))
+                columns = len(cursor.description or ())
+                rows = cursor.fetchmany(2)
+        except PoolTimeout:
+            why = f": {self._connectError}" if self._connectError else ""
+            raise CredentialsUnavailable(f"no database connection within {self.settings.timeout:g} s{why}")
+        except PoolClosed:
+            raise CredentialsUnavailable("the PostgreSQL credential source is stopped")
+        except psycopg.errors.QueryCanceled:
+            raise CredentialsUnavailable(f"the query took longer than {self.settings.timeout:g} s")
+        except psycopg.Error as error:
+            raise CredentialsUnavailable(f"the query failed: {_firstLine(error)}")
+        if columns != 1:
+            raise CredentialsUnavailable(f"the query returns {columns} columns; it must return only the secret")
+        if len(rows) > 1:
+            raise CredentialsUnavailable("the query found several rows; it must find at most one per user")
+        if not rows:
+            return None
+        secret = rows[0][0]
+        if isinstance(secret, (bytes, memoryview)):
+            secret = bytes(secret).decode("utf-8", "replace")
+        if secret is not None and not isinstance(secret, str):
+            raise CredentialsUnavailable(f"the query returns a {type(secret).__name__}, not the secret's text")
+        return secret
+
+    def _answered(self, secret: Optional[str]) -> Optional[str]:
+        if self._failing:
+            self._failing = False
+            log.info("PostgreSQL credential lookups work again", event="pgsql-recovered")
+        return secret
+
+    def _failed(self, failure, user: str):
+        self._failing = True
+        if failure.check(defer.TimeoutError):
+            why = f"no answer within {self.settings.timeout:g} s"
+            if self._connectError:
+                why += f" (last connection attempt: {self._connectError})"
+        elif failure.check(CredentialsUnavailable):
+            why = str(failure.value)
+        else:
+            log.failure("PostgreSQL credential lookup for {user!r} failed", failure, user=user)
+            raise CredentialsUnavailable("unexpected failure")
+        log.error(
+            "PostgreSQL credential lookup for {user!r} failed: {why}", user=user, why=why, event="pgsql-unavailable"
+        )
+        raise CredentialsUnavailable(why)
+
+
+def sourceForReactor(settings: PostgresSettings, reactor) -> PostgresSecretSource:
+    """
+    Return a source that starts (connects) when the reactor runs and stops
+    before the reactor shuts down.
+    """
+    source = PostgresSecretSource(settings, reactor)
+    reactor.callWhenRunning(source.start)
+    reactor.addSystemEventTrigger("before", "shutdown", source.stop)
+    return source
