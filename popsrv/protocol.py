@@ -48,9 +48,9 @@ from zope.interface import implementer
 
 from popsrv import __version__, sasl
 from popsrv.credentials import HEX_DIGEST, APOPCredentials
-from popsrv.errors import MaildropLocked, MaildropUnusable, MessageVanished
+from popsrv.errors import CredentialsUnavailable, MaildropLocked, MaildropUnusable, MessageVanished
 from popsrv.framing import MessageFramer
-from popsrv.interfaces import IMaildrop, MessageInfo
+from popsrv.interfaces import IMaildrop, IScramParameters, MessageInfo
 from popsrv.policy import LoginPolicy
 from popsrv.tls import TLSSettings
 
@@ -678,13 +678,18 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         """
         self._user = None
         self._method = f"SASL {mechanism.name}"
-        exchange = mechanism.exchange(self.challenge)
+        exchange = mechanism.exchange(self.challenge, self._scramLookup())
         while True:
             started = self.factory.clock.seconds()
             try:
                 step = exchange.step(response)
+                if isinstance(step, defer.Deferred):
+                    step = await step
             except sasl.SASLError as error:
                 await self._authFailed(b"", f"{mechanism.name}: {error}", started)
+                return
+            except Exception:
+                self._backendFailed(Failure(), b"")
                 return
             if not isinstance(step, sasl.Challenge):
                 break
@@ -701,6 +706,33 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
                 self._err(reply.text)
                 return
         await self._loginAsync(step, step.username, started, exchange)
+
+    def _scramLookup(self):
+        """
+        The lookup of stored SCRAM salts for this session's exchanges: that
+        of the checker that verifies SCRAM's credentials, if it has one.
+        """
+        checker = self.factory.portal.checkers.get(IUsernameHashedPassword)
+        if IScramParameters.providedBy(checker):
+            return checker.scramParameters
+        return None
+
+    def _backendFailed(self, failure: Failure, user: bytes) -> None:
+        """
+        The credentials backend could not check a login: tell the client to
+        try again later.  A backend that says it is unavailable gets one log
+        line; anything else is logged with its traceback.
+        """
+        if failure.check(CredentialsUnavailable):
+            self.log.warn(
+                "authentication unavailable for {user} from {peer}: {error}",
+                user=_printable(user, 64), peer=self._peer, error=str(failure.value) or "no reason given",
+                event="auth-unavailable",
+            )
+        else:
+            self.log.failure("authentication backend failed for {user!r}", failure, user=user, peer=self._peer)
+        if not self._gone():
+            self._err("[SYS/TEMP] authentication is unavailable, try again later")
 
     def _stlsAvailable(self) -> bool:
         """
@@ -754,8 +786,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             await self._authFailed(user, str(error) or error.__class__.__name__, started)
             return
         except Exception:
-            self.log.failure("authentication backend failed for {user!r}", user=user, peer=self._peer)
-            self._err("[SYS/TEMP] authentication is unavailable, try again later")
+            self._backendFailed(Failure(), user)
             return
         try:
             snapshot = await self._openMaildrop(maildrop, exchange)
