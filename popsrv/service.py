@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from popsrv.demo import prepareDemo
+from popsrv.passwdfile import PasswdFileError
 from popsrv.policy import PLAINTEXT_POLICIES, LoginPolicy
 from popsrv.protocol import DEFAULT_TIMEOUT, POP3Factory
 from popsrv.realm import MaildirRealm
@@ -157,7 +158,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     longdesc = (
         "Serve the Maildirs of a directory over POP3 (RFC 1939). "
         "User alice's Maildir is DIR/alice/ (cur/ new/ tmp/, created at her first login). "
-        "Users come from --auth checkers: file:PATH (lines user:password), "
+        "Users come from --auth checkers: passwd-file:PATH (lines user:{SCHEME}secret, "
+        "as Dovecot's), file:PATH (lines user:password), "
         "memory:alice:secret:bob:secret, unix, or any installed checker plugin "
         "(twistd popsrv --help-auth lists them). Run it in the foreground with "
         "'twistd -n popsrv ...'; 'twistd -n popsrv --demo' serves a demo mailbox."
@@ -189,6 +191,20 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+
+    def opt_auth(self, description: str) -> None:
+        """
+        Specify an authentication method for the server.
+        """
+        try:
+            checker = strcred.makeChecker(description)
+        except PasswdFileError as error:
+            raise usage.UsageError(f"--auth {description.partition(':')[0]}: {error}")
+        except Exception:
+            # Twisted's own messages for unknown or unsuitable checkers.
+            return super().opt_auth(description)
+        self.addChecker(checker)
+        return None
 
     def opt_listen(self, description: str) -> None:
         """Listen on a Twisted endpoint description; repeatable, e.g. tcp:110, \
