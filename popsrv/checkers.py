@@ -32,7 +32,9 @@ from popsrv.interfaces import IScramCredentials, IScramParameters, ISecretSource
 
 __all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_MAX_WAITING", "StoredSecretChecker"]
 
-DEFAULT_CONCURRENCY = max(1, os.cpu_count() or 1)
+# Half the cores hash passwords at most: the other half stays free for the
+# reactor and the sessions it serves (Argon2 itself may use several threads).
+DEFAULT_CONCURRENCY = max(1, (os.cpu_count() or 1) // 2)
 DEFAULT_MAX_WAITING = 256
 
 

@@ -444,3 +444,13 @@ def test_protocolEveryWayOfLoggingIn():
     reply = session.send(base64.b64encode(client.get_client_final().encode()))
     client.set_server_final(base64.b64decode(reply[2:]).decode())
     assert session.send("").startswith(b"+OK carol has 0 messages")
+
+
+def test_scramSha1AgainstStoredKeys(runner):
+    """Stored SCRAM-SHA-1 keys serve SCRAM-SHA-1 exchanges, and not SCRAM-SHA-256 ones."""
+    checker = StoredSecretChecker(DictSource({"alice": schemes.hashPassword(PASSWORD, "SCRAM-SHA-1")}), runner)
+    client, exchange, _, result = scramLogin(checker, runner, "alice", PASSWORD, "SCRAM-SHA-1")
+    assert result == b"alice"
+    client.set_server_final(exchange.successData().decode())
+    _, _, _, result = scramLogin(checker, runner, "alice", PASSWORD, "SCRAM-SHA-256")
+    assert result.check(UnauthorizedLogin)
