@@ -17,7 +17,9 @@ APOP:
     APOP).  So only checkers that hold plaintext secrets and accept
     L{IUsernameHashedPassword} can verify them, such as Twisted's C{file:}
     and C{memory:} checkers; a checker of hashed passwords (C{unix:},
-    C{file:} with a hash) cannot.
+    C{file:} with a hash) cannot.  SCRAM's credentials can also be verified
+    against stored SCRAM keys (L{popsrv.interfaces.IScramCredentials}), as
+    L{popsrv.checkers.StoredSecretChecker} does.
 
 SCRAM normally wants salted keys stored on the server, and its first
 message carries their salt and iteration count.  When the exchange is given a
