@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IConsumer
 
-__all__ = ["IMaildrop", "ISecretSource", "MessageInfo"]
+__all__ = ["IMaildrop", "IScramCredentials", "IScramParameters", "ISecretSource", "MessageInfo", "ScramParameters"]
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -139,4 +139,61 @@ class ISecretSource(Interface):
             source cannot answer now (a database is down or too slow); the
             client is told to try again later, never that its password is
             wrong.
+        """
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class ScramParameters:
+    """
+    What a SCRAM server tells the client in its first message so that the
+    client can derive the keys the server stored (RFC 5802, section 5.1).
+
+    @ivar salt: the salt the keys were derived with.
+    @ivar iterations: the PBKDF2 iteration count they were derived with.
+    """
+
+    salt: bytes
+    iterations: int
+
+
+class IScramParameters(Interface):
+    """
+    A twisted.cred checker that may hold SCRAM keys instead of passwords.
+
+    A SCRAM exchange must send the stored salt and iteration count before
+    the client proves anything, so the protocol asks the checker that will
+    verify the exchange's credentials for them, between the client's first
+    message and the server's.
+    """
+
+    def scramParameters(username: bytes, mechanism: str) -> Deferred[ScramParameters | None] | ScramParameters | None:
+        """
+        Return the salt and iteration count of the keys stored for
+        C{username} (UTF-8) and C{mechanism} (such as C{"SCRAM-SHA-256"}),
+        or L{None} if there are none: an unknown user, or one whose secret
+        is of another kind.  The exchange then uses a salt of its own that
+        does not tell the two cases apart.
+
+        @raise popsrv.errors.CredentialsUnavailable: (or fail with it) if the
+            secrets cannot be looked up now.
+        """
+
+
+class IScramCredentials(Interface):
+    """
+    The credentials of a SCRAM exchange, which a checker holding the user's
+    stored keys verifies with L{checkKeys} (a checker holding the plaintext
+    verifies them through C{IUsernameHashedPassword.checkPassword}).
+    """
+
+    username = Attribute("The login name, UTF-8 L{bytes}.")
+    mechanism = Attribute("The mechanism's name, such as C{\"SCRAM-SHA-256\"}.")
+    salt = Attribute("The salt the server sent, L{bytes}.")
+    iterations = Attribute("The iteration count the server sent, an L{int}.")
+
+    def checkKeys(storedKey: bytes, serverKey: bytes) -> bool:
+        """
+        Return whether the client's proof matches C{storedKey}; on success,
+        make the server's final message with C{serverKey}.  The keys must be
+        those derived for L{salt} and L{iterations}.
         """

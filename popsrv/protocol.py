@@ -51,7 +51,7 @@ from popsrv import __version__, sasl
 from popsrv.credentials import HEX_DIGEST, APOPCredentials
 from popsrv.errors import CredentialsUnavailable, MaildropLocked, MaildropUnusable, MessageVanished
 from popsrv.framing import MessageFramer
-from popsrv.interfaces import IMaildrop, MessageInfo
+from popsrv.interfaces import IMaildrop, IScramParameters, MessageInfo
 from popsrv.policy import LoginPolicy
 from popsrv.tls import TLSSettings
 
@@ -687,13 +687,18 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         """
         self._user = None
         self._method = f"SASL {mechanism.name}"
-        exchange = mechanism.exchange(self.challenge)
+        exchange = mechanism.exchange(self.challenge, self._scramLookup())
         while True:
             started = self.factory.clock.seconds()
             try:
                 step = exchange.step(response)
+                if isinstance(step, defer.Deferred):
+                    step = await step
             except sasl.SASLError as error:
                 await self._authFailed(b"", f"{mechanism.name}: {error}", started)
+                return
+            except Exception:
+                self._backendFailed(Failure(), b"")
                 return
             if not isinstance(step, sasl.Challenge):
                 break
@@ -710,6 +715,33 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
                 self._err(reply.text)
                 return
         await self._loginAsync(step, step.username, started, exchange)
+
+    def _scramLookup(self):
+        """
+        The lookup of stored SCRAM salts for this session's exchanges: that
+        of the checker that verifies SCRAM's credentials, if it has one.
+        """
+        checker = self.factory.portal.checkers.get(IUsernameHashedPassword)
+        if IScramParameters.providedBy(checker):
+            return checker.scramParameters
+        return None
+
+    def _backendFailed(self, failure: Failure, user: bytes) -> None:
+        """
+        The credentials backend could not check a login: tell the client to
+        try again later.  A backend that says it is unavailable gets one log
+        line; anything else is logged with its traceback.
+        """
+        if failure.check(CredentialsUnavailable):
+            self.log.warn(
+                "authentication unavailable for {user} from {peer}: {why}",
+                user=_printable(user, 64), peer=self._peer, why=str(failure.value) or "no reason given",
+                event="auth-unavailable",
+            )
+        else:
+            self.log.failure("authentication backend failed for {user!r}", failure, user=user, peer=self._peer)
+        if not self._gone():
+            self._err("[SYS/TEMP] authentication is unavailable, try again later")
 
     def _stlsAvailable(self) -> bool:
         """
@@ -762,17 +794,8 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         except (UnauthorizedLogin, UnhandledCredentials, UnicodeError) as error:
             await self._authFailed(user, str(error) or error.__class__.__name__, started)
             return
-        except CredentialsUnavailable as error:
-            # An expected outage (the backend logged why): one line, no traceback.
-            self.log.warn(
-                "authentication is unavailable for {user!r} from {peer}: {why}",
-                user=user, peer=self._peer, why=str(error) or "backend unavailable", event="auth-unavailable",
-            )
-            self._err("[SYS/TEMP] authentication is unavailable, try again later")
-            return
         except Exception:
-            self.log.failure("authentication backend failed for {user!r}", user=user, peer=self._peer)
-            self._err("[SYS/TEMP] authentication is unavailable, try again later")
+            self._backendFailed(Failure(), user)
             return
         try:
             snapshot = await self._openMaildrop(maildrop, exchange)

@@ -17,16 +17,29 @@ APOP:
     APOP).  So only checkers that hold plaintext secrets and accept
     L{IUsernameHashedPassword} can verify them, such as Twisted's C{file:}
     and C{memory:} checkers; a checker of hashed passwords (C{unix:},
-    C{file:} with a hash) cannot.
+    C{file:} with a hash) cannot.  SCRAM's credentials can also be verified
+    against stored SCRAM keys (L{popsrv.interfaces.IScramCredentials}), as
+    L{popsrv.checkers.StoredSecretChecker} does.
 
-SCRAM normally wants salted keys stored on the server.  Here the server makes
-up a fresh random salt for every exchange and keeps the client's messages;
-when the checker hands the plaintext secret to C{checkPassword}, the keys are
-derived for that salt and the exchange is replayed and verified by scramp.
-The server's final message (its own proof) becomes known only then, and
-L{Exchange.successData} returns it.  Channel binding (the C{-PLUS}
-mechanisms) and authorization identities other than the login name are not
-supported.
+SCRAM normally wants salted keys stored on the server, and its first
+message carries their salt and iteration count.  When the exchange is given a
+C{lookup} (the protocol passes the verifying checker's
+L{popsrv.interfaces.IScramParameters.scramParameters}), it asks for them
+after the client's first message, and its credentials then also provide
+L{popsrv.interfaces.IScramCredentials}, which the checker verifies against
+the stored keys.  For a user without stored keys, and for an unknown user,
+the salt is an HMAC of the user name under a key made at start-up, with the
+default iteration count: stable from one exchange to the next like a stored
+salt, so the server's first message does not tell whether the user exists.
+Without a lookup, the salt is fresh and random for every exchange.
+
+Either way the exchange keeps the client's messages, and a checker holding
+the plaintext secret hands it to C{checkPassword}, which derives the keys
+for the salt sent and replays and verifies the exchange with scramp.  The
+server's final message (its own proof) becomes known only once the proof is
+verified, and L{Exchange.successData} returns it.  Channel binding (the
+C{-PLUS} mechanisms) and authorization identities other than the login name
+are not supported.
 
 Every mechanism is a stateless L{Mechanism} shared by all sessions; each AUTH
 command runs one L{Exchange}.  Bad client data raises L{SASLError}, and
@@ -36,6 +49,8 @@ nothing else.
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import secrets
 from typing import Callable, Optional, Union
 
@@ -43,10 +58,12 @@ import attr
 from scramp import ScramException, ScramMechanism
 from scramp.utils import ServerError
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword, UsernamePassword
+from twisted.internet import defer
 from zope.interface import implementer
 from zope.interface.interface import InterfaceClass
 
 from popsrv.credentials import HEX_DIGEST, CramMD5Credentials
+from popsrv.interfaces import IScramCredentials, ScramParameters
 
 __all__ = [
     "MECHANISMS",
@@ -57,9 +74,27 @@ __all__ = [
     "SASLError",
     "ScramCredentials",
     "mechanism",
+    "placeholderSalt",
 ]
 
 SCRAM_SALT_OCTETS = 16
+# scramp's shortest salt: stored keys with a shorter one cannot be used in
+# an exchange (Dovecot's salts have 16 octets).
+SCRAM_MIN_SALT_OCTETS = 12
+_PLACEHOLDER_KEY = secrets.token_bytes(32)
+
+# A lookup: (user name, mechanism name) -> ScramParameters or None, or a
+# Deferred of that.
+Lookup = Callable[[bytes, str], object]
+
+
+def placeholderSalt(username: bytes, mechanismName: str) -> bytes:
+    """
+    The salt a SCRAM exchange sends for a user without stored keys: stable
+    for this process, different for every user, and unpredictable.
+    """
+    message = mechanismName.encode("ascii") + b"\0" + username
+    return hmac.new(_PLACEHOLDER_KEY, message, hashlib.sha256).digest()[:SCRAM_SALT_OCTETS]
 
 
 class SASLError(Exception):
@@ -112,7 +147,10 @@ class Exchange:
         initial response, C{b""} for an empty one.
 
         @return: a L{Challenge} to send, or, when the exchange is complete,
-            the twisted.cred credentials to log in with.
+            the twisted.cred credentials to log in with; or a L{Deferred} of
+            either when the step must look something up first (a SCRAM
+            exchange given a lookup), which fails with L{SASLError} or with
+            the lookup's own error.
         @raise SASLError: the client's data is malformed, or the exchange is
             already complete.
         """
@@ -126,8 +164,17 @@ class Exchange:
         except SASLError:
             self._finished = True
             raise
+        if isinstance(result, defer.Deferred):
+            # Waiting for a lookup: no other step may start meanwhile.
+            self._finished = True
+            return result.addCallback(self._resumed)
         if not isinstance(result, Challenge):
             self._finished = True
+        return result
+
+    def _resumed(self, result):
+        if isinstance(result, Challenge):
+            self._finished = False
         return result
 
     def _step(self, response: Optional[bytes]):
@@ -149,7 +196,7 @@ class _PlainExchange(Exchange):
     PLAIN (RFC 4616): one message, C{authzid NUL authcid NUL passwd}.
     """
 
-    def __init__(self, challenge: bytes) -> None:
+    def __init__(self, challenge: bytes, lookup: Optional[Lookup] = None) -> None:
         pass
 
     def _step(self, response: Optional[bytes]):
@@ -175,7 +222,7 @@ class _LoginExchange(Exchange):
 
     _username: Optional[bytes] = None
 
-    def __init__(self, challenge: bytes) -> None:
+    def __init__(self, challenge: bytes, lookup: Optional[Lookup] = None) -> None:
         pass
 
     def _step(self, response: Optional[bytes]):
@@ -194,7 +241,7 @@ class _CramMD5Exchange(Exchange):
 
     _challenged = False
 
-    def __init__(self, challenge: bytes) -> None:
+    def __init__(self, challenge: bytes, lookup: Optional[Lookup] = None) -> None:
         self._challenge = challenge
 
     def _step(self, response: Optional[bytes]):
@@ -209,15 +256,19 @@ class _CramMD5Exchange(Exchange):
         return CramMD5Credentials(self._challenge, _text(username, "user name"), digest)
 
 
-@implementer(IUsernameHashedPassword)
+@implementer(IUsernameHashedPassword, IScramCredentials)
 class ScramCredentials:
     """
     The credentials of a SCRAM exchange (RFC 5802, RFC 7677), verified by
-    replaying the exchange with keys derived from the plaintext secret.
+    replaying the exchange with the user's stored keys (L{checkKeys}) or
+    with keys derived from the plaintext secret (L{checkPassword}).
 
     @ivar username: the SCRAM user name (unescaped, SASLprepped), UTF-8.
-    @ivar serverFinal: the server's final message once C{checkPassword}
-        succeeded, else L{None}.
+    @ivar mechanism: the mechanism's name.
+    @ivar salt: the salt the server sent.
+    @ivar iterations: the iteration count the server sent.
+    @ivar serverFinal: the server's final message once a check succeeded,
+        else L{None}.
     """
 
     def __init__(
@@ -232,6 +283,9 @@ class ScramCredentials:
         serverNonce: str,
     ) -> None:
         self.username = username
+        self.mechanism = mechanismName
+        self.salt = salt
+        self.iterations = iterationCount
         self.serverFinal: Optional[bytes] = None
         self._mechanismName = mechanismName
         self._clientFirst = clientFirst
@@ -253,9 +307,22 @@ class ScramCredentials:
             except UnicodeDecodeError:
                 return False
         scram = ScramMechanism(self._mechanismName)
+        try:
+            salt, storedKey, serverKey, _ = scram.make_auth_info(password, self._iterationCount, self._salt)
+        except ScramException:
+            return False
+        return self.checkKeys(storedKey, serverKey)
+
+    def checkKeys(self, storedKey: bytes, serverKey: bytes) -> bool:
+        """
+        Return whether the client's proof matches C{storedKey} (derived for
+        this exchange's salt and iteration count); on success, remember the
+        server's final message, made with C{serverKey}.
+        """
+        scram = ScramMechanism(self._mechanismName)
 
         def authInfo(username: str):
-            return scram.make_auth_info(password, self._iterationCount, self._salt)
+            return self._salt, storedKey, serverKey, self._iterationCount
 
         try:
             server = scram.make_server(authInfo, s_nonce=self._serverNonce)
@@ -291,8 +358,9 @@ class _ScramExchange(Exchange):
 
     _credentials: Optional[ScramCredentials] = None
 
-    def __init__(self, mechanismName: str, challenge: bytes) -> None:
+    def __init__(self, mechanismName: str, challenge: bytes, lookup: Optional[Lookup] = None) -> None:
         self._mechanismName = mechanismName
+        self._lookup = lookup
         self._server = None
 
     def _step(self, response: Optional[bytes]):
@@ -309,15 +377,43 @@ class _ScramExchange(Exchange):
         except ScramException as error:
             raise SASLError(f"bad SCRAM message: {error}")
 
-    def _clientFirst(self, message: str) -> Challenge:
+    def _clientFirst(self, message: str):
         """
-        Answer the client-first message with a server-first message for a
-        fresh salt and nonce; scramp rejects channel binding (C{p=}) and any
-        authorization identity.
+        Answer the client-first message with a server-first message: with a
+        fresh salt at once, or, given a lookup, with the user's stored salt
+        and iteration count (or a placeholder salt) once they are known.
+        scramp rejects channel binding (C{p=}) and any authorization
+        identity.
         """
         scram = ScramMechanism(self._mechanismName)
-        self._salt = secrets.token_bytes(SCRAM_SALT_OCTETS)
-        self._iterationCount = int(scram.iteration_count)
+        if self._lookup is None:
+            return self._serverFirstFor(message, secrets.token_bytes(SCRAM_SALT_OCTETS), int(scram.iteration_count))
+        names: list = []
+        # Parse (and check) the message once to learn the user name.
+        parser = scram.make_server(_placeholderKeys(placeholderSalt(b"", self._mechanismName), 4096, names))
+        parser.set_client_first(message)
+        username = names[0].encode("utf-8")
+
+        def found(parameters: Optional[ScramParameters]) -> Challenge:
+            if parameters is None or len(parameters.salt) < SCRAM_MIN_SALT_OCTETS or parameters.iterations < 1:
+                parameters = ScramParameters(
+                    placeholderSalt(username, self._mechanismName), int(scram.iteration_count)
+                )
+            try:
+                return self._serverFirstFor(message, parameters.salt, parameters.iterations)
+            except ScramException as error:
+                raise SASLError(f"bad SCRAM message: {error}")
+
+        return defer.maybeDeferred(self._lookup, username, self._mechanismName).addCallback(found)
+
+    def _serverFirstFor(self, message: str, salt: bytes, iterationCount: int) -> Challenge:
+        """
+        Answer the client-first message with a server-first message for
+        C{salt}, C{iterationCount} and a fresh nonce.
+        """
+        scram = ScramMechanism(self._mechanismName)
+        self._salt = salt
+        self._iterationCount = iterationCount
         self._serverNonce = secrets.token_urlsafe(18)
         names: list = []
         self._server = scram.make_server(
@@ -376,15 +472,17 @@ class Mechanism:
     name: str
     plaintext: bool
     credentialInterface: InterfaceClass
-    _exchangeFactory: Callable[[bytes], Exchange] = attr.ib(repr=False)
+    _exchangeFactory: Callable[..., Exchange] = attr.ib(repr=False)
 
-    def exchange(self, challenge: bytes) -> Exchange:
+    def exchange(self, challenge: bytes, lookup: Optional[Lookup] = None) -> Exchange:
         """
         Start one authentication.  C{challenge} is the session's unique
         APOP-style C{b"<token.time@host>"}; CRAM-MD5 sends it as its
-        challenge, the others ignore it.
+        challenge, the others ignore it.  C{lookup}, if given, finds the
+        salt and iteration count of a user's stored SCRAM keys (see
+        L{popsrv.interfaces.IScramParameters}); the others ignore it.
         """
-        return self._exchangeFactory(challenge)
+        return self._exchangeFactory(challenge, lookup)
 
 
 MECHANISMS = (

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from popsrv.demo import prepareDemo
+from popsrv.passwdfile import PasswdFileError
 from popsrv.policy import PLAINTEXT_POLICIES, LoginPolicy
 from popsrv.protocol import DEFAULT_TIMEOUT, POP3Factory
 from popsrv.realm import BadMaildirTemplate, MaildirRealm, MaildirTemplate
@@ -161,7 +162,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         "User alice's Maildir is DIR/alice/ (cur/ new/ tmp/, created at her first login), "
         "or wherever --maildir TEMPLATE puts it, e.g. /var/vmail/%d/%n for alice@example.com "
         "in /var/vmail/example.com/alice/. "
-        "Users come from --auth checkers: file:PATH (lines user:password), "
+        "Users come from --auth checkers: passwd-file:PATH (lines user:{SCHEME}secret, "
+        "as Dovecot's), pgsql:FILE (a PostgreSQL query), file:PATH (lines user:password), "
         "memory:alice:secret:bob:secret, unix, or any installed checker plugin "
         "(twistd popsrv --help-auth lists them). Run it in the foreground with "
         "'twistd -n popsrv ...'; 'twistd -n popsrv --demo' serves a demo mailbox."
@@ -219,6 +221,20 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
         self.arguments = list(sys.argv[1:] if options is None else options)
         super().parseOptions(options)
+
+    def opt_auth(self, description: str) -> None:
+        """
+        Specify an authentication method for the server.
+        """
+        try:
+            checker = strcred.makeChecker(description)
+        except PasswdFileError as error:
+            raise usage.UsageError(f"--auth {description.partition(':')[0]}: {error}")
+        except Exception:
+            # Twisted's own messages for unknown or unsuitable checkers.
+            return super().opt_auth(description)
+        self.addChecker(checker)
+        return None
 
     def opt_listen(self, description: str) -> None:
         """Listen on a Twisted endpoint description; repeatable, e.g. tcp:110, \

@@ -38,7 +38,7 @@ def test_everyModuleIsInstalled():
     distribution = installed()
     files = {str(path) for path in distribution.files}
     sources = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "popsrv").rglob("*.py"))
-    plugins = ["twisted/plugins/popsrv_plugin.py", "twisted/plugins/popsrv_pgsql.py"]
+    plugins = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "twisted" / "plugins").glob("popsrv_*.py"))
     missing = [source for source in sources + plugins if source not in files]
     assert missing == [], "not installed: setup.cfg leaves them out, or the install is older than the checkout"
     assert distribution.version == popsrv.__version__

@@ -271,7 +271,7 @@ def test_unavailableCredentialsAreTemporary(realm):
     assert not any(e.get("log_failure") for e in events)
     unavailable = [e for e in events if e.get("event") == "auth-unavailable"]
     assert len(unavailable) == 4
-    assert unavailable[0]["why"] == "no database connection within 3 s" and unavailable[0]["user"] == b"alice"
+    assert unavailable[0]["why"] == "no database connection within 3 s" and unavailable[0]["user"] == "alice"
     assert session.send("NOOP") == b"-ERR NOOP is not allowed until you log in\r\n"
 
 

@@ -45,10 +45,11 @@ def available():
     return None
 
 
-def start(maildirRoot: str, users: dict[str, str], *extra: str) -> RunningServer:
+def start(maildirRoot: str, users: dict[str, str], *extra: str, authType: str = "file") -> RunningServer:
     """
-    Start `twistd -n popsrv` for C{users} (name to password) on a free port
-    of 127.0.0.1, serving C{maildirRoot}; return once it listens.
+    Start `twistd -n popsrv` for C{users} (name to password; to stored
+    secret for C{authType} C{"passwd-file"}) on a free port of 127.0.0.1,
+    serving C{maildirRoot}; return once it listens.
     """
     workdir = tempfile.TemporaryDirectory(prefix="popsrv-bench-")
     passwd = os.path.join(workdir.name, "passwd")
@@ -57,7 +58,7 @@ def start(maildirRoot: str, users: dict[str, str], *extra: str) -> RunningServer
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     process = subprocess.Popen(
         [twistd, "-n", "--pidfile=", "--logfile=-", "popsrv", "--listen", "tcp:0:interface=127.0.0.1",
-         "--maildir-root", maildirRoot, "--auth", f"file:{passwd}", *extra],
+         "--maildir-root", maildirRoot, "--auth", f"{authType}:{passwd}", *extra],
         cwd=workdir.name, env=dict(os.environ, PYTHONPATH=ROOT),
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )

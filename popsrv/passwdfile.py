@@ -1,0 +1,205 @@
+"""
+A passwd file as an L{ISecretSource}: one user a line, in the format of
+Dovecot's passwd-file, so that an operator can bring a Dovecot file over::
+
+    # comments and blank lines are ignored
+    alice:{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=4$...
+    bob:{SHA512-CRYPT}$6$...::::::      (further fields are ignored)
+    carol:{PLAIN}hunter2
+
+The file is read when popsrv starts, and again at the first lookup after it
+changed (its size, modification time or inode, checked with one C{stat} per
+lookup): editing it, or replacing it with a rename, takes effect without a
+restart.  A version with a syntax error is not used: the previous one stays
+in force and the error is logged with its line number.  A line whose secret
+has an unknown scheme or does not parse is not an error: that user cannot
+log in, and one log line at each load names the line.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Tuple
+
+import attr
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from popsrv import schemes
+from popsrv.interfaces import ISecretSource
+
+__all__ = ["PasswdFile", "PasswdFileError", "PasswdSyntaxError", "Problem", "parsePasswd"]
+
+log = Logger()
+
+
+class PasswdFileError(ValueError):
+    """
+    A passwd file cannot be used: it cannot be read, or has a syntax error.
+    """
+
+
+class PasswdSyntaxError(PasswdFileError):
+    """
+    A line of a passwd file does not follow the format.
+
+    @ivar lineNumber: the line's number, from 1.
+    @ivar reason: what is wrong with it.
+    @ivar path: the file's path, if known.
+    """
+
+    def __init__(self, lineNumber: int, reason: str, path: Optional[str] = None) -> None:
+        where = f"{path} line {lineNumber}" if path is not None else f"line {lineNumber}"
+        super().__init__(f"{where}: {reason}")
+        self.lineNumber = lineNumber
+        self.reason = reason
+        self.path = path
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class Problem:
+    """
+    A user who cannot log in because of the secret on their line.
+    """
+
+    lineNumber: int
+    user: str
+    reason: str
+
+
+def entryUser(line: str) -> Optional[str]:
+    """
+    The user name of a passwd line, or L{None} for a blank line or a
+    comment.
+    """
+    if not line.strip() or line.lstrip().startswith("#"):
+        return None
+    return line.split(":", 1)[0]
+
+
+def parsePasswd(data: bytes) -> Tuple[Dict[str, str], List[Problem]]:
+    """
+    Parse a passwd file: return its secrets (user name to stored secret)
+    and the users whose secrets cannot be used.
+
+    @raise PasswdSyntaxError: for a line that is not UTF-8, has no C{:},
+        has an empty user name, or names a user already named.
+    """
+    secrets: Dict[str, str] = {}
+    firstLines: Dict[str, int] = {}
+    problems: List[Problem] = []
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError:
+            raise PasswdSyntaxError(number, "the line is not UTF-8")
+        user = entryUser(line)
+        if user is None:
+            continue
+        if ":" not in line:
+            raise PasswdSyntaxError(number, "a line is user:{SCHEME}secret, but there is no ':'")
+        if not user or user != user.strip():
+            raise PasswdSyntaxError(number, "the user name is empty or starts or ends with a space")
+        if user in firstLines:
+            raise PasswdSyntaxError(number, f"user {user!r} is already on line {firstLines[user]}")
+        secret = line.split(":", 2)[1]
+        firstLines[user] = number
+        secrets[user] = secret
+        try:
+            schemes.checkStored(secret)
+        except schemes.SchemeError as error:
+            problems.append(Problem(number, user, str(error)))
+    return secrets, problems
+
+
+@implementer(ISecretSource)
+class PasswdFile:
+    """
+    The secrets of a passwd file, re-read whenever the file changes.
+
+    @ivar path: the file's path.
+    @raise PasswdFileError: (from the constructor) if the file cannot be
+        read or has a syntax error when popsrv starts.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._secrets: Dict[str, str] = {}
+        self._signature: Optional[tuple] = None
+        try:
+            self._load(self._stat())
+        except OSError as error:
+            raise PasswdFileError(f"cannot read {path}: {error.strerror or error}")
+
+    def _stat(self) -> tuple:
+        status = os.stat(self.path)
+        return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+    def _load(self, signature: tuple) -> None:
+        """
+        Read and parse the file; use it only if it parses.
+        """
+        self._signature = signature
+        with open(self.path, "rb") as stream:
+            data = stream.read()
+        try:
+            secrets, problems = parsePasswd(data)
+        except PasswdSyntaxError as error:
+            raise PasswdSyntaxError(error.lineNumber, error.reason, self.path) from None
+        for problem in problems:
+            log.warn(
+                "{path} line {line}: user {user!r} cannot log in: {reason}",
+                path=self.path, line=problem.lineNumber, user=problem.user, reason=problem.reason,
+                event="passwd-unusable-secret",
+            )
+        self._secrets = secrets
+        log.info("{path}: {count} users", path=self.path, count=len(secrets), event="passwd-loaded")
+
+    def _refresh(self) -> None:
+        """
+        Re-read the file if it changed since it was last read; on failure,
+        keep the version in force and log why, once per change.
+        """
+        try:
+            signature = self._stat()
+        except OSError as error:
+            signature = ("unreadable", error.errno)
+            if signature != self._signature:
+                self._signature = signature
+                log.error(
+                    "cannot read {path} ({error}); the version read before stays in force",
+                    path=self.path, error=error.strerror or str(error), event="passwd-unreadable",
+                )
+            return
+        if signature == self._signature:
+            return
+        try:
+            self._load(signature)
+        except PasswdSyntaxError as error:
+            log.error(
+                "{error}; the version read before stays in force", error=str(error), line=error.lineNumber,
+                event="passwd-syntax-error",
+            )
+        except OSError as error:
+            log.error(
+                "cannot read {path} ({error}); the version read before stays in force",
+                path=self.path, error=error.strerror or str(error), event="passwd-unreadable",
+            )
+
+    def secretFor(self, username: bytes) -> Optional[str]:
+        """
+        The stored secret of C{username}, or L{None}; see L{ISecretSource}.
+        """
+        self._refresh()
+        try:
+            name = username.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        return self._secrets.get(name)
+
+    def users(self) -> List[str]:
+        """
+        The user names in the version in force, in file order.
+        """
+        self._refresh()
+        return list(self._secrets)

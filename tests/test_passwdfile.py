@@ -1,0 +1,311 @@
+"""
+Tests for L{popsrv.passwdfile} (the format, reloading when the file changes,
+a syntax error that keeps the previous version) and for the C{python -m
+popsrv passwd} tool, run as a subprocess with the password on its stdin.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+from twisted.logger import capturedLogs
+from zope.interface.verify import verifyObject
+
+from popsrv import passwdtool, schemes
+from popsrv.checkers import StoredSecretChecker
+from popsrv.interfaces import ISecretSource
+from popsrv.passwdfile import PasswdFile, PasswdFileError, PasswdSyntaxError, parsePasswd
+
+from .conftest import twistdEnvironment
+
+PLAIN_ALICE = "alice:{PLAIN}secret\n"
+
+
+def replace(path: Path, text: str) -> None:
+    """
+    Replace a file's contents the way an editor or a tool does: a new file
+    renamed over the old one.
+    """
+    temporary = path.with_name(path.name + ".new")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def test_providesISecretSource(tmp_path):
+    """PasswdFile provides ISecretSource."""
+    path = tmp_path / "passwd"
+    path.write_text(PLAIN_ALICE)
+    verifyObject(ISecretSource, PasswdFile(str(path)))
+
+
+def test_format(tmp_path):
+    """Comments, blank lines, CRLF and further fields; user names are exact."""
+    path = tmp_path / "passwd"
+    path.write_bytes(
+        b"# a comment\n\n   \n  # an indented comment\nalice:{PLAIN}secret:1000:1000::/home/alice::\r\n"
+        b"b\xc3\xb6b:{SHA512-CRYPT}$6$salt$hash\n"
+    )
+    source = PasswdFile(str(path))
+    assert source.secretFor(b"alice") == "{PLAIN}secret"
+    assert source.secretFor("böb".encode()) == "{SHA512-CRYPT}$6$salt$hash"
+    assert source.secretFor(b"Alice") is None
+    assert source.secretFor(b"\xff") is None
+    assert source.users() == ["alice", "böb"]
+
+
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        ("alice:{PLAIN}x\nno colon here\n", 2),
+        (":{PLAIN}x\n", 1),
+        ("alice:{PLAIN}x\n\nalice:{PLAIN}y\n", 3),
+        (" alice:{PLAIN}x\n", 1),
+    ],
+)
+def test_syntaxErrors(text, line):
+    """Lines without ':', empty or padded user names and repeated users are syntax errors with their line."""
+    with pytest.raises(PasswdSyntaxError) as caught:
+        parsePasswd(text.encode())
+    assert caught.value.lineNumber == line
+    assert f"line {line}" in str(caught.value)
+
+
+def test_notUTF8IsASyntaxError():
+    """A line that is not UTF-8 is an error on that line."""
+    with pytest.raises(PasswdSyntaxError, match="line 2"):
+        parsePasswd(b"alice:{PLAIN}x\nb\xffb:{PLAIN}y\n")
+
+
+def test_unusableSecretsAreLoggedOncePerLoad(tmp_path):
+    """An unknown scheme or a malformed secret: that user cannot log in; one log line per line at load."""
+    path = tmp_path / "passwd"
+    path.write_text("alice:{PLAIN}secret\nbob:{MD5-CRYPT}$1$x$y\ncarol:\ndave:{SHA512-CRYPT}oops\n")
+    with capturedLogs() as events:
+        source = PasswdFile(str(path))
+        for _ in range(3):
+            source.secretFor(b"bob")
+    problems = [e for e in events if e.get("event") == "passwd-unusable-secret"]
+    assert [(e["line"], e["user"]) for e in problems] == [(2, "bob"), (3, "carol"), (4, "dave")]
+    assert "MD5-CRYPT" in problems[0]["reason"]
+    checker = StoredSecretChecker(source, defer.maybeDeferred)
+    for user, password in ((b"bob", b"$1$x$y"), (b"carol", b""), (b"dave", b"oops")):
+        results = []
+        checker.requestAvatarId(UsernamePassword(user, password)).addBoth(results.append)
+        assert results[0].check(UnauthorizedLogin)
+
+
+def test_reloadWhenReplaced(tmp_path):
+    """A file replaced by a rename is read again at the next lookup: users come and go without a restart."""
+    path = tmp_path / "passwd"
+    path.write_text(PLAIN_ALICE)
+    source = PasswdFile(str(path))
+    assert source.secretFor(b"bob") is None
+    replace(path, "bob:{PLAIN}hunter2\n")
+    assert source.secretFor(b"bob") == "{PLAIN}hunter2"
+    assert source.secretFor(b"alice") is None
+
+
+def test_reloadWhenEditedInPlace(tmp_path):
+    """A file rewritten in place (same inode) is read again when its size or time changes."""
+    path = tmp_path / "passwd"
+    path.write_text(PLAIN_ALICE)
+    source = PasswdFile(str(path))
+    with open(path, "a", encoding="utf-8") as stream:
+        stream.write("bob:{PLAIN}hunter2\n")
+    assert source.secretFor(b"bob") == "{PLAIN}hunter2"
+    status = os.stat(path)
+    path.write_text("alice:{PLAIN}SECRET\nbob:{PLAIN}hunter2\n")
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))
+    assert source.secretFor(b"alice") == "{PLAIN}SECRET"
+
+
+def test_unchangedFileIsNotReadAgain(tmp_path, monkeypatch):
+    """Lookups of an unchanged file cost a stat, not a read."""
+    path = tmp_path / "passwd"
+    path.write_text(PLAIN_ALICE)
+    source = PasswdFile(str(path))
+    loads = []
+    original = source._load
+    monkeypatch.setattr(source, "_load", lambda signature: (loads.append(signature), original(signature)))
+    for _ in range(5):
+        assert source.secretFor(b"alice") == "{PLAIN}secret"
+    assert loads == []
+
+
+def test_syntaxErrorKeepsThePreviousVersion(tmp_path):
+    """A version with a syntax error is not used; the error is logged once with its line number; a fix is read."""
+    path = tmp_path / "passwd"
+    path.write_text(PLAIN_ALICE)
+    source = PasswdFile(str(path))
+    with capturedLogs() as events:
+        replace(path, "# new version\nbob:{PLAIN}hunter2\nthis line is broken\n")
+        assert source.secretFor(b"alice") == "{PLAIN}secret"
+        assert source.secretFor(b"bob") is None
+    errors = [e for e in events if e.get("event") == "passwd-syntax-error"]
+    assert len(errors) == 1 and errors[0]["line"] == 3
+    assert f"{path} line 3" in errors[0]["error"]
+    replace(path, "bob:{PLAIN}hunter2\n")
+    assert source.secretFor(b"bob") == "{PLAIN}hunter2"
+    assert source.secretFor(b"alice") is None
+
+
+def test_vanishedFileKeepsThePreviousVersion(tmp_path):
+    """A file that disappears leaves the version in force, with one log line."""
+    path = tmp_path / "passwd"
+    path.write_text(PLAIN_ALICE)
+    source = PasswdFile(str(path))
+    path.unlink()
+    with capturedLogs() as events:
+        assert source.secretFor(b"alice") == "{PLAIN}secret"
+        assert source.secretFor(b"alice") == "{PLAIN}secret"
+    assert [e["event"] for e in events if e.get("event") == "passwd-unreadable"] == ["passwd-unreadable"]
+    path.write_text("alice:{PLAIN}new\n")
+    assert source.secretFor(b"alice") == "{PLAIN}new"
+
+
+def test_unusableAtStart(tmp_path):
+    """A missing file or a syntax error at start is an error (twistd stops with it)."""
+    with pytest.raises(PasswdFileError, match="cannot read"):
+        PasswdFile(str(tmp_path / "missing"))
+    path = tmp_path / "passwd"
+    path.write_text("alice\n")
+    with pytest.raises(PasswdSyntaxError, match="line 1"):
+        PasswdFile(str(path))
+
+
+# The passwd tool
+
+
+def tool(*args: str, password: str = "", cwd=None) -> subprocess.CompletedProcess:
+    """
+    Run C{python -m popsrv passwd ARGS} with C{password} on stdin.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "popsrv", "passwd", *args],
+        input=password.encode("utf-8"), capture_output=True, env=twistdEnvironment(), timeout=60, cwd=cwd,
+    )
+
+
+def entries(path: Path) -> dict:
+    secrets, problems = parsePasswd(path.read_bytes())
+    assert problems == []
+    return secrets
+
+
+def test_toolAddSetDelList(tmp_path):
+    """add, set, del and list, the password from stdin; the default scheme is ARGON2ID."""
+    path = tmp_path / "passwd"
+    added = tool("add", str(path), "alice", password="pässword\n")
+    assert added.returncode == 0, added.stderr
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    stored = entries(path)["alice"]
+    assert stored.startswith("{ARGON2ID}") and schemes.verify(stored, "pässword".encode())
+
+    assert tool("add", "--scheme", "SHA512-CRYPT", str(path), "bob", password="hunter2").returncode == 0
+    assert schemes.verify(entries(path)["bob"], b"hunter2") and entries(path)["bob"].startswith("{SHA512-CRYPT}$6$")
+
+    assert tool("set", "--scheme", "scram-sha-256", str(path), "alice", password="new one\r\n").returncode == 0
+    assert schemes.verify(entries(path)["alice"], b"new one")
+    assert entries(path)["alice"].startswith("{SCRAM-SHA-256}")
+
+    listed = tool("list", str(path))
+    assert listed.stdout.decode() == "alice\tSCRAM-SHA-256\nbob\tSHA512-CRYPT\n"
+
+    assert tool("del", str(path), "alice").returncode == 0
+    assert list(entries(path)) == ["bob"]
+
+
+def test_toolKeepsCommentsOtherLinesFieldsAndMode(tmp_path):
+    """Editing keeps comments, blank lines, other users' lines octet for octet, extra fields and the mode."""
+    path = tmp_path / "passwd"
+    original = "# users of pop.example\n\nalice:{PLAIN}x:1000:1000::/home/alice\n# bob below\nbob:{PLAIN}y\n"
+    path.write_text(original)
+    os.chmod(path, 0o640)
+    assert tool("set", str(path), "alice", password="secret").returncode == 0
+    lines = path.read_text().splitlines(keepends=True)
+    assert lines[:2] == ["# users of pop.example\n", "\n"]
+    assert lines[2].startswith("alice:{ARGON2ID}$argon2id$") and lines[2].endswith(":1000:1000::/home/alice\n")
+    assert lines[3:] == ["# bob below\n", "bob:{PLAIN}y\n"]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+    assert tool("del", str(path), "bob").returncode == 0
+    assert path.read_text().endswith("# bob below\n")
+    assert [name for name in os.listdir(tmp_path)] == ["passwd"]
+
+
+def test_toolAppendsAfterALastLineWithoutNewline(tmp_path):
+    """A file whose last line has no line end still gets a line of its own for the new user."""
+    path = tmp_path / "passwd"
+    path.write_text("alice:{PLAIN}x")
+    assert tool("add", "--scheme", "PLAIN", str(path), "bob", password="y").returncode == 0
+    assert path.read_text() == "alice:{PLAIN}x\nbob:{PLAIN}y\n"
+
+
+@pytest.mark.parametrize(
+    "args, password, message",
+    [
+        (["add", "{path}", "alice"], "x", "already in"),
+        (["set", "{path}", "carol"], "x", "is not in"),
+        (["del", "{path}", "carol"], "", "is not in"),
+        (["add", "{path}", "car:ol"], "x", "cannot be a user name"),
+        (["add", "{path}", "carol"], "", "the password is empty"),
+        (["add", "--scheme", "MD5-CRYPT", "{path}", "carol"], "x", "unknown scheme"),
+        (["add", "--scheme", "PLAIN", "{path}", "carol"], "a:b", "colon"),
+        (["set", "{missing}", "alice"], "x", "does not exist"),
+    ],
+)
+def test_toolRefusals(tmp_path, args, password, message):
+    """Each refusal says why, exits 1 and leaves the file untouched."""
+    path = tmp_path / "passwd"
+    path.write_text(PLAIN_ALICE)
+    args = [a.format(path=path, missing=tmp_path / "missing") for a in args]
+    result = tool(*args, password=password)
+    assert result.returncode == 1
+    assert message in result.stderr.decode()
+    assert path.read_text() == PLAIN_ALICE
+
+
+def test_toolRefusesAFileWithASyntaxError(tmp_path):
+    """The tool does not edit a file it cannot parse; it names the line."""
+    path = tmp_path / "passwd"
+    path.write_text("alice:{PLAIN}x\nbroken\n")
+    result = tool("add", str(path), "bob", password="y")
+    assert result.returncode == 1 and "line 2" in result.stderr.decode()
+
+
+def test_toolTakesNoPasswordArgument(tmp_path):
+    """There is no way to give the password on the command line."""
+    result = tool("add", str(tmp_path / "passwd"), "alice", "secret", password="x")
+    assert result.returncode == 2
+    assert not (tmp_path / "passwd").exists()
+
+
+class TTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_toolAsksTwiceAtATerminal(tmp_path, monkeypatch):
+    """At a terminal the password is asked twice; two different answers change nothing."""
+    path = tmp_path / "passwd"
+    answers = iter(["one", "two", "same", "same"])
+    monkeypatch.setattr(passwdtool.getpass, "getpass", lambda prompt, stream=None: next(answers))
+    stderr = io.StringIO()
+    assert passwdtool.main(["add", str(path), "alice"], stdin=TTY(), stderr=stderr) == 1
+    assert "differ" in stderr.getvalue() and not path.exists()
+    assert passwdtool.main(["add", str(path), "alice"], stdin=TTY(), stderr=stderr) == 0
+    assert schemes.verify(entries(path)["alice"], b"same")
+
+
+def test_moduleUsage():
+    """python -m popsrv without a tool prints its usage and fails."""
+    result = subprocess.run([sys.executable, "-m", "popsrv"], capture_output=True, env=twistdEnvironment(), timeout=60)
+    assert result.returncode == 2 and b"passwd add|set|del|list" in result.stderr
