@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 __all__ = ["SERVERS", "eachServer", "startServer"]
 
-SERVERS = ("popsrv", "twisted", "twisted-nodelay", "dovecot")
+SERVERS = ("popsrv", "popsrv-workers2", "twisted", "twisted-nodelay", "dovecot")
 
 
 def startServer(name: str, root: str, users: dict[str, str]):
@@ -20,9 +20,11 @@ def startServer(name: str, root: str, users: dict[str, str]):
     Start one of L{SERVERS} serving the Maildirs under C{root}; return it,
     or a one-line reason why it is not available.
     """
-    if name == "popsrv":
+    if name.startswith("popsrv"):
         from servers import popsrv
 
+        if name == "popsrv-workers2":
+            return popsrv.start(root, users, "--workers", "2", name=name)
         return popsrv.start(root, users)
     if name.startswith("twisted"):
         from servers import twistedmail

@@ -30,7 +30,7 @@ import attr
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
-from twisted.internet import defer, task
+from twisted.internet import defer, task, tcp
 from twisted.internet.interfaces import (
     IConsumer,
     IHandshakeListener,
@@ -302,6 +302,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self._userName = "-"
         self._abortLater = None
         self._secure = False
+        self._flushable = False
         self._lineWaiter: Optional[defer.Deferred] = None
         self._method = ""
         self._maildrop: Optional[IMaildrop] = None
@@ -335,6 +336,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         self._secure = ISSLTransport.providedBy(self.transport) or INegotiated.providedBy(self.transport)
         _setNoDelay(self.transport)
+        self._flushable = isinstance(self.transport, tcp.Connection)
         self.setTimeout(self.factory.timeout)
         if not self._secure:
             # Over TLS the gate waits for the handshake (handshakeCompleted).
@@ -444,6 +446,27 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             self.resumeProducing()
 
     # Command dispatch
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Answer the commands in C{data}, and send the replies at once.
+        """
+        super().dataReceived(data)
+        self._flush()
+
+    def _flush(self) -> None:
+        """
+        Send what the transport holds now instead of at the reactor's next
+        turn: a short session is a few dozen commands, and one turn of the
+        event loop less per reply is about a third of its latency.
+
+        Only for a TCP connection (over STLS too: it then holds the TLS
+        records) that is not closing; whatever cannot be sent now, and any
+        error, is left to the reactor as usual.
+        """
+        transport = self.transport
+        if self._flushable and not transport.disconnecting and (transport._tempDataLen or transport.dataBuffer):
+            transport.doWrite()
 
     def lineReceived(self, line: bytes) -> None:
         """

@@ -6,9 +6,16 @@ replies, complete and in order, never bytes of another's.
 
 from __future__ import annotations
 
+import socket
 import threading
 
+from twisted.internet import tcp
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock
+
+from popsrv.protocol import POP3Factory
 from popsrv.store.maildir import deliver
+from popsrv.testing import memoryPortal
 
 from .test_e2e import RawClient, dotStuffed, wire
 
@@ -62,3 +69,40 @@ def test_concurrentPipelinedRetrievals(launcher):
         body = data[len(head):]
         assert body[: len(replies)] == replies
         assert body[len(replies):] == b"+OK popsrv signing off (5 messages left)\r\n"
+
+
+def test_repliesLeaveWithinTheReadThatAskedForThem() -> None:
+    """
+    Over TCP, the replies to the commands of one read are sent before
+    C{dataReceived} returns, not at the reactor's next turn: the client can
+    read them although no reactor runs here.
+    """
+    reactor = MemoryReactorClock()
+    portal, _ = memoryPortal({"alice": "secret"})
+    factory = POP3Factory(portal, hostname="test", clock=reactor, authFailureDelay=0)
+    serverSocket, clientSocket = socket.socketpair()
+    clientSocket.settimeout(5)
+    try:
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1110))
+
+        class ServerPort:
+            _realPortNumber = 1110
+
+            def _getLogPrefix(self, factory):
+                return "test"
+
+        transport = tcp.Server(
+            serverSocket, protocol, ("127.0.0.1", 50000), ServerPort(), 1, reactor
+        )
+        protocol.makeConnection(transport)
+        transport.doWrite()
+        assert clientSocket.recv(1000).startswith(b"+OK popsrv ready")
+        protocol.dataReceived(b"CAPA\r\nUSER alice\r\n")
+        received = b""
+        while not (b"\r\n.\r\n+OK" in received and received.endswith(b"\r\n")):
+            received += clientSocket.recv(1000)
+        assert received.startswith(b"+OK capability list follows\r\n")
+        assert transport.dataBuffer == b"" and not transport._tempDataLen
+    finally:
+        serverSocket.close()
+        clientSocket.close()

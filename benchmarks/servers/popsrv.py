@@ -24,9 +24,11 @@ class RunningServer(ProcessTree):
     A popsrv process serving a Maildir root on 127.0.0.1.
     """
 
-    def __init__(self, process: subprocess.Popen, port: int, workdir: tempfile.TemporaryDirectory) -> None:
+    def __init__(
+        self, process: subprocess.Popen, port: int, workdir: tempfile.TemporaryDirectory, name: str = "popsrv"
+    ) -> None:
         super().__init__(process)
-        self.name = "popsrv"
+        self.name = name
         self.port = port
         self._workdir = workdir
 
@@ -45,7 +47,9 @@ def available():
     return None
 
 
-def start(maildirRoot: str, users: dict[str, str], *extra: str, authType: str = "file") -> RunningServer:
+def start(
+    maildirRoot: str, users: dict[str, str], *extra: str, authType: str = "file", name: str = "popsrv"
+) -> RunningServer:
     """
     Start `twistd -n popsrv` for C{users} (name to password; to stored
     secret for C{authType} C{"passwd-file"}) on a free port of 127.0.0.1,
@@ -68,7 +72,7 @@ def start(maildirRoot: str, users: dict[str, str], *extra: str, authType: str = 
         if match:
             # Keep reading the log so that the server never blocks on it.
             threading.Thread(target=process.stdout.read, daemon=True).start()
-            return RunningServer(process, int(match.group(1)), workdir)
+            return RunningServer(process, int(match.group(1)), workdir, name)
         if time.monotonic() > deadline:
             break
     process.kill()
