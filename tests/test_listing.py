@@ -110,12 +110,13 @@ def test_namesThatAreNotMessagesAreNotAdmitted() -> None:
     assert listing.messages is before
 
 
-def test_theCacheKeepsOnlyBigListingsWithinItsCapacity() -> None:
+def test_theCacheKeepsListingsWithinItsCapacity() -> None:
     """
     L{ListingCache} keeps listings of at least C{minimum} messages, at most
-    C{capacity} messages in all, dropping the least recently used.
+    C{capacity} in all (each counting its messages plus one), dropping the
+    least recently used.
     """
-    cache = ListingCache(capacity=12, minimum=3)
+    cache = ListingCache(capacity=14, minimum=3)
     small, big, other = fresh(["1.a,W=1"]), fresh([f"{n}.a,W=1" for n in range(4)]), fresh(
         [f"{n}.b,W=1" for n in range(7)]
     )
@@ -131,13 +132,24 @@ def test_theCacheKeepsOnlyBigListingsWithinItsCapacity() -> None:
     assert list(cache.keys()) == ["other", "big2"]
 
 
+def test_emptyListingsCountTowardsTheCapacity() -> None:
+    """
+    However many empty Maildirs a process serves, the cache keeps at most
+    C{capacity} listings.
+    """
+    cache = ListingCache(capacity=10)
+    for n in range(100):
+        cache.give(f"empty{n}", fresh([]))
+    assert list(cache.keys()) == [f"empty{n}" for n in range(90, 100)]
+
+
 @pytest.fixture
 def keepEveryListing(monkeypatch):
     """
     Make the Maildir backend keep the listing of every Maildir, however
     small.
     """
-    cache = ListingCache(minimum=0)
+    cache = ListingCache()
     monkeypatch.setattr(maildir, "LISTINGS", cache)
     return cache
 

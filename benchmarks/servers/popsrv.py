@@ -48,17 +48,23 @@ def available():
 
 
 def start(
-    maildirRoot: str, users: dict[str, str], *extra: str, authType: str = "file", name: str = "popsrv"
+    maildirRoot: str, users: dict[str, str], *extra: str, authType: str = "passwd-file", name: str = "popsrv"
 ) -> RunningServer:
     """
-    Start `twistd -n popsrv` for C{users} (name to password; to stored
-    secret for C{authType} C{"passwd-file"}) on a free port of 127.0.0.1,
-    serving C{maildirRoot}; return once it listens.
+    Start `twistd -n popsrv` for C{users} (name to password, or to a stored
+    C{{SCHEME}secret} for C{authType} C{"passwd-file"}) on a free port of
+    127.0.0.1, serving C{maildirRoot}; return once it listens.
+
+    By default users are in a C{passwd-file:} with C{{PLAIN}} entries, as
+    Dovecot's are in its runs.
     """
     workdir = tempfile.TemporaryDirectory(prefix="popsrv-bench-")
     passwd = os.path.join(workdir.name, "passwd")
     with open(passwd, "w") as f:
-        f.writelines(f"{user}:{password}\n" for user, password in users.items())
+        for user, password in users.items():
+            if authType == "passwd-file" and not password.startswith("{"):
+                password = "{PLAIN}" + password
+            f.write(f"{user}:{password}\n")
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     process = subprocess.Popen(
         [twistd, "-n", "--pidfile=", "--logfile=-", "popsrv", "--listen", "tcp:0:interface=127.0.0.1",

@@ -219,17 +219,17 @@ class CurListing:
 
 class ListingCache:
     """
-    The listings of the biggest Maildirs a process served recently, so that
-    their next snapshot parses only what changed.
+    The listings of the Maildirs a process served recently, so that their
+    next snapshot parses only what changed.
 
     A listing is taken out (L{take}) by the one session that holds the
     Maildir's lock, and handed back (L{give}) when it is up to date, so no
     two threads ever work on the same one.  Listings of fewer than
-    C{minimum} messages are not kept (parsing them is quick); beyond
-    C{capacity} messages in all, the least recently used are dropped.
+    C{minimum} messages are not kept; beyond C{capacity} in all (a listing
+    counts its messages, plus one), the least recently used are dropped.
     """
 
-    def __init__(self, capacity: int = 250_000, minimum: int = 1_000) -> None:
+    def __init__(self, capacity: int = 250_000, minimum: int = 0) -> None:
         self.capacity = capacity
         self.minimum = minimum
         self._listings: collections.OrderedDict[str, CurListing] = collections.OrderedDict()
@@ -244,7 +244,7 @@ class ListingCache:
             listing = self._listings.pop(key, None)
             if listing is None:
                 return CurListing()
-            self._size -= len(listing)
+            self._size -= len(listing) + 1
             return listing
 
     def give(self, key: str, listing: CurListing) -> None:
@@ -252,18 +252,18 @@ class ListingCache:
         Keep an up-to-date listing for the next snapshot of C{key}, if it is
         worth keeping.
         """
-        size = len(listing)
-        if size < self.minimum or size > self.capacity:
+        size = len(listing) + 1
+        if size <= self.minimum or size > self.capacity:
             return
         with self._lock:
             previous = self._listings.pop(key, None)
             if previous is not None:
-                self._size -= len(previous)
+                self._size -= len(previous) + 1
             self._listings[key] = listing
             self._size += size
             while self._size > self.capacity:
                 _, dropped = self._listings.popitem(last=False)
-                self._size -= len(dropped)
+                self._size -= len(dropped) + 1
 
     def keys(self) -> Iterable[str]:
         """

@@ -205,10 +205,13 @@ class MaildirMaildrop:
         symbolic links, so that a user who can write to a Maildir cannot
         point it at another user's mail.
         """
-        for sub in ("cur", "new", "tmp"):
-            os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
         for directory in (self.path, self._cur, self._new, os.path.join(self.path, "tmp")):
-            if not stat.S_ISDIR(os.lstat(directory).st_mode):
+            try:
+                mode = os.lstat(directory).st_mode
+            except FileNotFoundError:
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+                mode = os.lstat(directory).st_mode
+            if not stat.S_ISDIR(mode):
                 raise MaildropUnusable(f"{directory} is not a directory (a symbolic link?)")
         fd = os.open(
             os.path.join(self.path, LOCK_FILE),
