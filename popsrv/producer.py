@@ -16,7 +16,7 @@ from zope.interface import implementer
 
 __all__ = ["CHUNK_SIZE", "FileProducer", "sendFile"]
 
-CHUNK_SIZE = 2**16
+CHUNK_SIZE = 2**18
 
 
 @implementer(IPullProducer)

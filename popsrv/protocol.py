@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import operator
 import re
 import secrets
 import socket
 from enum import Enum
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import attr
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword, UsernamePassword
@@ -35,6 +36,7 @@ from twisted.internet.interfaces import (
     IConsumer,
     IHandshakeListener,
     INegotiated,
+    IPullProducer,
     IPushProducer,
     IReactorTime,
     ISSLTransport,
@@ -56,6 +58,10 @@ from popsrv.policy import LoginPolicy
 from popsrv.tls import TLSSettings
 
 __all__ = ["POP3Factory", "POP3Protocol", "State"]
+
+SEND_LIMIT = 2**20
+# LIST and UIDL send this many lines per turn of the reactor.
+LISTING_BATCH = 2000
 
 DEFAULT_TIMEOUT = 600
 MAX_COMMAND_OCTETS = 512
@@ -252,6 +258,59 @@ class _FramingConsumer:
         self._transport.write(self._framer.finish())
 
 
+@implementer(IPullProducer)
+class _ListingProducer:
+    """
+    Sends the lines of a long multi-line reply (LIST or UIDL of a big
+    maildrop) a batch at a time, each when the client has read the one
+    before: a listing of 100,000 messages never holds up other sessions,
+    nor fills memory for a client that does not read.
+    """
+
+    def __init__(self, protocol: POP3Protocol, lines: Iterator[bytes]) -> None:
+        self._protocol = protocol
+        self._transport = protocol.transport
+        self._lines: Optional[Iterator[bytes]] = lines
+        self.done: defer.Deferred[None] = defer.Deferred()
+
+    def start(self, status: bytes) -> defer.Deferred:
+        """
+        Send the status line, then the lines as the transport asks for them.
+        """
+        self._protocol._unregisterGate()
+        self._transport.write(status)
+        self._transport.registerProducer(self, False)
+        return self.done
+
+    def resumeProducing(self) -> None:
+        """
+        Send the next batch of lines; after the last, the terminator.
+        """
+        if self._lines is None:
+            return
+        batch = list(itertools.islice(self._lines, LISTING_BATCH))
+        if batch:
+            self._transport.write(b"\r\n".join(batch) + b"\r\n")
+            self._protocol.resetTimeout()
+        if len(batch) < LISTING_BATCH:
+            self._transport.write(b".\r\n")
+            self._finish()
+
+    def stopProducing(self) -> None:
+        """
+        The connection is gone: stop.
+        """
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._lines is None:
+            return
+        self._lines = None
+        self._transport.unregisterProducer()
+        self._protocol._registerGate()
+        self.done.callback(None)
+
+
 @implementer(IPushProducer)
 class _ReadGate:
     """
@@ -337,6 +396,10 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self._secure = ISSLTransport.providedBy(self.transport) or INegotiated.providedBy(self.transport)
         _setNoDelay(self.transport)
         self._flushable = isinstance(self.transport, tcp.Connection)
+        if self._flushable:
+            # Let a streaming message leave in sends of up to a MiB rather
+            # than Twisted's default 128 KiB: fewer turns of the reactor.
+            self.transport.SEND_LIMIT = SEND_LIMIT
         self.setTimeout(self.factory.timeout)
         if not self._secure:
             # Over TLS the gate waits for the handshake (handshakeCompleted).
@@ -591,6 +654,17 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         Send a negative reply.
         """
         self._send(("-ERR " + text).encode("utf-8"))
+
+    def _sendListing(self, first: str, lines: Iterable[bytes], count: int) -> Optional[defer.Deferred]:
+        """
+        Send a multi-line reply of C{count} lines (which need no
+        dot-stuffing): in one write if it is short, else as the client reads
+        it (the returned L{Deferred} fires when it is all sent).
+        """
+        if count <= LISTING_BATCH:
+            self._sendMultiline(first, list(lines))
+            return None
+        return _ListingProducer(self, iter(lines)).start(("+OK " + first + "\r\n").encode("utf-8"))
 
     def _sendMultiline(self, first: str, lines: list[bytes]) -> None:
         """
@@ -941,7 +1015,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         count, octets = self._totals()
         self._ok(f"{count} {octets}")
 
-    def do_LIST(self, argument: Optional[bytes] = None) -> None:
+    def do_LIST(self, argument: Optional[bytes] = None) -> Optional[defer.Deferred]:
         """
         LIST [n]: the size of one or every live message.
         """
@@ -951,10 +1025,10 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             return
         count, octets = self._totals()
         deleted = self._deleted
-        lines = [b"%d %d" % (n, m.size) for n, m in enumerate(self._messages, 1) if n - 1 not in deleted]
-        self._sendMultiline(f"{count} messages ({octets} octets)", lines)
+        lines = (b"%d %d" % (n, m.size) for n, m in enumerate(self._messages, 1) if n - 1 not in deleted)
+        return self._sendListing(f"{count} messages ({octets} octets)", lines, count)
 
-    def do_UIDL(self, argument: Optional[bytes] = None) -> None:
+    def do_UIDL(self, argument: Optional[bytes] = None) -> Optional[defer.Deferred]:
         """
         UIDL [n]: the unique id of one or every live message.
         """
@@ -963,12 +1037,12 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             self._ok(f"{number} {message.uid}")
             return
         deleted = self._deleted
-        lines = [
+        lines = (
             b"%d %s" % (n, m.uid.encode("ascii"))
             for n, m in enumerate(self._messages, 1)
             if n - 1 not in deleted
-        ]
-        self._sendMultiline("unique-id listing follows", lines)
+        )
+        return self._sendListing("unique-id listing follows", lines, self._liveCount)
 
     def do_RETR(self, argument: bytes) -> defer.Deferred:
         """

@@ -628,7 +628,7 @@ def test_messages_delivered_in_the_same_second_are_numbered_in_delivery_order(se
 
 def test_pipelined_commands_get_complete_replies_in_order(server: Popsrv) -> None:
     """200 STATs, LIST, RETR and QUIT sent in one write get complete replies, in order."""
-    # Both are larger than the chunks popsrv reads messages in (64 KiB), so
+    # Both are larger than the chunks popsrv reads messages in (256 KiB), so
     # RETR 1 is streamed in several steps while the commands after it wait.
     messages = [
         b"Subject: pipelined\r\n\r\n.dot line\r\n" + b"body line\n.dot\r\n" * 20000 + b".\r\nend",

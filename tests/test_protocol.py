@@ -18,6 +18,7 @@ from twisted.logger import capturedLogs
 from zope.interface import implementer
 
 from popsrv.errors import CredentialsUnavailable, MaildropError, MessageVanished
+from popsrv.producer import CHUNK_SIZE
 from popsrv.protocol import COMMANDS, State
 from popsrv.store.memory import MemoryMaildrop, MemoryRealm
 
@@ -465,7 +466,7 @@ def test_retrStreamsWithBackpressure(realm):
     assert session.messageProducer is not None
     session.messageProducer.resumeProducing()
     chunk = session.output()
-    assert 0 < len(chunk) <= 2 * 65536
+    assert 0 < len(chunk) <= 2 * CHUNK_SIZE
     session.pump()
     rest = session.output()
     assert chunk + rest == wire(big) + b".\r\n+OK\r\n"
@@ -664,7 +665,7 @@ def test_slowRetrIsNotIdle(realm):
     """
     A message still streaming keeps the session alive.
     """
-    realm.maildrop("bob").add(b"x" * 1000000)
+    realm.maildrop("bob").add(b"x" * (11 * CHUNK_SIZE))
     portal, _ = makePortal({"bob": "pw"}, realm=realm)
     session = Session(portal, timeout=10)
     session.login("bob", "pw")
@@ -984,3 +985,58 @@ def test_quitCommitsOnlyChanges(realm):
     second.send("DELE 3")
     second.send("QUIT")
     assert calls == [({uids[2]}, {uids[1]})]
+
+
+@pytest.mark.parametrize("command", ["LIST", "UIDL"])
+def test_longListingsAreSentAsTheClientReads(realm, command):
+    """
+    LIST and UIDL of a big maildrop send a batch of lines each time the
+    transport asks for more; the next command is answered only after the
+    terminator, and deleted messages stay out.
+    """
+    from popsrv.protocol import LISTING_BATCH
+
+    count = 2 * LISTING_BATCH + 5
+    maildrop = realm.maildrop("bob")
+    for n in range(count):
+        maildrop.add(b"Subject: %d\r\n\r\nbody\r\n" % n)
+    portal, _ = makePortal({"bob": "pw"}, realm=realm)
+    session = Session(portal)
+    session.login("bob", "pw")
+    assert session.send("DELE 2") == b"+OK message 2 deleted\r\n"
+    session.protocol.dataReceived(command.encode() + b"\r\nSTAT\r\n")
+    status = session.output()
+    assert status.startswith(b"+OK ") and status.count(b"\r\n") == 1
+    batches = []
+    while session.messageProducer is not None:
+        session.messageProducer.resumeProducing()
+        batches.append(session.output())
+    assert all(batch.count(b"\r\n") <= LISTING_BATCH + 1 for batch in batches[:-1])
+    body = b"".join(batches)
+    listing, _, after = body.partition(b".\r\n")
+    lines = listing.split(b"\r\n")[:-1]
+    assert [int(line.split()[0]) for line in lines] == [1] + list(range(3, count + 1))
+    assert after.startswith(b"+OK %d " % (count - 1))
+    if command == "LIST":
+        assert after == b"+OK %d %d\r\n" % (count - 1, sum(int(line.split()[1]) for line in lines))
+
+
+def test_aLongListingStopsWhenTheClientGoes(realm):
+    """
+    A client that goes away in the middle of a long listing ends the
+    session cleanly.
+    """
+    from popsrv.protocol import LISTING_BATCH
+
+    maildrop = realm.maildrop("bob")
+    for n in range(LISTING_BATCH * 2):
+        maildrop.add(b"Subject: %d\r\n\r\nbody\r\n" % n)
+    portal, _ = makePortal({"bob": "pw"}, realm=realm)
+    session = Session(portal)
+    session.login("bob", "pw")
+    session.protocol.dataReceived(b"UIDL\r\n")
+    producer = session.messageProducer
+    producer.resumeProducing()
+    session.lose()
+    producer.stopProducing()
+    assert maildrop.locked is False
