@@ -53,7 +53,7 @@ from popsrv import __version__, sasl
 from popsrv.credentials import HEX_DIGEST, APOPCredentials
 from popsrv.errors import CredentialsUnavailable, MaildropLocked, MaildropUnusable, MessageVanished
 from popsrv.framing import MessageFramer
-from popsrv.interfaces import IMaildrop, IScramParameters, MessageInfo
+from popsrv.interfaces import IMaildrop, IScramParameters, MessageInfo, MessageList
 from popsrv.policy import LoginPolicy
 from popsrv.tls import TLSSettings
 
@@ -88,11 +88,22 @@ _seenFlag = operator.attrgetter("seen")
 _sizeOf = operator.attrgetter("size")
 
 
+def _totalSize(snapshot: Sequence[MessageInfo]) -> int:
+    """
+    The sum of the sizes of a snapshot's messages.
+    """
+    if isinstance(snapshot, MessageList):
+        return snapshot.totalSize()
+    return sum(map(_sizeOf, snapshot))
+
+
 def _lastSeen(snapshot: Sequence[MessageInfo]) -> int:
     """
     The number of the last message of a snapshot that was retrieved in an
     earlier session (0 if none): where LAST starts.
     """
+    if isinstance(snapshot, MessageList):
+        return snapshot.lastSeen()
     seen = list(map(_seenFlag, snapshot))
     seen.reverse()
     return len(seen) - seen.index(True) if True in seen else 0
@@ -909,7 +920,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             return
         self._messages = snapshot
         self._liveCount = len(snapshot)
-        self._liveOctets = self._totalOctets = sum(map(_sizeOf, snapshot))
+        self._liveOctets = self._totalOctets = _totalSize(snapshot)
         self._initialLast = self._last = _lastSeen(snapshot)
         self.state = State.TRANSACTION
         count, octets = self._totals()

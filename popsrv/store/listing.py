@@ -14,15 +14,14 @@ different name.
 
 from __future__ import annotations
 
+import array
 import collections
 import hashlib
 import re
 import threading
 from typing import Callable, Iterable, Optional
 
-import attr
-
-from popsrv.interfaces import MessageInfo
+from popsrv.interfaces import MessageList
 
 __all__ = ["CurListing", "ListingCache", "orderKey", "splitName", "uidFor"]
 
@@ -81,27 +80,20 @@ def recordedSize(base: str) -> Optional[int]:
     return None if match is None else int(match.group(1))
 
 
-@attr.s(frozen=True, slots=True, auto_attribs=True)
-class _Parsed:
+def _parse(fileName: str) -> Optional[tuple]:
     """
-    What one file name of C{cur/} says about its message.
-    """
+    Parse a name of C{cur/}: its sort key, base name, uid, POP3 size and
+    seen flag, or L{None} if it records no POP3 size.
 
-    key: tuple[int, int, str, str]
-    base: str
-    info: MessageInfo
-
-
-def _parse(fileName: str) -> Optional[_Parsed]:
-    """
-    Parse a name of C{cur/}; L{None} if it records no POP3 size.
+    (A plain tuple of plain values: the garbage collector stops tracking it
+    at its first collection, so keeping 100,000 of them costs nothing.)
     """
     base, flags = splitName(fileName)
     size = recordedSize(base)
     if size is None:
         return None
     seen = flags.startswith("2,") and "S" in flags[2:]
-    return _Parsed(orderKey(fileName), base, MessageInfo(uidFor(base), size, seen))
+    return (orderKey(fileName), base, uidFor(base), size, seen)
 
 
 class CurListing:
@@ -120,9 +112,9 @@ class CurListing:
 
     def __init__(self) -> None:
         self.signature: Optional[tuple] = None
-        self._parsed: dict[str, _Parsed] = {}
+        self._parsed: dict[str, tuple] = {}
         self._order: list[str] = []
-        self.messages: list[MessageInfo] = []
+        self.messages = MessageList([], array.array("q"), bytearray())
         self.fileNames: dict[str, str] = {}
 
     def __len__(self) -> int:
@@ -183,7 +175,7 @@ class CurListing:
         order = [name for name in self._order if name in parsed]
         order.extend(added)
         # Mostly in order already: the sort merges the new names in.
-        order.sort(key=lambda name: parsed[name].key)
+        order.sort(key=lambda name: parsed[name][0])
         self._order = order
         self._publish()
 
@@ -193,28 +185,21 @@ class CurListing:
         that would share a uid a hash of its own instead.
         """
         parsed, order = self._parsed, self._order
-        uids = collections.Counter(parsed[name].info.uid for name in order)
-        messages = []
-        fileNames = {}
-        if len(uids) == len(order):
-            for name in order:
-                info = parsed[name].info
-                messages.append(info)
-                fileNames[info.uid] = name
-        else:
+        entries = [parsed[name] for name in order]
+        uids = [entry[2] for entry in entries]
+        if len(set(uids)) < len(uids):
             # Names alike but for their size fields (or, against the Maildir
             # rules, alike but for their flags) would share a uid: none of
             # them may ever show another's.
-            bases = collections.Counter(parsed[name].base for name in order)
-            for name in order:
-                entry = parsed[name]
-                info = entry.info
-                if uids[info.uid] > 1:
-                    unique = entry.base if bases[entry.base] == 1 else name
-                    info = MessageInfo(hashedUid(unique), info.size, info.seen)
-                messages.append(info)
-                fileNames[info.uid] = name
-        self.messages, self.fileNames = messages, fileNames
+            counts = collections.Counter(uids)
+            bases = collections.Counter(entry[1] for entry in entries)
+            for index, (name, entry) in enumerate(zip(order, entries)):
+                if counts[entry[2]] > 1:
+                    uids[index] = hashedUid(entry[1] if bases[entry[1]] == 1 else name)
+        sizes = array.array("q", [entry[3] for entry in entries])
+        seen = bytearray(entry[4] for entry in entries)
+        self.messages = MessageList(uids, sizes, seen)
+        self.fileNames = dict(zip(uids, order))
 
 
 class ListingCache:

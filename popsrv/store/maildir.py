@@ -53,10 +53,15 @@ _MEASURE_CHUNK = 2**20
 # maildrops), and short enough not to hold up other sessions.
 QUICK_DIRECTORY_SIZE = 32 * 1024
 QUICK_COMMIT_FILES = 64
-# How long after its last change cur/'s modification time is trusted to
-# change again with the next change (timestamps are coarser than the clock,
-# up to the 2 s of FAT; a server's clock and an NFS server's may differ).
-SETTLED_NS = 2 * 10**9
+# How long after cur/ last changed its modification time is sure to change
+# again with the next change: the timestamps of Linux's local file systems
+# are as coarse as the kernel's clock tick (10 ms at most), those in whole
+# seconds (FAT, some network file systems) need 2 s.  On NFS this holds only
+# while the server's clock keeps in step with popsrv's.
+SETTLED_NS = 20 * 10**6
+COARSE_SETTLED_NS = 2 * 10**9
+# The wall clock in nanoseconds (a name of its own for the tests).
+_nowNS = time.time_ns
 # What handling one file name costs, in measured octets (about 1 µs of CPU
 # per 1 KiB measured, several µs per name): the pacer yields every ~250 names.
 _NAME_WORK = 4096
@@ -118,6 +123,22 @@ def threadRunner(reactor) -> Callable[..., Deferred]:
         return deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
 
     return run
+
+
+def _signature(status: os.stat_result) -> tuple[int, int, int, int]:
+    """
+    What identifies the state of a directory: device, inode, modification
+    time and size.
+    """
+    return (status.st_dev, status.st_ino, status.st_mtime_ns, status.st_size)
+
+
+def _settleTime(mtimeNS: int) -> int:
+    """
+    How long after a change with this modification time the next change is
+    sure to show in it: timestamps in whole seconds are taken for coarse.
+    """
+    return COARSE_SETTLED_NS if mtimeNS % 10**9 == 0 else SETTLED_NS
 
 
 def _openMessage(path: str):
@@ -265,16 +286,25 @@ class MaildirMaildrop:
             self._deliverNew()
         listing = LISTINGS.take(self._cur)
         before = os.stat(self._cur)
-        signature = (before.st_dev, before.st_ino, before.st_mtime_ns, before.st_size)
-        if listing.isEmpty():
-            listing.update(self._listDir(self._cur), self._recordSizeInCur, self._accountName)
-        elif listing.signature != signature:
-            listing.update(os.listdir(self._cur), self._recordSizeInCur, self._accountName, self._isMessageFile)
-        # The listing is complete for this modification time of cur/ if
-        # that time was already past when the listing began: any later
-        # change of cur/ gives it a later one.
-        settled = time.time_ns() - before.st_mtime_ns > SETTLED_NS
-        listing.signature = signature if settled else None
+        if listing.isEmpty() or listing.signature != _signature(before):
+            if self._run is not _inline:
+                # In a worker thread: let the clock tick of a change made a
+                # moment ago (by this very login, moving new mail) pass, so
+                # that the listing can be trusted by the next session.
+                left = before.st_mtime_ns + _settleTime(before.st_mtime_ns) - _nowNS()
+                if 0 < left <= SETTLED_NS:
+                    time.sleep(left / 1e9)
+                    before = os.stat(self._cur)
+            started = _nowNS()
+            if listing.isEmpty():
+                listing.update(self._listDir(self._cur), self._recordSizeInCur, self._accountName)
+            else:
+                listing.update(os.listdir(self._cur), self._recordSizeInCur, self._accountName, self._isMessageFile)
+            # The listing is complete for this modification time of cur/ if
+            # that time's clock tick was over when the listing began: any
+            # later change of cur/ gives it a later one.
+            settled = started - before.st_mtime_ns > _settleTime(before.st_mtime_ns)
+            listing.signature = _signature(before) if settled else None
         LISTINGS.give(self._cur, listing)
         self._names = listing.fileNames
         self._renamed = {}
