@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import array
 from collections.abc import Sequence as SequenceABC
-from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple, Sequence
 
 import attr
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import AbstractSet, Sequence
+    from typing import AbstractSet
 
     from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IConsumer
@@ -102,6 +102,18 @@ class MessageList(SequenceABC):
 
     def __repr__(self) -> str:
         return f"MessageList({list(self)!r})"
+
+    def uids(self) -> Sequence[str]:
+        """
+        The messages' uids, in order (not to be changed).
+        """
+        return self._uids
+
+    def sizes(self) -> Sequence[int]:
+        """
+        The messages' sizes, in order (not to be changed).
+        """
+        return self._sizes
 
     def totalSize(self) -> int:
         """
