@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from typing import Callable, Optional
 
 from twisted.application.service import IService, MultiService, Service
@@ -41,6 +42,7 @@ DEFAULT_LISTEN = "tcp:1110:interface=127.0.0.1"
 DEFAULT_MAILDIR_ROOT = "mail"
 DEMO_DIRECTORY = "popsrv-demo"
 MAX_WORKERS = 256
+SWITCH_INTERVAL = 0.0005
 
 log = Logger()
 
@@ -217,8 +219,6 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         """
         Parse the options, keeping them as given for worker processes.
         """
-        import sys
-
         self.arguments = list(sys.argv[1:] if options is None else options)
         super().parseOptions(options)
 
@@ -350,6 +350,11 @@ def makeService(
     """
     if reactor is None:
         from twisted.internet import reactor
+    # Maildir work in the thread pool (listing 100,000 messages) holds the
+    # GIL in slices of the switch interval, and every GIL hand-back to the
+    # reactor thread may wait that long: at CPython's default of 5 ms, a
+    # small session that needs it a few dozen times waits 100 ms.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     worker = endpointFor is not None
     if endpointFor is None:
 

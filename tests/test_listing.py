@@ -380,3 +380,27 @@ def test_messageListIsASequenceOfMessageInfo() -> None:
     assert MessageList.of([MessageInfo("x", 1)]).lastSeen() == 0
     with pytest.raises(IndexError):
         messages[4]
+
+
+def test_sortingInStepsKeepsTheOrder(monkeypatch) -> None:
+    """
+    Sorted in runs and merged (as for a big first listing, or many new
+    names at once), the names come out in the order one sort gives.
+    """
+    import random
+
+    from popsrv.store import listing as listingModule
+    from popsrv.store.listing import orderKey
+
+    monkeypatch.setattr(listingModule, "SORT_STEP", 4)
+    rng = random.Random(7)
+    names = [f"{1_600_000_000 + rng.randrange(50)}.M{rng.randrange(10**6)}P1Q{n}.h,W={n + 1}:2," for n in range(101)]
+    pauses = []
+    listing = CurListing()
+    listing.update(list(names), noSize, pause=lambda: pauses.append(1))
+    assert list(listing.fileNames.values()) == sorted(names, key=orderKey)
+    assert len(pauses) >= 101 // 4
+    more = [f"{1_600_000_000 + rng.randrange(60)}.M{rng.randrange(10**6)}P2Q{n}.h,W=1:2," for n in range(37)]
+    kept = names[10:]
+    listing.update(kept + more, noSize)
+    assert list(listing.fileNames.values()) == sorted(kept + more, key=orderKey)

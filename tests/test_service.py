@@ -232,3 +232,18 @@ def test_sighupReloadsCertificate(tmp_path):
     finally:
         service.stopService()
     assert signal.getsignal(signal.SIGHUP) is not service._hangup
+
+
+def test_makeServiceShortensTheGILSwitchInterval(tmp_path, monkeypatch):
+    """
+    The service hands the GIL back to the reactor thread quickly while
+    Maildir work runs in the thread pool.
+    """
+    import sys
+
+    from popsrv.service import SWITCH_INTERVAL
+
+    monkeypatch.setattr(sys, "setswitchinterval", lambda interval: calls.append(interval))
+    calls = []
+    makeService(parse("--auth", "memory:alice:secret", "--maildir-root", str(tmp_path)), reactor=MemoryReactorClock())
+    assert calls == [SWITCH_INTERVAL] and SWITCH_INTERVAL <= 0.001

@@ -17,6 +17,7 @@ from __future__ import annotations
 import array
 import collections
 import hashlib
+import heapq
 import re
 import threading
 from typing import Callable, Iterable, Optional
@@ -96,6 +97,37 @@ def _parse(fileName: str) -> Optional[tuple]:
     return (orderKey(fileName), base, uidFor(base), size, seen)
 
 
+# Sorting or merging this many names holds the GIL for a few milliseconds.
+SORT_STEP = 4096
+
+
+def _sortedInSteps(names: list[str], key: Callable, pause: Callable[[], None]) -> list[str]:
+    """
+    Sort names in runs of L{SORT_STEP}, pausing after each, and merge the
+    runs: one sort of 100,000 names would hold the GIL for a tenth of a
+    second, and stall the reactor thread that long.
+    """
+    if len(names) <= SORT_STEP:
+        return sorted(names, key=key)
+    runs = []
+    for start in range(0, len(names), SORT_STEP):
+        runs.append(sorted(names[start:start + SORT_STEP], key=key))
+        pause()
+    return _mergedInSteps(runs, key, pause)
+
+
+def _mergedInSteps(runs: list[list[str]], key: Callable, pause: Callable[[], None]) -> list[str]:
+    """
+    Merge sorted runs of names, pausing every L{SORT_STEP} names.
+    """
+    merged: list[str] = []
+    for name in heapq.merge(*runs, key=key):
+        merged.append(name)
+        if len(merged) % SORT_STEP == 0:
+            pause()
+    return merged
+
+
 class CurListing:
     """
     The parsed listing of one Maildir's C{cur/}, brought up to date from
@@ -138,6 +170,7 @@ class CurListing:
         withSize: Callable[[str], Optional[str]],
         account: Callable[[], None] = lambda: None,
         admit: Optional[Callable[[str], bool]] = None,
+        pause: Callable[[], None] = lambda: None,
     ) -> None:
         """
         Bring the listing up to date with C{names}, the names now in
@@ -149,6 +182,8 @@ class CurListing:
         @param account: called for each name parsed (to pace CPU work).
         @param admit: if given, called with each name the listing does not
             know, to tell whether it is a message file at all.
+        @param pause: called between the steps of sorting many names (to
+            let other threads run).
         """
         parsed = self._parsed
         fresh = [name for name in names if name not in parsed]
@@ -172,34 +207,51 @@ class CurListing:
                 name = renamed
             parsed[name] = entry
             added.append(name)
-        order = [name for name in self._order if name in parsed]
-        order.extend(added)
-        # Mostly in order already: the sort merges the new names in.
-        order.sort(key=lambda name: parsed[name][0])
-        self._order = order
-        self._publish()
+        def key(name: str):
+            return parsed[name][0]
 
-    def _publish(self) -> None:
+        added = _sortedInSteps(added, key, pause)
+        kept = [name for name in self._order if name in parsed]
+        if len(kept) <= SORT_STEP or len(added) <= SORT_STEP:
+            # Two sorted runs, one short: the sort merges them at once.
+            kept.extend(added)
+            kept.sort(key=key)
+            self._order = kept
+        else:
+            self._order = _mergedInSteps([kept, added], key, pause)
+        self._publish(pause)
+
+    def _publish(self, pause: Callable[[], None]) -> None:
         """
         Build the snapshot from the parsed names, giving each of the names
         that would share a uid a hash of its own instead.
         """
         parsed, order = self._parsed, self._order
-        entries = [parsed[name] for name in order]
-        uids = [entry[2] for entry in entries]
+        uids: list[str] = []
+        sizes = array.array("q")
+        seen = bytearray()
+        for start in range(0, len(order), SORT_STEP):
+            entries = [parsed[name] for name in order[start:start + SORT_STEP]]
+            uids.extend([entry[2] for entry in entries])
+            sizes.extend([entry[3] for entry in entries])
+            seen.extend([entry[4] for entry in entries])
+            pause()
         if len(set(uids)) < len(uids):
             # Names alike but for their size fields (or, against the Maildir
             # rules, alike but for their flags) would share a uid: none of
             # them may ever show another's.
             counts = collections.Counter(uids)
-            bases = collections.Counter(entry[1] for entry in entries)
-            for index, (name, entry) in enumerate(zip(order, entries)):
-                if counts[entry[2]] > 1:
-                    uids[index] = hashedUid(entry[1] if bases[entry[1]] == 1 else name)
-        sizes = array.array("q", [entry[3] for entry in entries])
-        seen = bytearray(entry[4] for entry in entries)
+            bases = collections.Counter(parsed[name][1] for name in order)
+            for index, name in enumerate(order):
+                if counts[uids[index]] > 1:
+                    base = parsed[name][1]
+                    uids[index] = hashedUid(base if bases[base] == 1 else name)
+        fileNames: dict[str, str] = {}
+        for start in range(0, len(order), SORT_STEP):
+            fileNames.update(zip(uids[start:start + SORT_STEP], order[start:start + SORT_STEP]))
+            pause()
         self.messages = MessageList(uids, sizes, seen)
-        self.fileNames = dict(zip(uids, order))
+        self.fileNames = fileNames
 
 
 class ListingCache:

@@ -297,9 +297,10 @@ class MaildirMaildrop:
                     before = os.stat(self._cur)
             started = _nowNS()
             if listing.isEmpty():
-                listing.update(self._listDir(self._cur), self._recordSizeInCur, self._accountName)
+                names, admit = self._listDir(self._cur), None
             else:
-                listing.update(os.listdir(self._cur), self._recordSizeInCur, self._accountName, self._isMessageFile)
+                names, admit = os.listdir(self._cur), self._isMessageFile
+            listing.update(names, self._recordSizeInCur, self._accountName, admit, self._pause)
             # The listing is complete for this modification time of cur/ if
             # that time's clock tick was over when the listing began: any
             # later change of cur/ gives it a later one.
@@ -312,6 +313,14 @@ class MaildirMaildrop:
 
     def _accountName(self) -> None:
         self._pacer.account(_NAME_WORK)
+
+    def _pause(self) -> None:
+        """
+        Let other threads (the reactor's) have the GIL, if this work runs in
+        a thread of its own.
+        """
+        if self._run is not _inline:
+            time.sleep(0)
 
     def _recordSizeInCur(self, fileName: str) -> Optional[str]:
         return self._recordSize(self._cur, fileName, fileName)
