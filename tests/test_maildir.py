@@ -864,3 +864,22 @@ def test_quickListingNeverMeasuresNewMail(tmp_path, monkeypatch):
     assert len(maildrop.listMessages()) == 1
     maildrop.release()
     assert os.listdir(tmp_path / "new") == late
+
+
+def test_commitRemovesMessagesWhoseFlagsChangedOrThatAreGone(tmp_path):
+    """
+    commit() removes a message under the new name another program gave it
+    (new flags) after the snapshot, and takes a message already removed by
+    another program as removed.
+    """
+    for n in range(3):
+        deliver(str(tmp_path), b"Subject: %d\n\nbody\n" % n)
+    maildrop = MaildirMaildrop(str(tmp_path), "alice")
+    maildrop.lock()
+    snapshot = maildrop.listMessages()
+    first, second, third = sorted(curNames(tmp_path))
+    os.rename(tmp_path / "cur" / first, tmp_path / "cur" / (first + "F"))
+    os.unlink(tmp_path / "cur" / second)
+    maildrop.commit(frozenset(info.uid for info in snapshot[:2]), frozenset())
+    maildrop.release()
+    assert curNames(tmp_path) == [third]
