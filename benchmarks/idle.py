@@ -26,8 +26,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import loadgen  # noqa: E402
 from fixtures import benchmarkMessage  # noqa: E402
-from harness import eachServer  # noqa: E402
-from scenarios import SERVERS  # noqa: E402
+from harness import SERVERS, eachServer  # noqa: E402
 
 
 async def openIdle(port: int, users: list[int], parallel: int = 50) -> list[asyncio.StreamWriter]:
