@@ -28,6 +28,9 @@ import loadgen  # noqa: E402
 from fixtures import benchmarkMessage  # noqa: E402
 from harness import SERVERS, eachServer  # noqa: E402
 
+# Sessions timed for each median (one takes about 2 ms).
+PROBES = 200
+
 
 async def openIdle(port: int, users: list[int], parallel: int = 50) -> list[asyncio.StreamWriter]:
     """
@@ -80,13 +83,13 @@ def prepare(root: str, sessions: int) -> dict[str, str]:
 
 
 async def scenario(server, sessions: int) -> str:
-    quiet = await probe(server.port, 20)
+    quiet = await probe(server.port, PROBES)
     before = server.rssKilobytes()
     started = time.perf_counter()
     writers = await openIdle(server.port, list(range(sessions)))
     opened = time.perf_counter() - started
     after = server.rssKilobytes()
-    busy = await probe(server.port, 20)
+    busy = await probe(server.port, PROBES)
     for writer in writers:
         writer.close()
     return (f"{sessions} idle sessions opened in {opened:.1f} s; {(after - before) / sessions:.1f} KB each; "

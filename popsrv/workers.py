@@ -16,7 +16,10 @@ each new connection to one of the workers.
     a growing delay (up to a minute) while workers keep dying young.
   - When the parent stops (SIGTERM, SIGINT), it stops its workers with
     SIGTERM, and with SIGKILL those still running after
-    L{STOP_GRACE} seconds, before it exits itself.
+    L{STOP_GRACE} seconds, before it exits itself.  A worker also stops
+    when its parent is gone however it ended (even by SIGKILL): it holds
+    the write end of a pipe whose other end is the worker's standard
+    input, and the worker stops at its end of file.
   - SIGHUP is passed on to the workers (each reloads its TLS
     certificate).
   - Workers write their log events as JSON lines to a pipe; the parent
@@ -31,6 +34,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from typing import Callable, Optional, Sequence
 
 from twisted.application.service import Service
@@ -108,9 +112,6 @@ class _WorkerProcess(ProcessProtocol):
             self.transport.signalProcess(name)
         except Exception:  # noqa: BLE001 - it ended meanwhile
             pass
-
-    def connectionMade(self) -> None:
-        self.transport.closeStdin()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD not in self._buffers:
@@ -397,7 +398,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     service.privilegedStartService()
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    threading.Thread(target=_stopWhenOrphaned, args=(reactor,), name="parent-watch", daemon=True).start()
     reactor.run()
+
+
+def _stopWhenOrphaned(reactor) -> None:
+    """
+    Wait for the end of standard input, which comes when the parent is
+    gone, and stop the worker then.
+    """
+    while os.read(0, 4096):
+        pass
+    log.info("the parent process is gone: stopping", event="orphaned")
+    reactor.callFromThread(reactor.stop)
 
 
 if __name__ == "__main__":

@@ -44,11 +44,15 @@ def workerPids(server: Popsrv, count: int, since: int = 0) -> Dict[int, int]:
 
 
 def alive(pid: int) -> bool:
+    """
+    Whether a process runs (a zombie, ended but not yet reaped, does not).
+    """
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
         return False
-    return True
+    return state != "Z"
 
 
 def waitUntil(condition, what: str, timeout: float = DEADLINE) -> None:
@@ -213,3 +217,14 @@ def test_workersMustBeAPositiveNumber(launcher: Launcher, tmp_path: Path) -> Non
     result = launcher.run(["-n", "popsrv", "--auth", "memory:a:b", "--workers", "0"], tmp_path)
     assert result.returncode != 0
     assert b"--workers must be between 1 and 256" in result.stdout
+
+
+def test_workersStopWhenTheParentIsKilled(pool: Popsrv) -> None:
+    """
+    Workers whose parent was killed outright (no chance to stop them) stop
+    by themselves, and free the listening socket.
+    """
+    pids = workerPids(pool, 2)
+    os.kill(pool.twistd.process.pid, signal.SIGKILL)
+    pool.twistd.process.wait(DEADLINE)
+    waitUntil(lambda: not any(alive(pid) for pid in pids.values()), "every worker gone")
