@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from popsrv import schemes
+from popsrv.errors import CredentialsUnavailable
 from popsrv.interfaces import ISecretSource
 
 __all__ = ["PasswdFile", "PasswdFileError", "PasswdSyntaxError", "Problem", "parsePasswd"]
@@ -126,6 +127,8 @@ class PasswdFile:
         self.path = path
         self._secrets: Dict[str, str] = {}
         self._signature: Optional[tuple] = None
+        # Why the file cannot be read now, if it cannot.
+        self._unreadable: Optional[str] = None
         try:
             self._load(self._stat())
         except OSError as error:
@@ -139,9 +142,9 @@ class PasswdFile:
         """
         Read and parse the file; use it only if it parses.
         """
-        self._signature = signature
         with open(self.path, "rb") as stream:
             data = stream.read()
+        self._signature = signature
         try:
             secrets, problems = parsePasswd(data)
         except PasswdSyntaxError as error:
@@ -153,25 +156,24 @@ class PasswdFile:
                 event="passwd-unusable-secret",
             )
         self._secrets = secrets
+        self._unreadable = None
         log.info("{path}: {count} users", path=self.path, count=len(secrets), event="passwd-loaded")
 
     def _refresh(self) -> None:
         """
-        Re-read the file if it changed since it was last read; on failure,
-        keep the version in force and log why, once per change.
+        Re-read the file if it changed since it was last read.  A version
+        with a syntax error leaves the version in force; a file that cannot
+        be read (gone, or not readable after twistd dropped privileges)
+        makes logins fail as unavailable until it can be, since the version
+        read before may hold users since removed.  Each is logged once per
+        change.
         """
         try:
             signature = self._stat()
         except OSError as error:
-            signature = ("unreadable", error.errno)
-            if signature != self._signature:
-                self._signature = signature
-                log.error(
-                    "cannot read {path} ({error}); the version read before stays in force",
-                    path=self.path, error=error.strerror or str(error), event="passwd-unreadable",
-                )
+            self._cannotRead(("unreadable", error.errno), error)
             return
-        if signature == self._signature:
+        if signature == self._signature and self._unreadable is None:
             return
         try:
             self._load(signature)
@@ -181,16 +183,30 @@ class PasswdFile:
                 event="passwd-syntax-error",
             )
         except OSError as error:
-            log.error(
-                "cannot read {path} ({error}); the version read before stays in force",
-                path=self.path, error=error.strerror or str(error), event="passwd-unreadable",
-            )
+            self._cannotRead(signature, error)
+
+    def _cannotRead(self, signature: tuple, error: OSError) -> None:
+        """
+        The file changed and cannot be read: refuse logins until it can.
+        """
+        if signature == self._signature:
+            return
+        self._signature = signature
+        self._unreadable = f"cannot read {self.path}: {error.strerror or error}"
+        log.error(
+            "{why}; logins fail as unavailable until it can be read", why=self._unreadable,
+            event="passwd-unreadable",
+        )
 
     def secretFor(self, username: bytes) -> Optional[str]:
         """
         The stored secret of C{username}, or L{None}; see L{ISecretSource}.
+
+        @raise CredentialsUnavailable: if the file cannot be read now.
         """
         self._refresh()
+        if self._unreadable is not None:
+            raise CredentialsUnavailable(self._unreadable)
         try:
             name = username.decode("utf-8")
         except UnicodeDecodeError:

@@ -89,7 +89,10 @@ def _readLines(path: str, mustExist: bool) -> List[str]:
         parsePasswd(data)
     except PasswdFileError as error:
         raise ToolError(f"{path} {error}; fix it first")
-    return data.decode("utf-8").splitlines(keepends=True)
+    # Lines end at LF only, as the server reads them (not at the other line
+    # breaks str.splitlines knows, such as form feed).
+    *complete, last = data.decode("utf-8").split("\n")
+    return [line + "\n" for line in complete] + ([last] if last else [])
 
 
 def _find(lines: List[str], user: str) -> Optional[int]:

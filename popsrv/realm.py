@@ -136,6 +136,7 @@ class MaildirTemplate:
         if prefix[cut:]:
             pieces.insert(0, (prefix[cut:], False))
         self._pieces = pieces
+        _checkSeparated(text, pieces)
         shape = "".join("\0" if isCode else piece for piece, isCode in pieces)
         if any(component in (".", "..") for component in shape.split("/")):
             raise BadMaildirTemplate(f"Maildir template {text!r} has a . or .. after its first placeholder")
@@ -166,6 +167,25 @@ class MaildirTemplate:
             if len(component.encode("utf-8", "surrogatepass")) > MAX_NAME_OCTETS:
                 raise UnsafeMailboxName("login name makes a directory name that is too long")
         return os.path.join(self.base, relative)
+
+
+def _checkSeparated(text: str, pieces: List[Tuple[str, bool]]) -> None:
+    """
+    Refuse a template in which two placeholders are not kept apart by a
+    C{/} (or are C{%n@%d}, the login itself): in C{%n.%d}, logins
+    C{a.b@c} and C{a@b.c} would share a Maildir.
+    """
+    previous, between = None, ""
+    for piece, isCode in pieces:
+        if not isCode:
+            between += piece
+            continue
+        if previous is not None and "/" not in between and not (previous + between + piece == "n@d"):
+            raise BadMaildirTemplate(
+                f"Maildir template {text!r} has %{previous} and %{piece} without a / between them, "
+                "so two logins could share a Maildir"
+            )
+        previous, between = piece, ""
 
 
 def _parseTemplate(text: str) -> List[Tuple[str, bool]]:

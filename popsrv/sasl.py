@@ -51,6 +51,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import os
 import secrets
 from typing import Callable, Optional, Union
 
@@ -81,7 +82,31 @@ SCRAM_SALT_OCTETS = 16
 # scramp's shortest salt: stored keys with a shorter one cannot be used in
 # an exchange (Dovecot's salts have 16 octets).
 SCRAM_MIN_SALT_OCTETS = 12
-_PLACEHOLDER_KEY = secrets.token_bytes(32)
+# The key of the placeholder salts.  Worker processes get their parent's
+# (through the environment), so that every process of a server gives an
+# unknown user the same salt: salts that differ from one connection to the
+# next would tell unknown users from users with stored keys.
+PLACEHOLDER_KEY_VARIABLE = "POPSRV_SCRAM_SALT_KEY"
+
+
+def _placeholderKey() -> bytes:
+    inherited = os.environ.get(PLACEHOLDER_KEY_VARIABLE, "")
+    try:
+        key = bytes.fromhex(inherited)
+    except ValueError:
+        key = b""
+    return key if len(key) >= 32 else secrets.token_bytes(32)
+
+
+_PLACEHOLDER_KEY = _placeholderKey()
+
+
+def placeholderKeyEnvironment() -> dict[str, str]:
+    """
+    The environment that gives a child process this process's key of
+    placeholder salts.
+    """
+    return {PLACEHOLDER_KEY_VARIABLE: _PLACEHOLDER_KEY.hex()}
 
 # A lookup: (user name, mechanism name) -> ScramParameters or None, or a
 # Deferred of that.

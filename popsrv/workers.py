@@ -234,7 +234,10 @@ class WorkerPool(Service):
             adopt += ["--adopt", f"{fd}:{_familyOf(port)}"]
         worker = _WorkerProcess(self, index)
         argv = [self._executable, "-m", "popsrv.workers", "--index", str(index), *adopt, "--", *self.arguments]
-        self.reactor.spawnProcess(worker, self._executable, argv, env=dict(os.environ), childFDs=childFDs)
+        from popsrv.sasl import placeholderKeyEnvironment
+
+        env = {**os.environ, **placeholderKeyEnvironment()}
+        self.reactor.spawnProcess(worker, self._executable, argv, env=env, childFDs=childFDs)
         self._workers[index] = worker
         self._started[index] = self.reactor.seconds()
         log.info("worker {worker} started (pid {pid})", worker=index, pid=worker.transport.pid, event="worker-start")

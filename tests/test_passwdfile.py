@@ -22,6 +22,7 @@ from zope.interface.verify import verifyObject
 
 from popsrv import passwdtool, schemes
 from popsrv.checkers import StoredSecretChecker
+from popsrv.errors import CredentialsUnavailable
 from popsrv.interfaces import ISecretSource
 from popsrv.passwdfile import PasswdFile, PasswdFileError, PasswdSyntaxError, parsePasswd
 
@@ -158,18 +159,48 @@ def test_syntaxErrorKeepsThePreviousVersion(tmp_path):
     assert source.secretFor(b"alice") is None
 
 
-def test_vanishedFileKeepsThePreviousVersion(tmp_path):
-    """A file that disappears leaves the version in force, with one log line."""
+def test_aFileThatCannotBeReadRefusesLogins(tmp_path):
+    """
+    A file that disappears, or that can no longer be read, makes logins fail
+    as unavailable (the version read before may hold users since removed),
+    with one log line, until it can be read again.
+    """
     path = tmp_path / "passwd"
     path.write_text(PLAIN_ALICE)
     source = PasswdFile(str(path))
     path.unlink()
     with capturedLogs() as events:
-        assert source.secretFor(b"alice") == "{PLAIN}secret"
-        assert source.secretFor(b"alice") == "{PLAIN}secret"
+        for _ in range(2):
+            with pytest.raises(CredentialsUnavailable, match="cannot read"):
+                source.secretFor(b"alice")
     assert [e["event"] for e in events if e.get("event") == "passwd-unreadable"] == ["passwd-unreadable"]
     path.write_text("alice:{PLAIN}new\n")
     assert source.secretFor(b"alice") == "{PLAIN}new"
+
+
+def test_aChangedFileThatCannotBeOpenedRefusesLogins(tmp_path, monkeypatch):
+    """
+    A changed file that cannot be opened (as after twistd dropped root,
+    for a file only root may read) refuses logins rather than keep users
+    the new version may have removed.
+    """
+    path = tmp_path / "passwd"
+    path.write_text(PLAIN_ALICE + "bob:{PLAIN}hunter2\n")
+    source = PasswdFile(str(path))
+    replace(path, PLAIN_ALICE)
+    realOpen = open
+
+    def refusingOpen(name, *args, **kwargs):
+        if str(name) == str(path):
+            raise PermissionError(13, "Permission denied")
+        return realOpen(name, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", refusingOpen)
+    with pytest.raises(CredentialsUnavailable, match="Permission denied"):
+        source.secretFor(b"bob")
+    monkeypatch.setattr("builtins.open", realOpen)
+    assert source.secretFor(b"bob") is None
+    assert source.secretFor(b"alice") == "{PLAIN}secret"
 
 
 def test_unusableAtStart(tmp_path):
@@ -309,3 +340,20 @@ def test_moduleUsage():
     """python -m popsrv without a tool prints its usage and fails."""
     result = subprocess.run([sys.executable, "-m", "popsrv"], capture_output=True, env=twistdEnvironment(), timeout=60)
     assert result.returncode == 2 and b"passwd add|set|del|list" in result.stderr
+
+
+def test_toolSplitsLinesAsTheServerDoes(tmp_path):
+    """
+    The tool ends lines at LF only, like the server: a form feed inside an
+    entry's extra fields stays in that entry, and the file still parses.
+    """
+    path = tmp_path / "passwd"
+    path.write_text("alice:{PLAIN}secret:extra\x0cfield\nbob:{PLAIN}hunter2\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "popsrv", "passwd", "set", "--scheme", "PLAIN", str(path), "alice"],
+        input=b"new-password\n", capture_output=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    secrets, _ = parsePasswd(path.read_bytes())
+    assert secrets == {"alice": "{PLAIN}new-password", "bob": "{PLAIN}hunter2"}
+    assert path.read_text() == "alice:{PLAIN}new-password:extra\x0cfield\nbob:{PLAIN}hunter2\n"

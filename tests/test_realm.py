@@ -64,7 +64,7 @@ def test_canonicalLoginLowerCasesOnlyTheDomain():
     ("/var/mail/%u", "alice@Example.com", "/var/mail/alice@Example.com"),
     ("/var/mail/%n", "alice@example.com", "/var/mail/alice"),
     ("/var/mail/%n", "alice", "/var/mail/alice"),
-    ("/home/user-%n.%d", "carol@example.net", "/home/user-carol.example.net"),
+    ("/home/user-%n@%d", "carol@example.net", "/home/user-carol@example.net"),
     ("/srv/100%%/%u", "alice", "/srv/100%/alice"),
     ("/srv/%%u/%u", "alice", "/srv/%u/alice"),
     ("/%u", "alice", "/alice"),
@@ -109,11 +109,15 @@ def test_base(template, base):
     ("/var/vmail/%%u", "needs %u or %n"),
     ("/var/vmail/%d/../%n", r"\.\."),
     ("/var/vmail/%n/./Maildir", r"\."),
+    ("/var/vmail/%n.%d", "%n and %d without a /"),
+    ("/var/vmail/%d-%u", "%d and %u without a /"),
+    ("/var/vmail/%n%d", "%n and %d without a /"),
 ])
 def test_badTemplates(template, message):
     """
-    An unknown placeholder, a template that does not tell users apart, or a
-    . or .. after the first placeholder is refused.
+    An unknown placeholder, a template that does not tell users apart (no
+    %u or %n, or two placeholders without a / between them), or a . or ..
+    after the first placeholder is refused.
     """
     with pytest.raises(BadMaildirTemplate, match=message):
         MaildirTemplate(template)
@@ -171,8 +175,8 @@ LOGIN_TEXT = st.lists(
     st.sampled_from(list("aZ.@/\\%-_\x00\n\x7f\u0085é") + ["..", "@.", "/..", "\udcff"]), max_size=12,
 ).map("".join)
 TEMPLATES = st.sampled_from([
-    "/srv/vmail/%d/%n", "/srv/vmail/%u", "/srv/vmail/%n", "/srv/vmail/x%d.%n/Maildir",
-    "/srv/vmail/%n%d", "/srv/vmail/.%n", "/srv/vmail/%d/%u", "/srv/vmail/%%%n",
+    "/srv/vmail/%d/%n", "/srv/vmail/%u", "/srv/vmail/%n", "/srv/vmail/x%d/.%n/Maildir",
+    "/srv/vmail/%n@%d", "/srv/vmail/.%n", "/srv/vmail/%d/%u", "/srv/vmail/%%%n",
 ])
 
 

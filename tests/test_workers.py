@@ -228,3 +228,41 @@ def test_workersStopWhenTheParentIsKilled(pool: Popsrv) -> None:
     os.kill(pool.twistd.process.pid, signal.SIGKILL)
     pool.twistd.process.wait(DEADLINE)
     waitUntil(lambda: not any(alive(pid) for pid in pids.values()), "every worker gone")
+
+
+def scramSalt(server: Popsrv, user: str) -> str:
+    """
+    The salt the server offers C{user} in an AUTH SCRAM-SHA-256 exchange.
+    """
+    import base64
+
+    import scramp
+
+    client = poplib.POP3(HOST, server.port, timeout=DEADLINE)
+    try:
+        first = scramp.ScramClient(["SCRAM-SHA-256"], user, "any").get_client_first()
+        reply = client._shortcmd("AUTH SCRAM-SHA-256 " + base64.b64encode(first.encode()).decode())
+        serverFirst = base64.b64decode(reply[2:]).decode()
+        return dict(part.split("=", 1) for part in serverFirst.split(","))["s"]
+    finally:
+        client.sock.close()
+
+
+def test_everyWorkerGivesAnUnknownUserTheSameSalt(launcher: Launcher, tmp_path: Path) -> None:
+    """
+    The placeholder SCRAM salt of a user without stored keys is the same in
+    every worker (different ones would tell unknown users from users with
+    stored keys, whose salt never changes).
+    """
+    passwd = tmp_path / "passwd"
+    passwd.write_text("alice:{PLAIN}secret\n")
+    server = launcher.popsrv("--workers", "2", "--auth", f"passwd-file:{passwd}")
+    pids = workerPids(server, 2)
+    salts = {}
+    for stopped, serving in ((0, 1), (1, 0)):
+        os.kill(pids[stopped], signal.SIGSTOP)
+        try:
+            salts[serving] = scramSalt(server, "nobody-here")
+        finally:
+            os.kill(pids[stopped], signal.SIGCONT)
+    assert salts[0] == salts[1]
