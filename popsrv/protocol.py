@@ -374,6 +374,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self._abortLater = None
         self._secure = False
         self._flushable = False
+        self._flushing = False
         self._lineWaiter: Optional[defer.Deferred] = None
         self._method = ""
         self._maildrop: Optional[IMaildrop] = None
@@ -537,11 +538,20 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
 
         Only for a TCP connection (over STLS too: it then holds the TLS
         records) that is not closing; whatever cannot be sent now, and any
-        error, is left to the reactor as usual.
+        error, is left to the reactor as usual.  Never from within a flush:
+        sending may resume a message's producer, which may finish the
+        command and run the next pipelined one, whose own flush would nest
+        one level deeper per command.
         """
         transport = self.transport
-        if self._flushable and not transport.disconnecting and (transport._tempDataLen or transport.dataBuffer):
-            transport.doWrite()
+        if self._flushing or not self._flushable or transport.disconnecting:
+            return
+        if transport._tempDataLen or transport.dataBuffer:
+            self._flushing = True
+            try:
+                transport.doWrite()
+            finally:
+                self._flushing = False
 
     def lineReceived(self, line: bytes) -> None:
         """

@@ -42,6 +42,10 @@ DEFAULT_LISTEN = "tcp:1110:interface=127.0.0.1"
 DEFAULT_MAILDIR_ROOT = "mail"
 DEMO_DIRECTORY = "popsrv-demo"
 MAX_WORKERS = 256
+# The listeners whose sockets worker processes can adopt as they are
+# (a UNIX socket's file is removed by whichever worker stops first, and
+# systemd's sockets are for the process it started).
+WORKER_LISTENERS = ("tcp", "tcp6", "ssl")
 SWITCH_INTERVAL = 0.0005
 
 log = Logger()
@@ -258,6 +262,16 @@ systemd:domain=INET:index=0 [default: tcp:1110:interface=127.0.0.1]."""
             self["listen"] = [DEFAULT_LISTEN]
         if not 1 <= self["workers"] <= MAX_WORKERS:
             raise usage.UsageError(f"--workers must be between 1 and {MAX_WORKERS}")
+        if self["workers"] > 1:
+            for description in self["listen"]:
+                kind, _, rest = description.partition(":")
+                if kind == "haproxy":
+                    kind = rest.partition(":")[0]
+                if kind not in WORKER_LISTENERS:
+                    raise usage.UsageError(
+                        f"--workers serves tcp:, tcp6: and ssl: listeners (also behind haproxy:), "
+                        f"not {description!r}"
+                    )
         self["maildir-template"] = self._maildirTemplate()
         if self["timeout"] <= 0:
             raise usage.UsageError("--timeout must be a positive number of seconds")

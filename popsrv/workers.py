@@ -12,8 +12,9 @@ each new connection to one of the workers.
   - The maildrop lock is C{flock} on a file, which excludes every other
     open file, in the same process or another: a maildrop is still used
     by one session at a time across workers.
-  - A worker that dies is started again, at once the first time and after
-    a growing delay (up to a minute) while workers keep dying young.
+  - A worker that dies is started again: at once if it ran for a while,
+    after a growing delay (up to a minute) while it keeps dying young; one
+    that cannot use its options (exit status 2) stops the whole server.
   - When the parent stops (SIGTERM, SIGINT), it stops its workers with
     SIGTERM, and with SIGKILL those still running after
     L{STOP_GRACE} seconds, before it exits itself.  A worker also stops
@@ -56,6 +57,8 @@ from zope.interface import implementer
 __all__ = ["STOP_GRACE", "WorkerPool", "adoptingEndpoint", "main"]
 
 STOP_GRACE = 10.0
+# The exit status of a worker whose options are unusable.
+USAGE_ERROR = 2
 # A worker that dies within this many seconds of its start died young.
 YOUNG = 5.0
 RESTART_DELAY_MAX = 60.0
@@ -136,7 +139,7 @@ class _WorkerProcess(ProcessProtocol):
         if not isinstance(event, dict):
             return
         event["worker"] = self.index
-        if event.get("event") == "listening" and not self.ready:
+        if event.get("event") == "worker-ready" and not self.ready:
             self.ready = True
             pending, self._pendingSignals = self._pendingSignals, []
             for name in pending:
@@ -253,6 +256,17 @@ class WorkerPool(Service):
         if not self.running:
             return
         lived = self.reactor.seconds() - self._started[index]
+        if getattr(reason.value, "exitCode", None) == USAGE_ERROR:
+            # Its options do not work in a worker (a file it cannot read
+            # after twistd dropped privileges, say): starting it again
+            # cannot help.
+            log.critical(
+                "worker {worker} cannot start (see its message above): stopping popsrv",
+                worker=index, event="worker-unusable",
+            )
+            if self.reactor.running:
+                self.reactor.stop()
+            return
         delay = self._delays.get(index, 0.0)
         delay = min(RESTART_DELAY_MAX, max(0.5, delay * 2)) if lived < YOUNG else 0.0
         self._delays[index] = delay
@@ -385,21 +399,27 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         options.parseOptions(arguments.options)
     except usage.UsageError as error:
         sys.stderr.write(f"popsrv worker: {error}\n")
-        sys.exit(2)
+        sys.exit(USAGE_ERROR)
     adopted = []
     for item in arguments.adopt:
         fd, _, family = item.partition(":")
         adopted.append((int(fd), _FAMILIES[family]))
     if len(adopted) != len(options["listen"]):
         sys.stderr.write("popsrv worker: one inherited socket per --listen is needed\n")
-        sys.exit(2)
+        sys.exit(USAGE_ERROR)
     inherited = iter(adopted)
     globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout, recordSeparator="")], redirectStandardIO=False)
-    service = makeService(
-        options, reactor, endpointFor=lambda description: adoptingEndpoint(reactor, description, *next(inherited))
-    )
-    service.privilegedStartService()
-    service.startService()
+    try:
+        service = makeService(
+            options, reactor, endpointFor=lambda description: adoptingEndpoint(reactor, description, *next(inherited))
+        )
+        service.privilegedStartService()
+        service.startService()
+    except Exception as error:
+        sys.stderr.write(f"popsrv worker: {error}\n")
+        sys.exit(USAGE_ERROR)
+    # Its SIGHUP handler is in place: the parent may pass SIGHUP on now.
+    log.info("worker ready", event="worker-ready")
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     threading.Thread(target=_stopWhenOrphaned, args=(reactor,), name="parent-watch", daemon=True).start()
     reactor.run()
@@ -413,7 +433,12 @@ def _stopWhenOrphaned(reactor) -> None:
     while os.read(0, 4096):
         pass
     log.info("the parent process is gone: stopping", event="orphaned")
-    reactor.callFromThread(reactor.stop)
+    reactor.callFromThread(_stop, reactor)
+
+
+def _stop(reactor) -> None:
+    if reactor.running:
+        reactor.stop()
 
 
 if __name__ == "__main__":

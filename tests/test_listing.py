@@ -404,3 +404,28 @@ def test_sortingInStepsKeepsTheOrder(monkeypatch) -> None:
     kept = names[10:]
     listing.update(kept + more, noSize)
     assert list(listing.fileNames.values()) == sorted(kept + more, key=orderKey)
+
+
+def test_aQuickListingOnTheReactorThreadNeverWaits(tmp_path, keepEveryListing, monkeypatch) -> None:
+    """
+    A small Maildir is listed at once on the calling (reactor) thread, even
+    by a maildrop with a thread runner: right after a change to C{cur/}, it
+    does not wait for the clock tick to pass.
+    """
+    box = tmp_path / "alice"
+    for n in range(3):
+        deliver(str(box), b"Subject: %d\\n\\nbody\\n" % n)
+    threaded = lambda function, *args: function(*args)  # noqa: E731
+    maildrop = MaildirMaildrop(str(box), "alice", runner=threaded)
+    maildrop.lock()
+    maildrop.listMessages()
+    maildrop.release()
+    name = sorted(os.listdir(box / "cur"))[0]
+    os.rename(box / "cur" / name, box / "cur" / (name + "F"))
+    waits = []
+    monkeypatch.setattr(maildir.time, "sleep", lambda seconds: waits.append(seconds))
+    maildrop = MaildirMaildrop(str(box), "alice", runner=threaded)
+    maildrop.lock()
+    assert len(maildrop.listMessages()) == 3
+    maildrop.release()
+    assert [seconds for seconds in waits if seconds > 0] == []

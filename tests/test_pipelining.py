@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
@@ -104,5 +105,66 @@ def test_repliesLeaveWithinTheReadThatAskedForThem() -> None:
         assert received.startswith(b"+OK capability list follows\r\n")
         assert transport.dataBuffer == b"" and not transport._tempDataLen
     finally:
+        serverSocket.close()
+        clientSocket.close()
+
+
+def test_manyPipelinedRetrievalsOverTCPDoNotNest() -> None:
+    """
+    A hundred pipelined RETRs of a message larger than a read chunk, sent
+    in one write to a client that reads as fast as it can, are all
+    answered: sending one reply's end runs the next command, which must not
+    start a flush within the flush.
+    """
+    reactor = MemoryReactorClock()
+    portal, realm = memoryPortal({"alice": "secret"})
+    body = b"Subject: pipelined\r\n\r\n" + b"y" * 300000 + b"\r\n"
+    realm.maildrop("alice").add(body)
+    factory = POP3Factory(portal, hostname="test", clock=reactor, authFailureDelay=0)
+    serverSocket, clientSocket = socket.socketpair()
+    # Room for whole replies, so that each send empties the buffer and
+    # resumes the message's producer at once.
+    for end, option in ((serverSocket, socket.SO_SNDBUF), (clientSocket, socket.SO_RCVBUF)):
+        end.setsockopt(socket.SOL_SOCKET, option, 8 << 20)
+    serverSocket.setblocking(False)
+    received = bytearray()
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                data = clientSocket.recv(1 << 20)
+            except OSError:
+                return
+            if not data:
+                return
+            received.extend(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1110))
+
+        class ServerPort:
+            _realPortNumber = 1110
+
+            def _getLogPrefix(self, factory):
+                return "test"
+
+        transport = tcp.Server(serverSocket, protocol, ("127.0.0.1", 50000), ServerPort(), 1, reactor)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"USER alice\r\nPASS secret\r\n")
+        protocol.dataReceived(b"RETR 1\r\n" * 100 + b"NOOP\r\n")
+        deadline = time.monotonic() + 30
+        # Stand in for the reactor: write whenever the transport wants to.
+        while not received.endswith(b".\r\n+OK\r\n"):
+            assert time.monotonic() < deadline, f"only {received.count(b'+OK ')} replies"
+            if transport in reactor.writers or transport._tempDataLen or transport.dataBuffer:
+                transport.doWrite()
+            else:
+                time.sleep(0.001)
+        assert received.count(b"+OK %d octets\r\n" % len(wire(body))) == 100
+    finally:
+        done.set()
         serverSocket.close()
         clientSocket.close()

@@ -266,3 +266,48 @@ def test_everyWorkerGivesAnUnknownUserTheSameSalt(launcher: Launcher, tmp_path: 
         finally:
             os.kill(pids[stopped], signal.SIGCONT)
     assert salts[0] == salts[1]
+
+
+@pytest.mark.parametrize("listen", ["unix:popsrv.sock", "haproxy:unix:popsrv.sock"])
+def test_workersRefuseListenersTheyCannotShare(launcher: Launcher, tmp_path: Path, listen: str) -> None:
+    """
+    UNIX listeners (and systemd's, which the parse of --listen checks
+    first) cannot be shared by worker processes: a clear usage error says
+    which can.
+    """
+    result = launcher.run(["-n", "popsrv", "--auth", "memory:a:b", "--workers", "2", "--listen", listen], tmp_path)
+    assert result.returncode != 0
+    assert b"--workers serves tcp:, tcp6: and ssl: listeners" in result.stdout
+
+
+def test_aWorkerThatCannotStartStopsThePool() -> None:
+    """
+    A worker that ends with the status of unusable options (say, a key file
+    it cannot read after twistd dropped privileges) is not started again:
+    the parent stops, with a critical log line.
+    """
+    from twisted.internet.error import ProcessTerminated
+    from twisted.internet.task import Clock
+    from twisted.logger import capturedLogs
+    from twisted.python.failure import Failure
+
+    from popsrv.workers import USAGE_ERROR, WorkerPool, _WorkerProcess
+
+    class Reactor(Clock):
+        running = True
+        stopped = False
+
+        def stop(self):
+            self.stopped = True
+
+    reactor = Reactor()
+    pool = WorkerPool(reactor, [], [], 1)
+    pool.running = True
+    worker = _WorkerProcess(pool, 0)
+    pool._workers[0] = worker
+    pool._started[0] = reactor.seconds()
+    with capturedLogs() as events:
+        pool._ended(worker, Failure(ProcessTerminated(exitCode=USAGE_ERROR)))
+    assert reactor.stopped
+    assert reactor.getDelayedCalls() == []
+    assert [e["event"] for e in events if e.get("event", "").startswith("worker")] == ["worker-unusable"]

@@ -6,7 +6,7 @@ Parsing a name (its delivery time for the order, its uid, its sizes and
 flags) costs a few microseconds, which adds up to a second for 100,000
 messages.  A L{CurListing} keeps what it parsed, so the next snapshot of
 the same Maildir parses only the names that are new since; L{ListingCache}
-keeps the listings of the big Maildirs a process served recently.  Nothing
+keeps the listings of the Maildirs a process served recently.  Nothing
 is trusted without looking: every snapshot lists the directory again, and a
 name that appeared, vanished or changed (new flags, new size fields) is a
 different name.

@@ -59,7 +59,7 @@ QUICK_COMMIT_FILES = 64
 # seconds (FAT, some network file systems) need 2 s.  On NFS this holds only
 # while the server's clock keeps in step with popsrv's.
 SETTLED_NS = 20 * 10**6
-COARSE_SETTLED_NS = 2 * 10**9
+COARSE_SETTLED_NS = 2 * 10**9 + SETTLED_NS
 # The wall clock in nanoseconds (a name of its own for the tests).
 _nowNS = time.time_ns
 # What handling one file name costs, in measured octets (about 1 µs of CPU
@@ -217,6 +217,7 @@ class MaildirMaildrop:
         # those renamed since.
         self._names: Mapping[str, str] = {}
         self._renamed: dict[str, str] = {}
+        self._inThread = False
 
     def lock(self) -> None:
         """
@@ -258,8 +259,8 @@ class MaildirMaildrop:
             # new/ was empty a moment ago: mail that lands there now waits
             # for the next session rather than being measured, perhaps
             # large, on this thread.
-            return self._snapshot(deliverNew=False)
-        return self._run(self._snapshot)
+            return self._snapshot(deliverNew=False, inThread=False)
+        return self._run(self._snapshot, True, self._run is not _inline)
 
     def _quickToList(self) -> bool:
         """
@@ -276,18 +277,23 @@ class MaildirMaildrop:
         except OSError:
             return False
 
-    def _snapshot(self, deliverNew: bool = True) -> list[MessageInfo]:
+    def _snapshot(self, deliverNew: bool = True, inThread: bool = False) -> list[MessageInfo]:
         """
         Move new mail to C{cur/} (unless told not to) and snapshot C{cur/},
         parsing only the names that the listing kept from an earlier
         snapshot does not know.
+
+        @param inThread: whether this runs in a thread of its own (so it
+            may wait, and should yield the GIL now and then), not the
+            reactor's.
         """
+        self._inThread = inThread
         if deliverNew:
             self._deliverNew()
         listing = LISTINGS.take(self._cur)
         before = os.stat(self._cur)
         if listing.isEmpty() or listing.signature != _signature(before):
-            if self._run is not _inline:
+            if inThread:
                 # In a worker thread: let the clock tick of a change made a
                 # moment ago (by this very login, moving new mail) pass, so
                 # that the listing can be trusted by the next session.
@@ -319,7 +325,7 @@ class MaildirMaildrop:
         Let other threads (the reactor's) have the GIL, if this work runs in
         a thread of its own.
         """
-        if self._run is not _inline:
+        if self._inThread:
             time.sleep(0)
 
     def _recordSizeInCur(self, fileName: str) -> Optional[str]:
@@ -411,8 +417,11 @@ class MaildirMaildrop:
         Remove one message, wherever its flags have put it; a message already
         gone is no error.
         """
+        fileName = self._renamed.get(uid) or self._names.get(uid)
+        if fileName is None:
+            return
         try:
-            os.unlink(os.path.join(self._cur, self._renamed.get(uid) or self._names[uid]))
+            os.unlink(os.path.join(self._cur, fileName))
             return
         except FileNotFoundError:
             pass
