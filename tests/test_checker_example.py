@@ -191,3 +191,20 @@ def test_readmeShowsTheExample() -> None:
             assert code == text, f"README.rst shows {name} differently"
         else:
             assert code in text, f"README.rst shows lines that are not in {name}"
+
+
+def test_exampleRefusesMalformedStoredForms() -> None:
+    """
+    A stored form that is not pbkdf2_sha256$ITERATIONS$SALT$HASH matches no
+    password (and raises nothing, which would answer [SYS/TEMP]).
+    """
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("exampleChecker", EXAMPLE / "popsrv_example_checker.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    good = module.hashPassword("secret", iterations=1000)
+    assert module.verifyPassword(b"secret", good)
+    assert not module.verifyPassword(b"wrong", good)
+    for stored in ["", "secret", "pbkdf2_sha256$many$c2FsdA==$x", "a$b$c", "md5$1$s$h"]:
+        assert not module.verifyPassword(b"secret", stored)

@@ -14,7 +14,7 @@ from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import defer
-from twisted.logger import capturedLogs
+from twisted.logger import LogLevel, capturedLogs
 from zope.interface import implementer
 
 from popsrv.errors import CredentialsUnavailable, MaildropError, MessageVanished
@@ -1023,20 +1023,27 @@ def test_longListingsAreSentAsTheClientReads(realm, command):
 
 def test_aLongListingStopsWhenTheClientGoes(realm):
     """
-    A client that goes away in the middle of a long listing ends the
-    session cleanly.
+    A client that goes away in the middle of a long listing (the transport
+    stops the producer, then loses the connection) ends the session
+    cleanly: no more lines, nothing logged as an error, the maildrop
+    released.
     """
     from popsrv.protocol import LISTING_BATCH
 
     maildrop = realm.maildrop("bob")
-    for n in range(LISTING_BATCH * 2):
+    for n in range(LISTING_BATCH * 3):
         maildrop.add(b"Subject: %d\r\n\r\nbody\r\n" % n)
     portal, _ = makePortal({"bob": "pw"}, realm=realm)
     session = Session(portal)
     session.login("bob", "pw")
-    session.protocol.dataReceived(b"UIDL\r\n")
-    producer = session.messageProducer
-    producer.resumeProducing()
-    session.lose()
-    producer.stopProducing()
+    with capturedLogs() as events:
+        session.protocol.dataReceived(b"UIDL\r\n")
+        producer = session.messageProducer
+        producer.resumeProducing()
+        session.output()
+        producer.stopProducing()
+        session.lose()
+        producer.resumeProducing()
+    assert session.output() == b""
+    assert not any(e.get("log_failure") or e.get("log_level") is LogLevel.error for e in events)
     assert maildrop.locked is False

@@ -228,6 +228,8 @@ def test_workersStopWhenTheParentIsKilled(pool: Popsrv) -> None:
     os.kill(pool.twistd.process.pid, signal.SIGKILL)
     pool.twistd.process.wait(DEADLINE)
     waitUntil(lambda: not any(alive(pid) for pid in pids.values()), "every worker gone")
+    with pytest.raises(OSError):
+        poplib.POP3(HOST, pool.port, timeout=DEADLINE)
 
 
 def scramSalt(server: Popsrv, user: str) -> str:

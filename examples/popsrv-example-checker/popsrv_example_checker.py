@@ -35,10 +35,14 @@ def verifyPassword(password: bytes, stored: str) -> bool:
     """
     Whether a password matches its stored form.
     """
-    scheme, iterations, salt, expected = stored.split("$")
+    try:
+        scheme, iterations, salt, expected = stored.split("$")
+        rounds = int(iterations)
+    except ValueError:
+        return False  # not a stored form at all: no password matches it
     if scheme != "pbkdf2_sha256":
         return False
-    digest = hashlib.pbkdf2_hmac("sha256", password, salt.encode("ascii"), int(iterations))
+    digest = hashlib.pbkdf2_hmac("sha256", password, salt.encode("ascii"), rounds)
     return hmac.compare_digest(base64.b64encode(digest).decode("ascii"), expected)
 
 
