@@ -37,6 +37,7 @@ import configparser
 import logging
 import math
 import re
+import threading
 import time
 from typing import Dict, Optional
 
@@ -48,6 +49,7 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
@@ -335,13 +337,33 @@ class PostgresSecretSource:
         self._pool = self._threads = None
         if pool is None or threads is None:
             return defer.succeed(None)
-        closing = deferToThreadPool(self._reactor, threads, pool.close, timeout=self.settings.timeout)
-        closing.addErrback(lambda failure: log.failure("closing the PostgreSQL pool failed", failure))
+        # Closed from a thread of its own, and waited for a bounded time: the
+        # pool's threads may all be stuck on a host that does not answer.
+        closed = defer.Deferred()
+        grace = self.settings.timeout + 1
 
-        def stopThreads(_):
-            threads.stop()
+        def close() -> None:
+            try:
+                pool.close(timeout=self.settings.timeout)
+            except Exception:
+                self._reactor.callFromThread(log.failure, "closing the PostgreSQL pool failed", Failure())
+            self._reactor.callFromThread(lambda: closed.called or closed.callback(True))
 
-        return closing.addCallback(stopThreads)
+        threading.Thread(target=close, name="popsrv-pgsql-close", daemon=True).start()
+        timer = self._reactor.callLater(grace, lambda: closed.called or closed.callback(False))
+
+        def stopThreads(inTime: bool) -> None:
+            if timer.active():
+                timer.cancel()
+            if inTime:
+                threads.stop()
+            else:
+                log.warn(
+                    "PostgreSQL connections did not close within {grace} s; leaving them to the exit",
+                    grace=grace, event="pgsql-stop-timeout",
+                )
+
+        return closed.addCallback(stopThreads)
 
     def secretFor(self, username: bytes) -> defer.Deferred:
         """

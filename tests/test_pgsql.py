@@ -793,3 +793,50 @@ def test_twistdWithTheDatabaseDown(launcher: Launcher, tmp_path: Path):
     assert "Traceback" not in process.output, process.output
     process.stop()
     assert "Server Shut Down." in process.output, process.output
+
+
+def test_stopDoesNotWaitForeverForAStuckPool() -> None:
+    """
+    Stopping the source closes the pool from a thread of its own and waits
+    at most the timeout and a second: connections stuck on a host that does
+    not answer cannot hold the shutdown (nor block the reactor joining
+    their threads).
+    """
+    import threading as threadingModule
+
+    from twisted.internet.task import Clock
+    from twisted.logger import capturedLogs
+
+    from popsrv.pgsql import PostgresSecretSource, PostgresSettings
+
+    class Reactor(Clock):
+        def callFromThread(self, function, *args):
+            function(*args)
+
+    release = threadingModule.Event()
+
+    class StuckPool:
+        def close(self, timeout):
+            release.wait(30)
+
+    class Threads:
+        stopped = False
+
+        def stop(self):
+            self.stopped = True
+
+    reactor = Reactor()
+    settings = PostgresSettings(
+        conninfo="host=127.0.0.1", query="SELECT secret FROM users WHERE name = %(user)s", timeout=2
+    )
+    source = PostgresSecretSource(settings, reactor)
+    threads = Threads()
+    source._pool, source._threads = StuckPool(), threads
+    stopped = []
+    with capturedLogs() as events:
+        source.stop().addCallback(stopped.append)
+        reactor.advance(settings.timeout + 1)
+    release.set()
+    assert stopped == [None]
+    assert not threads.stopped
+    assert [e["event"] for e in events if e.get("event") == "pgsql-stop-timeout"] == ["pgsql-stop-timeout"]
