@@ -20,12 +20,11 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
-import operator
 import re
 import secrets
 import socket
 from enum import Enum
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional
 
 import attr
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword, UsernamePassword
@@ -82,32 +81,6 @@ class State(Enum):
     AUTHORIZATION = "AUTHORIZATION"
     TRANSACTION = "TRANSACTION"
     UPDATE = "UPDATE"
-
-
-_seenFlag = operator.attrgetter("seen")
-_sizeOf = operator.attrgetter("size")
-_uidOf = operator.attrgetter("uid")
-
-
-def _totalSize(snapshot: Sequence[MessageInfo]) -> int:
-    """
-    The sum of the sizes of a snapshot's messages.
-    """
-    if isinstance(snapshot, MessageList):
-        return snapshot.totalSize()
-    return sum(map(_sizeOf, snapshot))
-
-
-def _lastSeen(snapshot: Sequence[MessageInfo]) -> int:
-    """
-    The number of the last message of a snapshot that was retrieved in an
-    earlier session (0 if none): where LAST starts.
-    """
-    if isinstance(snapshot, MessageList):
-        return snapshot.lastSeen()
-    seen = list(map(_seenFlag, snapshot))
-    seen.reverse()
-    return len(seen) - seen.index(True) if True in seen else 0
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -379,9 +352,9 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self._method = ""
         self._maildrop: Optional[IMaildrop] = None
         self._logout: Optional[Callable[[], None]] = None
-        # The maildrop's snapshot, as it gave it (never changed here), and
-        # the indexes into it of the messages marked deleted.
-        self._messages: Sequence[MessageInfo] = ()
+        # The maildrop's snapshot (never changed here), and the indexes
+        # into it of the messages marked deleted.
+        self._messages = MessageList.of(())
         self._deleted: set[int] = set()
         self._liveCount = self._liveOctets = self._totalOctets = 0
         self._initialLast = 0
@@ -929,10 +902,12 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         if self._lost:
             self._endSession()
             return
-        self._messages = snapshot
+        # By column, however the backend gave it: totals and listings are
+        # then made at C speed.
+        self._messages = snapshot if isinstance(snapshot, MessageList) else MessageList.of(snapshot)
         self._liveCount = len(snapshot)
-        self._liveOctets = self._totalOctets = _totalSize(snapshot)
-        self._initialLast = self._last = _lastSeen(snapshot)
+        self._liveOctets = self._totalOctets = self._messages.totalSize()
+        self._initialLast = self._last = self._messages.lastSeen()
         self.state = State.TRANSACTION
         count, octets = self._totals()
         self.log.info(
@@ -1046,8 +1021,8 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             self._ok(f"{number} {message.size}")
             return
         count, octets = self._totals()
-        sizes = self._messages.sizes() if isinstance(self._messages, MessageList) else map(_sizeOf, self._messages)
-        return self._sendListing(f"{count} messages ({octets} octets)", self._numbered(b"%d %d", sizes), count)
+        lines = self._numbered(b"%d %d", self._messages.sizes())
+        return self._sendListing(f"{count} messages ({octets} octets)", lines, count)
 
     def do_UIDL(self, argument: Optional[bytes] = None) -> Optional[defer.Deferred]:
         """
@@ -1057,12 +1032,8 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             number, message = self._message(argument)
             self._ok(f"{number} {message.uid}")
             return
-        if isinstance(self._messages, MessageList):
-            uids = self._messages.uids()
-        else:
-            uids = map(_uidOf, self._messages)
         # Uids are printable ASCII, whose UTF-8 is the same octets.
-        lines = self._numbered(b"%d %s", map(str.encode, uids))
+        lines = self._numbered(b"%d %s", map(str.encode, self._messages.uids()))
         return self._sendListing("unique-id listing follows", lines, self._liveCount)
 
     def _numbered(self, template: bytes, values: Iterable) -> Iterator[bytes]:

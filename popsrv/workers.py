@@ -42,10 +42,8 @@ from twisted.application.service import Service
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import (
     IListeningPort,
-    IReactorSocket,
     IReactorSSL,
     IReactorTCP,
-    IReactorUNIX,
 )
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
@@ -63,7 +61,7 @@ USAGE_ERROR = 2
 YOUNG = 5.0
 RESTART_DELAY_MAX = 60.0
 
-_FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
+_FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6}
 
 log = Logger()
 
@@ -83,10 +81,7 @@ def _familyOf(port: IListeningPort) -> str:
     """
     The address family of a listening port, as the workers are told it.
     """
-    host = port.getHost()
-    if hasattr(host, "port"):
-        return "INET6" if ":" in host.host else "INET"
-    return "UNIX"
+    return "INET6" if ":" in port.getHost().host else "INET"
 
 
 class _WorkerProcess(ProcessProtocol):
@@ -312,11 +307,13 @@ class WorkerPool(Service):
         return defer.gatherResults(ending).addCallback(closePorts)
 
 
-@implementer(IReactorTCP, IReactorSSL, IReactorUNIX, IReactorSocket)
+@implementer(IReactorTCP, IReactorSSL)
 class _AdoptingReactor:
     """
     A reactor for building one endpoint in a worker: where the endpoint
-    would bind a socket, it adopts the one the parent bound instead.
+    would bind a socket, it adopts the one the parent bound instead (TCP,
+    and TLS over TCP: the listeners workers may share, see
+    L{popsrv.service.WORKER_LISTENERS}).
     """
 
     def __init__(self, reactor, fileno: int, family: int) -> None:
@@ -336,26 +333,11 @@ class _AdoptingReactor:
     def listenSSL(self, port, factory, contextFactory, backlog=50, interface=""):
         return self._adopt(TLSMemoryBIOFactory(contextFactory, False, factory))
 
-    def listenUNIX(self, address, factory, backlog=50, mode=0o666, wantPID=0):
-        return self._adopt(factory)
-
-    def adoptStreamPort(self, fileDescriptor, addressFamily, factory):
-        return self._adopt(factory)
-
-    def adoptStreamConnection(self, fileDescriptor, addressFamily, factory):
-        raise NotImplementedError("a worker only adopts listening sockets")
-
-    def adoptDatagramPort(self, fileDescriptor, addressFamily, protocol, maxPacketSize=8192):
-        raise NotImplementedError("a worker only adopts stream sockets")
-
     def connectTCP(self, *args, **kwargs):
         return self._reactor.connectTCP(*args, **kwargs)
 
     def connectSSL(self, *args, **kwargs):
         return self._reactor.connectSSL(*args, **kwargs)
-
-    def connectUNIX(self, *args, **kwargs):
-        return self._reactor.connectUNIX(*args, **kwargs)
 
     def __getattr__(self, name: str):
         return getattr(self._reactor, name)

@@ -72,6 +72,29 @@ def test_concurrentPipelinedRetrievals(launcher):
         assert body[len(replies):] == b"+OK popsrv signing off (5 messages left)\r\n"
 
 
+class _ServerPort:
+    """
+    What a TCP server connection asks of its listening port.
+    """
+
+    _realPortNumber = 1110
+
+    def _getLogPrefix(self, factory):
+        return "test"
+
+
+def serveOver(serverSocket: socket.socket, factory: POP3Factory, reactor):
+    """
+    Serve POP3 over one end of a socket pair, as a real TCP connection of
+    C{reactor} (which need not run: the test calls C{doWrite} itself);
+    return the protocol and its transport.
+    """
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1110))
+    transport = tcp.Server(serverSocket, protocol, ("127.0.0.1", 50000), _ServerPort(), 1, reactor)
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
 def test_repliesLeaveWithinTheReadThatAskedForThem() -> None:
     """
     Over TCP, the replies to the commands of one read are sent before
@@ -84,18 +107,7 @@ def test_repliesLeaveWithinTheReadThatAskedForThem() -> None:
     serverSocket, clientSocket = socket.socketpair()
     clientSocket.settimeout(5)
     try:
-        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1110))
-
-        class ServerPort:
-            _realPortNumber = 1110
-
-            def _getLogPrefix(self, factory):
-                return "test"
-
-        transport = tcp.Server(
-            serverSocket, protocol, ("127.0.0.1", 50000), ServerPort(), 1, reactor
-        )
-        protocol.makeConnection(transport)
+        protocol, transport = serveOver(serverSocket, factory, reactor)
         transport.doWrite()
         assert clientSocket.recv(1000).startswith(b"+OK popsrv ready")
         protocol.dataReceived(b"CAPA\r\nUSER alice\r\n")
@@ -143,16 +155,7 @@ def test_manyPipelinedRetrievalsOverTCPDoNotNest() -> None:
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1110))
-
-        class ServerPort:
-            _realPortNumber = 1110
-
-            def _getLogPrefix(self, factory):
-                return "test"
-
-        transport = tcp.Server(serverSocket, protocol, ("127.0.0.1", 50000), ServerPort(), 1, reactor)
-        protocol.makeConnection(transport)
+        protocol, transport = serveOver(serverSocket, factory, reactor)
         protocol.dataReceived(b"USER alice\r\nPASS secret\r\n")
         protocol.dataReceived(b"RETR 1\r\n" * 100 + b"NOOP\r\n")
         deadline = time.monotonic() + 30

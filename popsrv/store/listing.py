@@ -158,12 +158,6 @@ class CurListing:
         """
         return not self._parsed
 
-    def knows(self, fileName: str) -> bool:
-        """
-        Whether C{fileName} was parsed by an earlier update.
-        """
-        return fileName in self._parsed
-
     def update(
         self,
         names: list[str],
