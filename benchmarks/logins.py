@@ -37,8 +37,8 @@ sys.path.insert(0, HERE)
 import scramp  # noqa: E402
 from servers import popsrv as popsrvServer  # noqa: E402
 
-from popsrv import schemes  # noqa: E402
-from popsrv.checkers import DEFAULT_CONCURRENCY  # noqa: E402
+from popsrv.auth import schemes  # noqa: E402
+from popsrv.auth.checkers import DEFAULT_CONCURRENCY  # noqa: E402
 from popsrv.store.maildir import deliver  # noqa: E402
 
 PASSWORD = "correct horse battery staple"

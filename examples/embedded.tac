@@ -10,8 +10,8 @@ from twisted.cred.portal import Portal
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
 
-from popsrv.protocol import POP3Factory
-from popsrv.service import ListeningService
+from popsrv.pop3.protocol import POP3Factory
+from popsrv.app.service import ListeningService
 from popsrv.store.memory import MemoryRealm
 
 realm = MemoryRealm()

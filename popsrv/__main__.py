@@ -22,7 +22,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "passwd":
-        from popsrv.passwdtool import main as passwd
+        from popsrv.auth.passwdtool import main as passwd
 
         return passwd(argv[1:])
     sys.stderr.write(USAGE)

@@ -1,5 +1,5 @@
 """
-Tests for L{popsrv.checkers.StoredSecretChecker}: every kind of credentials
+Tests for L{popsrv.auth.checkers.StoredSecretChecker}: every kind of credentials
 against every scheme, unknown users, a source that is unavailable (through
 the protocol, which must answer C{-ERR [SYS/TEMP]}), slow hashes run by the
 runner in other threads with bounded concurrency, and SCRAM exchanges
@@ -27,9 +27,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from popsrv import sasl, schemes
-from popsrv.checkers import StoredSecretChecker
-from popsrv.credentials import APOPCredentials, CramMD5Credentials
+from popsrv.auth import sasl, schemes
+from popsrv.auth.checkers import StoredSecretChecker
+from popsrv.auth.credentials import APOPCredentials, CramMD5Credentials
 from popsrv.errors import CredentialsUnavailable
 from popsrv.interfaces import IScramCredentials, IScramParameters, ISecretSource, ScramParameters
 from popsrv.store.memory import MemoryRealm

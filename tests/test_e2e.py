@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Set
 
 import pytest
 
-from popsrv.demo import MESSAGES
+from popsrv.app.demo import MESSAGES
 from popsrv.store.maildir import deliver, uidFor
 
 from .conftest import LISTEN_LOCAL, Popsrv, writePasswordFile
@@ -35,7 +35,7 @@ AUTH_FAILED = b"-ERR [AUTH] invalid user name or password\r\n"
 
 
 # The wire form of stored messages, built line by line (independently of
-# popsrv.framing).
+# popsrv.wire.framing).
 
 
 def storedLines(stored: bytes) -> List[bytes]:

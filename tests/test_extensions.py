@@ -20,7 +20,7 @@ from zope.interface import implementer
 
 from popsrv import __version__
 from popsrv.errors import MaildropUnusable
-from popsrv.policy import LoginPolicy, isLoopback
+from popsrv.pop3.policy import LoginPolicy, isLoopback
 from popsrv.store.memory import MemoryMaildrop, MemoryRealm
 from popsrv.tls import TLSSettings
 

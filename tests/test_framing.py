@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from popsrv.framing import TERMINATOR, MessageFramer, normalizedSize
+from popsrv.wire.framing import TERMINATOR, MessageFramer, normalizedSize
 
 ALPHABET = b"a.\r\n"
 

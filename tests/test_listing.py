@@ -1,5 +1,5 @@
 """
-Tests of the parsed C{cur/} listings (L{popsrv.store.listing}): a listing
+Tests of the parsed C{cur/} listings (L{popsrv.store.maildir.listing}): a listing
 brought up to date from an earlier one must always equal a listing made from
 nothing, whatever changed in between, and the Maildir backend must give the
 same snapshots with and without the listings it keeps.
@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from popsrv.interfaces import MessageInfo, MessageList
-from popsrv.store import maildir
-from popsrv.store.listing import CurListing, ListingCache
+from popsrv.messages import MessageInfo, MessageList
 from popsrv.store.maildir import MaildirMaildrop, deliver
+from popsrv.store.maildir import maildrop as maildir
+from popsrv.store.maildir.listing import CurListing, ListingCache
 
 
 def noSize(name: str):
@@ -389,8 +389,8 @@ def test_sortingInStepsKeepsTheOrder(monkeypatch) -> None:
     """
     import random
 
-    from popsrv.store import listing as listingModule
-    from popsrv.store.listing import orderKey
+    from popsrv.store.maildir import listing as listingModule
+    from popsrv.store.maildir.listing import orderKey
 
     monkeypatch.setattr(listingModule, "SORT_STEP", 4)
     rng = random.Random(7)

@@ -1,6 +1,6 @@
 """
 Tests of the Maildir storage backend (L{popsrv.store.maildir}) and of the
-realm that hands it out (L{popsrv.realm.MaildirRealm}), on real temporary
+realm that hands it out (L{popsrv.store.realm.MaildirRealm}), on real temporary
 directories, with real processes where locking and crashes are concerned.
 """
 
@@ -24,11 +24,11 @@ from zope.interface.verify import verifyObject
 
 import popsrv
 from popsrv.errors import MaildropLocked, MessageVanished
-from popsrv.framing import normalizedSize
 from popsrv.interfaces import IMaildrop
-from popsrv.realm import MaildirRealm, UnsafeMailboxName
 from popsrv.store.maildir import LOCK_FILE, MaildirMaildrop, deliver, hasMessages, uidFor
+from popsrv.store.realm import MaildirRealm, UnsafeMailboxName
 from popsrv.testing import POP3ClientError, connect
+from popsrv.wire.framing import normalizedSize
 
 # The directory that holds the popsrv package under test, so that helper
 # processes import the same code as this test (not an installed copy).
@@ -776,7 +776,7 @@ def test_blockingWorkGoesThroughTheRunner(tmp_path):
     files go through the realm's runner (the service gives a thread pool
     runner); small work is done at once.
     """
-    from popsrv.store.maildir import QUICK_COMMIT_FILES, QUICK_DIRECTORY_SIZE
+    from popsrv.store.maildir.maildrop import QUICK_COMMIT_FILES, QUICK_DIRECTORY_SIZE
 
     calls = []
 
@@ -821,7 +821,7 @@ def test_threadRunnerUsesTheReactorPool():
     from twisted.internet.testing import MemoryReactor
     from twisted.python.threadpool import ThreadPool
 
-    from popsrv.store.maildir import threadRunner
+    from popsrv.threads import threadRunner
 
     class Pool(ThreadPool):
         def callInThreadWithCallback(self, onResult, func, *args, **kw):
@@ -845,7 +845,7 @@ def test_quickListingNeverMeasuresNewMail(tmp_path, monkeypatch):
     just then is left for the next session instead of being measured on
     the calling thread.
     """
-    from popsrv.store import maildir as module
+    from popsrv.store.maildir import maildrop as module
 
     deliver(str(tmp_path), b"Subject: old\n\nbody\n")
     listOnce(tmp_path)

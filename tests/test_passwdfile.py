@@ -1,5 +1,5 @@
 """
-Tests for L{popsrv.passwdfile} (the format, reloading when the file changes,
+Tests for L{popsrv.auth.passwdfile} (the format, reloading when the file changes,
 a syntax error that keeps the previous version) and for the C{python -m
 popsrv passwd} tool, run as a subprocess with the password on its stdin.
 """
@@ -20,11 +20,11 @@ from twisted.internet import defer
 from twisted.logger import capturedLogs
 from zope.interface.verify import verifyObject
 
-from popsrv import passwdtool, schemes
-from popsrv.checkers import StoredSecretChecker
+from popsrv.auth import passwdtool, schemes
+from popsrv.auth.checkers import StoredSecretChecker
+from popsrv.auth.passwdfile import PasswdFile, PasswdFileError, PasswdSyntaxError, parsePasswd
 from popsrv.errors import CredentialsUnavailable
 from popsrv.interfaces import ISecretSource
-from popsrv.passwdfile import PasswdFile, PasswdFileError, PasswdSyntaxError, parsePasswd
 
 from .conftest import twistdEnvironment
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import pytest
 import scramp
 
-from popsrv import schemes
+from popsrv.auth import schemes
 from popsrv.store.maildir import deliver
 
 from .conftest import LISTEN_LOCAL, twistdEnvironment

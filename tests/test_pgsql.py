@@ -28,9 +28,7 @@ from twisted.logger import globalLogPublisher
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from popsrv.errors import CredentialsUnavailable
-from popsrv.interfaces import ISecretSource
-from popsrv.pgsql import (
+from popsrv.auth.pgsql import (
     PostgresSecretSource,
     PostgresSettings,
     SettingsError,
@@ -39,7 +37,9 @@ from popsrv.pgsql import (
     readSettings,
     sourceForReactor,
 )
-from popsrv.protocol import POP3Factory
+from popsrv.errors import CredentialsUnavailable
+from popsrv.interfaces import ISecretSource
+from popsrv.pop3.protocol import POP3Factory
 from popsrv.store.maildir import deliver
 from popsrv.store.memory import MemoryRealm
 
@@ -688,7 +688,7 @@ def test_pluginBuildsTheStoredSecretChecker(tmp_path: Path):
     With usable settings, the plugin builds the stored-secret checker over
     a PostgreSQL source.
     """
-    checkers = pytest.importorskip("popsrv.checkers")
+    checkers = pytest.importorskip("popsrv.auth.checkers")
     path = tmp_path / "pgsql.conf"
     path.write_text("[pgsql]\nconninfo = dbname=mail\nquery = " + QUERY + "\n", encoding="utf-8")
     factory = type(findCheckerFactory("pgsql"))(reactor=MemoryReactor())
@@ -764,7 +764,7 @@ def test_twistdServesPostgresUsers(launcher: Launcher, tmp_path: Path, database:
     query finds ({PLAIN} and {SHA512-CRYPT}), refuses wrong passwords and
     unknown users alike, and stops cleanly.
     """
-    pytest.importorskip("popsrv.checkers")
+    pytest.importorskip("popsrv.auth.checkers")
     settings = writeSettings(tmp_path / "pgsql.conf", database)
     process, port = startTwistd(launcher, tmp_path, settings)
     assert popLogin(port, "alice", "secret").startswith(b"+OK alice has 1 message")
@@ -782,7 +782,7 @@ def test_twistdWithTheDatabaseDown(launcher: Launcher, tmp_path: Path):
     With the database unreachable, a login gets -ERR [SYS/TEMP] after the
     timeout, and the log says why in a line, without a traceback.
     """
-    pytest.importorskip("popsrv.checkers")
+    pytest.importorskip("popsrv.auth.checkers")
     settings = writeSettings(tmp_path / "pgsql.conf", f"host={HOST} port={freePort()} dbname=mail", timeout=SHORT)
     process, port = startTwistd(launcher, tmp_path, settings)
     mark = process.mark()
@@ -807,7 +807,7 @@ def test_stopDoesNotWaitForeverForAStuckPool() -> None:
     from twisted.internet.task import Clock
     from twisted.logger import capturedLogs
 
-    from popsrv.pgsql import PostgresSecretSource, PostgresSettings
+    from popsrv.auth.pgsql import PostgresSecretSource, PostgresSettings
 
     class Reactor(Clock):
         def callFromThread(self, function, *args):

@@ -18,9 +18,9 @@ from twisted.logger import LogLevel, capturedLogs
 from zope.interface import implementer
 
 from popsrv.errors import CredentialsUnavailable, MaildropError, MessageVanished
-from popsrv.producer import CHUNK_SIZE
-from popsrv.protocol import COMMANDS, State
+from popsrv.pop3.protocol import COMMANDS, State
 from popsrv.store.memory import MemoryMaildrop, MemoryRealm
+from popsrv.wire.streaming import CHUNK_SIZE
 
 from .helpers import Session, makePortal
 
@@ -79,7 +79,7 @@ def test_challengesAreUniqueAndUnpredictable(realm):
     With the default random source, every connection gets a different
     challenge.
     """
-    from popsrv.protocol import POP3Factory
+    from popsrv.pop3.protocol import POP3Factory
 
     portal, _ = makePortal(realm=realm)
     factory = POP3Factory(portal, hostname="bad host!<>", clock=Session(portal).clock)
@@ -181,7 +181,7 @@ def test_unsafeNameFailsLikeAWrongPassword():
     A checker that accepts a name the realm cannot use still ends in the same
     [AUTH] failure.
     """
-    from popsrv.realm import MaildirRealm
+    from popsrv.store.realm import MaildirRealm
 
     portal, _ = makePortal({"../etc": "pw"})
     portal.realm = MaildirRealm("/nonexistent-popsrv-root")
@@ -994,7 +994,7 @@ def test_longListingsAreSentAsTheClientReads(realm, command):
     transport asks for more; the next command is answered only after the
     terminator, and deleted messages stay out.
     """
-    from popsrv.protocol import LISTING_BATCH
+    from popsrv.pop3.protocol import LISTING_BATCH
 
     count = 2 * LISTING_BATCH + 5
     maildrop = realm.maildrop("bob")
@@ -1028,7 +1028,7 @@ def test_aLongListingStopsWhenTheClientGoes(realm):
     cleanly: no more lines, nothing logged as an error, the maildrop
     released.
     """
-    from popsrv.protocol import LISTING_BATCH
+    from popsrv.pop3.protocol import LISTING_BATCH
 
     maildrop = realm.maildrop("bob")
     for n in range(LISTING_BATCH * 3):

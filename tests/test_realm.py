@@ -15,8 +15,9 @@ from twisted.cred.portal import IRealm
 from twisted.python import usage
 from zope.interface.verify import verifyObject
 
+from popsrv.app.service import Options, makeService
 from popsrv.interfaces import IMaildrop
-from popsrv.realm import (
+from popsrv.store.realm import (
     BadMaildirTemplate,
     MaildirRealm,
     MaildirTemplate,
@@ -24,7 +25,6 @@ from popsrv.realm import (
     canonicalLogin,
     splitLogin,
 )
-from popsrv.service import Options, makeService
 
 
 def parse(*args: str) -> Options:
@@ -287,7 +287,7 @@ def test_loginDelayCountsPerMaildrop(tmp_path):
     lower-cased: two spellings of one domain are one user for it, and
     replies name the maildrop that way.
     """
-    from popsrv.policy import LoginPolicy
+    from popsrv.pop3.policy import LoginPolicy
 
     from .helpers import Session, makePortal
 

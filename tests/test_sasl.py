@@ -1,5 +1,5 @@
 """
-Tests for L{popsrv.sasl}: every mechanism against a real twisted.cred
+Tests for L{popsrv.auth.sasl}: every mechanism against a real twisted.cred
 checker, SCRAM against scramp's client, every malformed message a client can
 send, and a fuzz of every step of every mechanism.
 """
@@ -20,8 +20,8 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from popsrv import credentials
-from popsrv.sasl import MECHANISMS, Challenge, CramMD5Credentials, SASLError, ScramCredentials, mechanism
+from popsrv.auth import credentials
+from popsrv.auth.sasl import MECHANISMS, Challenge, CramMD5Credentials, SASLError, ScramCredentials, mechanism
 
 SESSION_CHALLENGE = b"<4711.1700000000@pop.example>"
 RFC2195_CHALLENGE = b"<1896.697170952@postoffice.reston.mci.net>"

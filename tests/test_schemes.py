@@ -1,5 +1,5 @@
 """
-Tests for L{popsrv.schemes}: every scheme verifies its own texts and refuses
+Tests for L{popsrv.auth.schemes}: every scheme verifies its own texts and refuses
 wrong passwords; SHA-crypt matches the published test vectors of its
 specification and C{openssl passwd}; texts written by Dovecot's C{doveadm pw}
 verify, and Dovecot accepts ours; unknown and malformed texts verify nothing.
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from popsrv import schemes
-from popsrv.schemes import SchemeError, hashPassword, parse, plaintext, scramKeys, shaCrypt, verify
+from popsrv.auth import schemes
+from popsrv.auth.schemes import SchemeError, hashPassword, parse, plaintext, scramKeys, shaCrypt, verify
 
 # The test vectors of "Unix crypt using SHA-256 and SHA-512" (salt as given
 # to crypt, rounds or None, password, expected result).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from popsrv.demo import QPOPPER_1997
+from popsrv.app.demo import QPOPPER_1997
 from popsrv.store.memory import MemoryMaildrop, MemoryRealm
 
 from .helpers import Session, makePortal

@@ -15,11 +15,11 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from zope.interface.verify import verifyObject
 
+from popsrv.app.service import DEFAULT_LISTEN, ListeningService, Options, makeService
 from popsrv.interfaces import IMaildrop
-from popsrv.realm import MaildirRealm
-from popsrv.service import DEFAULT_LISTEN, ListeningService, Options, makeService
 from popsrv.store.maildir import MaildirMaildrop
 from popsrv.store.memory import MemoryMaildrop, MemoryRealm
+from popsrv.store.realm import MaildirRealm
 
 
 def parse(*args: str) -> Options:
@@ -138,7 +138,7 @@ def test_implementationsProvideTheirInterfaces(tmp_path):
     """
     from twisted.cred.credentials import IUsernameHashedPassword
 
-    from popsrv.credentials import APOPCredentials
+    from popsrv.auth.credentials import APOPCredentials
 
     assert verifyObject(IMaildrop, MaildirMaildrop(str(tmp_path / "alice"), "alice"))
     assert verifyObject(IMaildrop, MemoryMaildrop("alice"))
@@ -205,7 +205,7 @@ def test_sighupReloadsCertificate(tmp_path):
 
     from twisted.logger import capturedLogs
 
-    from popsrv.service import ReloadOnHangup
+    from popsrv.app.service import ReloadOnHangup
     from popsrv.tls import TLSSettings
 
     from .certificates import makePKI
@@ -241,7 +241,7 @@ def test_makeServiceShortensTheGILSwitchInterval(tmp_path, monkeypatch):
     """
     import sys
 
-    from popsrv.service import SWITCH_INTERVAL
+    from popsrv.app.service import SWITCH_INTERVAL
 
     monkeypatch.setattr(sys, "setswitchinterval", lambda interval: calls.append(interval))
     calls = []

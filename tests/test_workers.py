@@ -1,5 +1,5 @@
 """
-Tests of C{--workers N} (L{popsrv.workers}): real twistd parents with real
+Tests of C{--workers N} (L{popsrv.app.workers}): real twistd parents with real
 worker processes, driven over TCP on 127.0.0.1 by poplib.
 """
 
@@ -293,7 +293,7 @@ def test_aWorkerThatCannotStartStopsThePool() -> None:
     from twisted.logger import capturedLogs
     from twisted.python.failure import Failure
 
-    from popsrv.workers import USAGE_ERROR, WorkerPool, _WorkerProcess
+    from popsrv.app.workers import USAGE_ERROR, WorkerPool, _WorkerProcess
 
     class Reactor(Clock):
         running = True

@@ -18,9 +18,10 @@ from twisted.internet.interfaces import IConsumer
 from zope.interface import implementer
 
 from popsrv.errors import MaildropLocked, MessageVanished
-from popsrv.framing import normalizedSize
-from popsrv.interfaces import IMaildrop, MessageInfo
-from popsrv.producer import sendFile
+from popsrv.interfaces import IMaildrop
+from popsrv.messages import MessageInfo
+from popsrv.wire.framing import normalizedSize
+from popsrv.wire.streaming import sendFile
 
 __all__ = ["MemoryMaildrop", "MemoryRealm"]
 

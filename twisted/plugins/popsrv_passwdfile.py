@@ -13,7 +13,7 @@ from zope.interface import implementer
 @implementer(ICheckerFactory, IPlugin)
 class PasswdFileCheckerFactory:
     """
-    Makes a L{popsrv.checkers.StoredSecretChecker} over a passwd file.
+    Makes a L{popsrv.auth.checkers.StoredSecretChecker} over a passwd file.
     """
 
     authType = "passwd-file"
@@ -32,8 +32,8 @@ The file is read again when it changes; manage it with
         """
         Read the passwd file at C{argstring} and return its checker.
         """
-        from popsrv.checkers import StoredSecretChecker
-        from popsrv.passwdfile import PasswdFile
+        from popsrv.auth.checkers import StoredSecretChecker
+        from popsrv.auth.passwdfile import PasswdFile
 
         return StoredSecretChecker(PasswdFile(argstring))
 

@@ -48,17 +48,17 @@ class PostgresCheckerFactory:
         Read the settings file C{argstring} and return the checker; the
         source connects when the reactor starts.
         """
-        from popsrv.pgsql import readSettings, sourceForReactor
+        from popsrv.auth.pgsql import readSettings, sourceForReactor
 
         if not argstring.strip():
             raise ValueError("pgsql needs the path of its settings file: --auth pgsql:/etc/popsrv/pgsql.conf")
         settings = readSettings(argstring)
         try:
-            from popsrv.checkers import StoredSecretChecker
+            from popsrv.auth.checkers import StoredSecretChecker
         except ModuleNotFoundError as error:
-            if error.name != "popsrv.checkers":
+            if error.name != "popsrv.auth.checkers":
                 raise
-            raise ValueError("pgsql needs popsrv.checkers.StoredSecretChecker, which this popsrv lacks")
+            raise ValueError("pgsql needs popsrv.auth.checkers.StoredSecretChecker, which this popsrv lacks")
         reactor = self.reactor
         if reactor is None:
             from twisted.internet import reactor

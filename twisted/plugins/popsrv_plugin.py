@@ -5,4 +5,4 @@ popsrv runs, not when twistd lists its plugins.
 
 from twisted.application.service import ServiceMaker
 
-popsrv = ServiceMaker("popsrv", "popsrv.service", "A POP3 server for Maildirs (RFC 1939).", "popsrv")
+popsrv = ServiceMaker("popsrv", "popsrv.app.service", "A POP3 server for Maildirs (RFC 1939).", "popsrv")

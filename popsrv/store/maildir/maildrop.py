@@ -24,27 +24,26 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import itertools
 import os
 import re
-import socket
 import stat
 import time
 from typing import AbstractSet, Any, Callable, Mapping, Optional
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IConsumer
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from popsrv.errors import MaildropError, MaildropLocked, MaildropUnusable, MessageVanished
-from popsrv.framing import normalizedSize
-from popsrv.interfaces import IMaildrop, MessageInfo
-from popsrv.producer import CHUNK_SIZE, sendFile
-from popsrv.store.listing import ListingCache, recordedSize, splitName, uidFor
+from popsrv.interfaces import IMaildrop
+from popsrv.messages import MessageInfo
+from popsrv.store.maildir.listing import ListingCache, recordedSize, splitName
+from popsrv.threads import inline
+from popsrv.wire.framing import normalizedSize
+from popsrv.wire.streaming import CHUNK_SIZE, sendFile
 
-__all__ = ["LOCK_FILE", "MaildirMaildrop", "deliver", "hasMessages", "threadRunner", "uidFor"]
+__all__ = ["LOCK_FILE", "MaildirMaildrop"]
 
 LOCK_FILE = "popsrv.lock"
 _MEASURE_CHUNK = 2**20
@@ -68,61 +67,8 @@ _NAME_WORK = 4096
 _PHYSICAL_SIZE = re.compile(r",S=\d+")
 
 log = Logger()
-_deliveries = itertools.count()
 # The parsed cur/ listings of the big Maildirs this process served lately.
 LISTINGS = ListingCache()
-
-
-def deliver(maildir: str, message: bytes) -> str:
-    """
-    Deliver a message into a Maildir the way an MDA does (write in C{tmp/},
-    then rename into C{new/}), creating the Maildir if needed; return the
-    new file's name.
-    """
-    for sub in ("cur", "new", "tmp"):
-        os.makedirs(os.path.join(maildir, sub), mode=0o700, exist_ok=True)
-    now = time.time()
-    host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
-    name = f"{int(now)}.M{int(now % 1 * 1e6):06d}P{os.getpid()}Q{next(_deliveries)}.{host}"
-    temporary = os.path.join(maildir, "tmp", name)
-    with open(temporary, "xb") as f:
-        f.write(message)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(temporary, os.path.join(maildir, "new", name))
-    return name
-
-
-def hasMessages(maildir: str) -> bool:
-    """
-    Return whether a Maildir (which may not exist) holds any message.
-    """
-    for sub in ("new", "cur"):
-        try:
-            if any(not name.startswith(".") for name in os.listdir(os.path.join(maildir, sub))):
-                return True
-        except FileNotFoundError:
-            pass
-    return False
-
-
-def _inline(function: Callable[..., Any], *args: Any) -> Any:
-    """
-    Run blocking work right away, in the calling thread.
-    """
-    return function(*args)
-
-
-def threadRunner(reactor) -> Callable[..., Deferred]:
-    """
-    Return a runner that does blocking work in C{reactor}'s thread pool and
-    returns a L{Deferred} of its result.
-    """
-
-    def run(function: Callable[..., Any], *args: Any) -> Deferred:
-        return deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
-
-    return run
 
 
 def _signature(status: os.stat_result) -> tuple[int, int, int, int]:
@@ -206,7 +152,7 @@ class MaildirMaildrop:
     ) -> None:
         self.path = path
         self.name = name
-        self._run = runner or _inline
+        self._run = runner or inline
         self._chunkSize = chunkSize
         self._cur = os.path.join(path, "cur")
         self._new = os.path.join(path, "new")
@@ -260,7 +206,7 @@ class MaildirMaildrop:
             # for the next session rather than being measured, perhaps
             # large, on this thread.
             return self._snapshot(deliverNew=False, inThread=False)
-        return self._run(self._snapshot, True, self._run is not _inline)
+        return self._run(self._snapshot, True, self._run is not inline)
 
     def _quickToList(self) -> bool:
         """

@@ -4,7 +4,7 @@ Several processes serving the same listening sockets: C{--workers N}.
 The parent process binds every C{--listen} endpoint (in
 C{privilegedStartService}, before twistd drops root), never accepts a
 connection itself, and starts N workers.  A worker is a Python process
-(C{python -m popsrv.workers}) that inherits the listening sockets, adopts
+(C{python -m popsrv.app.workers}) that inherits the listening sockets, adopts
 them (C{IReactorSocket.adoptStreamPort}, wrapped in TLS for C{ssl:}
 listeners) and runs popsrv with the parent's own options; the kernel hands
 each new connection to one of the workers.
@@ -198,7 +198,7 @@ class WorkerPool(Service):
     def _bind(self) -> None:
         if self.ports:
             return
-        from popsrv.service import describeAddress
+        from popsrv.app.service import describeAddress
 
         for description in self.descriptions:
             endpoint = endpoints.serverFromString(self.reactor, description)
@@ -231,8 +231,8 @@ class WorkerPool(Service):
             childFDs[fd] = fd
             adopt += ["--adopt", f"{fd}:{_familyOf(port)}"]
         worker = _WorkerProcess(self, index)
-        argv = [self._executable, "-m", "popsrv.workers", "--index", str(index), *adopt, "--", *self.arguments]
-        from popsrv.sasl import placeholderKeyEnvironment
+        argv = [self._executable, "-m", "popsrv.app.workers", "--index", str(index), *adopt, "--", *self.arguments]
+        from popsrv.auth.sasl import placeholderKeyEnvironment
 
         env = {**os.environ, **placeholderKeyEnvironment()}
         self.reactor.spawnProcess(worker, self._executable, argv, env=env, childFDs=childFDs)
@@ -313,7 +313,7 @@ class _AdoptingReactor:
     A reactor for building one endpoint in a worker: where the endpoint
     would bind a socket, it adopts the one the parent bound instead (TCP,
     and TLS over TCP: the listeners workers may share, see
-    L{popsrv.service.WORKER_LISTENERS}).
+    L{popsrv.app.service.WORKER_LISTENERS}).
     """
 
     def __init__(self, reactor, fileno: int, family: int) -> None:
@@ -353,7 +353,7 @@ def adoptingEndpoint(reactor, description: str, fileno: int, family: int):
 
 
 def _parseArguments(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m popsrv.workers", description="A popsrv worker process.")
+    parser = argparse.ArgumentParser(prog="python -m popsrv.app.workers", description="A popsrv worker process.")
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--adopt", action="append", default=[], help="FD:FAMILY of an inherited listening socket")
     parser.add_argument("options", nargs=argparse.REMAINDER, help="-- then the popsrv options")
@@ -365,12 +365,12 @@ def _parseArguments(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """
-    Run one worker: the entry point of C{python -m popsrv.workers}.
+    Run one worker: the entry point of C{python -m popsrv.app.workers}.
     """
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, jsonFileLogObserver
 
-    from popsrv.service import Options, makeService
+    from popsrv.app.service import Options, makeService
 
     arguments = _parseArguments(sys.argv[1:] if argv is None else argv)
     # A SIGHUP that comes before the TLS reloader is installed must not

@@ -1,6 +1,6 @@
 """
 C{python -m popsrv passwd}: add, change, remove and list the users of a
-passwd file (see L{popsrv.passwdfile}) without editing it by hand.
+passwd file (see L{popsrv.auth.passwdfile}) without editing it by hand.
 
 The password is asked for twice at the terminal, or read as one line from
 standard input when that is not a terminal (for scripts); never from the
@@ -21,8 +21,8 @@ import sys
 import tempfile
 from typing import BinaryIO, List, Optional, TextIO
 
-from popsrv import schemes
-from popsrv.passwdfile import PasswdFileError, entryUser, parsePasswd
+from popsrv.auth import schemes
+from popsrv.auth.passwdfile import PasswdFileError, entryUser, parsePasswd
 
 __all__ = ["main", "writeAtomically"]
 

@@ -13,13 +13,13 @@ APOP:
   - CRAM-MD5 and SCRAM prove knowledge of the password without sending it.
     They yield L{IUsernameHashedPassword} providers whose C{checkPassword}
     receives the checker's I{plaintext} secret and recomputes the client's
-    proof from it (the trick L{popsrv.credentials.APOPCredentials} plays for
+    proof from it (the trick L{popsrv.auth.credentials.APOPCredentials} plays for
     APOP).  So only checkers that hold plaintext secrets and accept
     L{IUsernameHashedPassword} can verify them, such as Twisted's C{file:}
     and C{memory:} checkers; a checker of hashed passwords (C{unix:},
     C{file:} with a hash) cannot.  SCRAM's credentials can also be verified
     against stored SCRAM keys (L{popsrv.interfaces.IScramCredentials}), as
-    L{popsrv.checkers.StoredSecretChecker} does.
+    L{popsrv.auth.checkers.StoredSecretChecker} does.
 
 SCRAM normally wants salted keys stored on the server, and its first
 message carries their salt and iteration count.  When the exchange is given a
@@ -63,7 +63,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 from zope.interface.interface import InterfaceClass
 
-from popsrv.credentials import HEX_DIGEST, CramMD5Credentials
+from popsrv.auth.credentials import HEX_DIGEST, CramMD5Credentials
 from popsrv.interfaces import IScramCredentials, ScramParameters
 
 __all__ = [

@@ -22,7 +22,7 @@ import re
 import threading
 from typing import Callable, Iterable, Optional
 
-from popsrv.interfaces import MessageList
+from popsrv.messages import MessageList
 
 __all__ = ["CurListing", "ListingCache", "orderKey", "splitName", "uidFor"]
 

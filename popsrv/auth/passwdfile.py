@@ -25,7 +25,7 @@ import attr
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from popsrv import schemes
+from popsrv.auth import schemes
 from popsrv.errors import CredentialsUnavailable
 from popsrv.interfaces import ISecretSource
 

@@ -18,7 +18,7 @@ A text with an unknown scheme, or that does not parse, verifies nothing: the
 user it belongs to cannot log in.  Every comparison of secrets is done in
 constant time.  The slow schemes (all but C{PLAIN}) take tens to hundreds of
 milliseconds of CPU on purpose: callers run L{verify} outside the reactor
-thread (see L{popsrv.checkers}).
+thread (see L{popsrv.auth.checkers}).
 """
 
 from __future__ import annotations

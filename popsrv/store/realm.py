@@ -1,0 +1,271 @@
+"""
+The realm: from an authenticated user to that user's maildrop.
+
+Where a user's Maildir is comes from a L{MaildirTemplate} such as
+C{/var/vmail/%d/%n}, filled in with parts of the login name.  Every part is
+first checked to be one safe path component (see L{mailboxName}), so no
+login (C{..}, C{a/b}, a NUL, a control character, a leading dot) can reach
+a directory outside the one the template's fixed text names.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, List, Optional, Tuple, Union
+
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm
+from zope.interface import implementer
+
+from popsrv.interfaces import IMaildrop
+from popsrv.store.maildir import MaildirMaildrop
+
+__all__ = [
+    "BadMaildirTemplate",
+    "MaildirRealm",
+    "MaildirTemplate",
+    "UnsafeMailboxName",
+    "canonicalLogin",
+    "mailboxName",
+    "splitLogin",
+]
+
+MAX_NAME_OCTETS = 255
+PLACEHOLDERS = ("u", "n", "d")
+
+
+class UnsafeMailboxName(UnauthorizedLogin):
+    """
+    A login name that cannot name a maildrop directory; the login fails.
+    """
+
+
+class BadMaildirTemplate(ValueError):
+    """
+    A Maildir template that cannot be used: an unknown C{%} placeholder, no
+    placeholder naming the user, or a C{.} or C{..} component.
+    """
+
+
+def _checkComponent(name: str, what: str) -> str:
+    """
+    Return C{name} if it is one safe path component, or raise
+    L{UnsafeMailboxName} saying which part of the login (C{what}) is not.
+    """
+    raw = name.encode("utf-8", "surrogatepass")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnsafeMailboxName(f"{what} is not UTF-8")
+    if not 0 < len(raw) <= MAX_NAME_OCTETS:
+        raise UnsafeMailboxName(f"{what} is empty or too long")
+    if name.startswith(".") or "/" in name or "\\" in name:
+        raise UnsafeMailboxName(f"{what} is not a plain file name")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):
+        raise UnsafeMailboxName(f"{what} has a control character")
+    return name
+
+
+def mailboxName(avatarId: Union[bytes, str]) -> str:
+    """
+    Return the avatar id as a directory name, or raise L{UnsafeMailboxName}.
+
+    A safe name is UTF-8, 1 to 255 octets, has no C{/} or C{\\}, no NUL or
+    other control character, and does not start with a dot.
+    """
+    if isinstance(avatarId, str):
+        raw = avatarId.encode("utf-8", "surrogatepass")
+    else:
+        raw = bytes(avatarId)
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnsafeMailboxName("login name is not UTF-8")
+    return _checkComponent(name, "login name")
+
+
+def splitLogin(login: str) -> Tuple[str, str]:
+    """
+    Split a login name into its local part and its lower-cased domain: at
+    the last C{@}, or, without one, into the whole login and C{""}.
+    """
+    local, at, domain = login.rpartition("@")
+    if not at:
+        return login, ""
+    return local, domain.lower()
+
+
+def canonicalLogin(login: str) -> str:
+    """
+    The login name with its domain lower-cased (domains are not
+    case-sensitive, local parts may be): the name of its maildrop in replies
+    and logs, and the key of the login delay.
+    """
+    local, domain = splitLogin(login)
+    return f"{local}@{domain}" if "@" in login else login
+
+
+class MaildirTemplate:
+    """
+    Where each user's Maildir is: a path with placeholders filled in from
+    the login name, C{%u} (the login as given), C{%n} (its local part,
+    before the last C{@}; the whole login if it has none), C{%d} (its
+    domain, after the last C{@}, lower-cased) and C{%%} (a C{%}).
+
+    The template's fixed text is the operator's and is trusted; every
+    placeholder's value must be a safe path component (see L{mailboxName}),
+    so a Maildir is always inside L{base}.  A login without a domain cannot
+    fill C{%d}: it fails to log in.
+
+    @ivar text: the template as given.
+    @ivar base: the absolute directory named by the fixed text before the
+        first placeholder; every Maildir is below it.
+    @ivar uses: the placeholder letters the template uses (C{u}, C{n},
+        C{d}).
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        pieces = _parseTemplate(text)
+        self.uses = frozenset(piece for piece, isCode in pieces if isCode)
+        if not self.uses & {"u", "n"}:
+            raise BadMaildirTemplate(f"Maildir template {text!r} needs %u or %n, so that users get their own Maildirs")
+        prefix = "" if pieces[0][1] else pieces.pop(0)[0]
+        cut = prefix.rfind("/") + 1
+        self.base = os.path.abspath(prefix[:cut] or ".")
+        if prefix[cut:]:
+            pieces.insert(0, (prefix[cut:], False))
+        self._pieces = pieces
+        _checkSeparated(text, pieces)
+        shape = "".join("\0" if isCode else piece for piece, isCode in pieces)
+        if any(component in (".", "..") for component in shape.split("/")):
+            raise BadMaildirTemplate(f"Maildir template {text!r} has a . or .. after its first placeholder")
+
+    @classmethod
+    def forRoot(cls, root: str) -> MaildirTemplate:
+        """
+        The template of one Maildir per login under C{root}: C{root/%u}.
+        """
+        return cls(os.path.join(root.replace("%", "%%"), "%u"))
+
+    def expand(self, login: str) -> str:
+        """
+        Return the Maildir path of a login name, or raise
+        L{UnsafeMailboxName} if a part of the login the template uses is
+        not a safe path component (or is missing, as C{%d} without a
+        domain).
+        """
+        local, domain = splitLogin(login)
+        values = {"u": login, "n": local, "d": domain}
+        names = {"u": "login name", "n": "local part of the login name", "d": "domain of the login name"}
+        if "d" in self.uses and not domain:
+            raise UnsafeMailboxName("login name has no @domain, which %d in the Maildir template needs")
+        for code in self.uses:
+            _checkComponent(values[code], names[code])
+        relative = "".join(values[piece] if isCode else piece for piece, isCode in self._pieces)
+        for component in relative.split("/"):
+            if len(component.encode("utf-8", "surrogatepass")) > MAX_NAME_OCTETS:
+                raise UnsafeMailboxName("login name makes a directory name that is too long")
+        return os.path.join(self.base, relative)
+
+
+def _checkSeparated(text: str, pieces: List[Tuple[str, bool]]) -> None:
+    """
+    Refuse a template in which two placeholders are not kept apart by a
+    C{/} (or are C{%n@%d}, the login itself): in C{%n.%d}, logins
+    C{a.b@c} and C{a@b.c} would share a Maildir.
+    """
+    previous, between = None, ""
+    for piece, isCode in pieces:
+        if not isCode:
+            between += piece
+            continue
+        if previous is not None and "/" not in between and not (previous + between + piece == "n@d"):
+            raise BadMaildirTemplate(
+                f"Maildir template {text!r} has %{previous} and %{piece} without a / between them, "
+                "so two logins could share a Maildir"
+            )
+        previous, between = piece, ""
+
+
+def _parseTemplate(text: str) -> List[Tuple[str, bool]]:
+    """
+    Split a template into pieces: C{(literal text, False)} or
+    C{(placeholder letter, True)}; adjacent literal text is merged.
+    """
+    pieces: List[Tuple[str, bool]] = []
+    literal = []
+    position = 0
+    while position < len(text):
+        char = text[position]
+        if char != "%":
+            literal.append(char)
+            position += 1
+            continue
+        code = text[position + 1:position + 2]
+        if code == "%":
+            literal.append("%")
+        elif code in PLACEHOLDERS:
+            if literal:
+                pieces.append(("".join(literal), False))
+                literal = []
+            pieces.append((code, True))
+        else:
+            shown = f"%{code}" if code else "a lone % at the end"
+            raise BadMaildirTemplate(
+                f"Maildir template {text!r} has {shown}: use %u (login), %n (local part), "
+                "%d (domain) or %% (a literal %)"
+            )
+        position += 2
+    if literal:
+        pieces.append(("".join(literal), False))
+    return pieces
+
+
+@implementer(IRealm)
+class MaildirRealm:
+    """
+    A realm whose users' maildrops are Maildirs: one per login under a root
+    directory (user C{alice}'s is C{<root>/alice/}), or wherever a
+    L{MaildirTemplate} puts them.
+
+    @ivar template: the L{MaildirTemplate}.
+    @ivar root: the directory every Maildir is below (the template's
+        L{MaildirTemplate.base}).
+    @ivar runner: how the maildrops do their blocking file work (see
+        L{MaildirMaildrop}); L{None} runs it inline.
+    """
+
+    def __init__(
+        self,
+        root: Optional[str] = None,
+        runner: Optional[Callable[..., Any]] = None,
+        template: Union[MaildirTemplate, str, None] = None,
+    ) -> None:
+        if (root is None) == (template is None):
+            raise TypeError("MaildirRealm takes either a root directory or a template")
+        if root is not None:
+            template = MaildirTemplate.forRoot(root)
+        elif isinstance(template, str):
+            template = MaildirTemplate(template)
+        assert template is not None
+        self.template = template
+        self.root = template.base
+        self.runner = runner
+
+    def maildropFor(self, avatarId: Union[bytes, str]) -> MaildirMaildrop:
+        """
+        Return the maildrop of one user, whose name must be safe; it is named
+        by the login with its domain lower-cased (L{canonicalLogin}).
+        """
+        login = mailboxName(avatarId)
+        path = self.template.expand(login)
+        return MaildirMaildrop(path, canonicalLogin(login), runner=self.runner)
+
+    def requestAvatar(self, avatarId, mind, *interfaces):
+        """
+        Return C{(IMaildrop, maildrop, logout)} for the user C{avatarId}.
+        """
+        if IMaildrop not in interfaces:
+            raise NotImplementedError("MaildirRealm only provides IMaildrop")
+        return IMaildrop, self.maildropFor(avatarId), lambda: None

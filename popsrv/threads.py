@@ -1,0 +1,33 @@
+"""
+Runners: how blocking work (file systems, password hashing, databases) is
+done without blocking the reactor.  A runner takes a function and its
+arguments and returns its result, or a L{Deferred} of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+
+__all__ = ["inline", "threadRunner"]
+
+
+def inline(function: Callable[..., Any], *args: Any) -> Any:
+    """
+    Run blocking work right away, in the calling thread.
+    """
+    return function(*args)
+
+
+def threadRunner(reactor) -> Callable[..., Deferred]:
+    """
+    Return a runner that does blocking work in C{reactor}'s thread pool and
+    returns a L{Deferred} of its result.
+    """
+
+    def run(function: Callable[..., Any], *args: Any) -> Deferred:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
+
+    return run
