@@ -34,13 +34,12 @@ import pytest
 
 from popsrv import __version__
 from popsrv.store.maildir import deliver, uidFor
-
-from .certificates import makePKI
-from .test_e2e import storedLines
+from tests.support.certificates import makePKI
+from tests.support.wire import storedLines
 
 if TYPE_CHECKING:
-    from .certificates import TestPKI
-    from .conftest import Launcher, Popsrv
+    from tests.support.certificates import TestPKI
+    from tests.support.servers import Launcher, Popsrv
 
 HOST = "127.0.0.1"
 CLIENT_TIMEOUT = 30.0

@@ -11,7 +11,7 @@ from importlib import metadata
 
 import pytest
 
-from .conftest import REPO_ROOT
+from tests.support.servers import REPO_ROOT
 
 
 def installed():

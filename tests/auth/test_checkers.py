@@ -33,8 +33,7 @@ from popsrv.auth.credentials import APOPCredentials, CramMD5Credentials
 from popsrv.errors import CredentialsUnavailable
 from popsrv.interfaces import IScramCredentials, IScramParameters, ISecretSource, ScramParameters
 from popsrv.store.memory import MemoryRealm
-
-from .helpers import Session
+from tests.support.session import Session
 
 CHALLENGE = b"<4711.1700000000@pop.example>"
 PASSWORD = "pässword"

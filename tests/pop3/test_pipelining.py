@@ -17,8 +17,7 @@ from twisted.internet.testing import MemoryReactorClock
 from popsrv.pop3.protocol import POP3Factory
 from popsrv.store.maildir import deliver
 from popsrv.testing import memoryPortal
-
-from .test_e2e import RawClient, dotStuffed, wire
+from tests.support.wire import RawClient, dotStuffed, wire
 
 CLIENTS = 4
 

@@ -288,8 +288,7 @@ def test_loginDelayCountsPerMaildrop(tmp_path):
     replies name the maildrop that way.
     """
     from popsrv.pop3.policy import LoginPolicy
-
-    from .helpers import Session, makePortal
+    from tests.support.session import Session, makePortal
 
     portal, _ = makePortal(
         {"alice@Example.COM": "secret", "alice@example.com": "secret"},

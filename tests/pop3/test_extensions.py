@@ -23,9 +23,8 @@ from popsrv.errors import MaildropUnusable
 from popsrv.pop3.policy import LoginPolicy, isLoopback
 from popsrv.store.memory import MemoryMaildrop, MemoryRealm
 from popsrv.tls import TLSSettings
-
-from .certificates import makePKI
-from .helpers import NoDelayTransport, Session, makePortal
+from tests.support.certificates import makePKI
+from tests.support.session import NoDelayTransport, Session, makePortal
 
 REMOTE = "192.0.2.7"
 

@@ -153,7 +153,7 @@ def test_extensionOptions(tmp_path):
     --tls-cert/--tls-key load a usable certificate; --plaintext-auth,
     --expire and --login-delay reach the factory.
     """
-    from .certificates import makePKI
+    from tests.support.certificates import makePKI
 
     pki = makePKI(tmp_path / "pki")
     options = parse("--auth", "memory:a:b", "--tls-cert", str(pki.chain), "--tls-key", str(pki.key),
@@ -189,7 +189,7 @@ def test_mismatchedKeyRefused(tmp_path):
     """
     A key that does not belong to the certificate is refused at startup.
     """
-    from .certificates import makePKI
+    from tests.support.certificates import makePKI
 
     one, other = makePKI(tmp_path / "one"), makePKI(tmp_path / "other")
     with pytest.raises(usage.UsageError, match="cannot use"):
@@ -207,8 +207,7 @@ def test_sighupReloadsCertificate(tmp_path):
 
     from popsrv.app.service import ReloadOnHangup
     from popsrv.tls import TLSSettings
-
-    from .certificates import makePKI
+    from tests.support.certificates import makePKI
 
     pki = makePKI(tmp_path / "pki")
     tls = TLSSettings(str(pki.chain), str(pki.key))

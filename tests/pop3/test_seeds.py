@@ -11,8 +11,7 @@ import pytest
 
 from popsrv.app.demo import QPOPPER_1997
 from popsrv.store.memory import MemoryMaildrop, MemoryRealm
-
-from .helpers import Session, makePortal
+from tests.support.session import Session, makePortal
 
 
 def sized(number: int, size: int) -> bytes:

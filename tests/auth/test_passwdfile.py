@@ -25,8 +25,7 @@ from popsrv.auth.checkers import StoredSecretChecker
 from popsrv.auth.passwdfile import PasswdFile, PasswdFileError, PasswdSyntaxError, parsePasswd
 from popsrv.errors import CredentialsUnavailable
 from popsrv.interfaces import ISecretSource
-
-from .conftest import twistdEnvironment
+from tests.support.servers import twistdEnvironment
 
 PLAIN_ALICE = "alice:{PLAIN}secret\n"
 

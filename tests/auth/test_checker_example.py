@@ -28,8 +28,7 @@ from typing import Iterator, List
 import pytest
 
 from popsrv.store.maildir import deliver
-
-from .conftest import LISTEN_LOCAL, REPO_ROOT, Launcher
+from tests.support.servers import LISTEN_LOCAL, REPO_ROOT, Launcher
 
 EXAMPLE = REPO_ROOT / "examples" / "popsrv-example-checker"
 DISTRIBUTION = "popsrv-example-checker"

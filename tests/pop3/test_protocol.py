@@ -21,8 +21,7 @@ from popsrv.errors import CredentialsUnavailable, MaildropError, MessageVanished
 from popsrv.pop3.protocol import COMMANDS, State
 from popsrv.store.memory import MemoryMaildrop, MemoryRealm
 from popsrv.wire.streaming import CHUNK_SIZE
-
-from .helpers import Session, makePortal
+from tests.support.session import Session, makePortal
 
 MESSAGES = [
     b"Subject: one\r\n\r\nfirst body\r\n",

@@ -42,9 +42,8 @@ from popsrv.interfaces import ISecretSource
 from popsrv.pop3.protocol import POP3Factory
 from popsrv.store.maildir import deliver
 from popsrv.store.memory import MemoryRealm
-
-from .conftest import LISTEN_LOCAL, Launcher, ReactorThread, runTwistd
-from .pgserver import HOST, PostgresServer, freePort
+from tests.support.pgserver import HOST, PostgresServer, freePort
+from tests.support.servers import LISTEN_LOCAL, Launcher, ReactorThread, runTwistd
 
 QUERY = "SELECT password FROM users WHERE userid = %(user)s"
 SHORT = 1.0  # the timeout of the tests that wait for one

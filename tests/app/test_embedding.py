@@ -9,7 +9,7 @@ import poplib
 import re
 from pathlib import Path
 
-from .conftest import REPO_ROOT
+from tests.support.servers import REPO_ROOT
 
 EXAMPLE = REPO_ROOT / "examples" / "embedded.tac"
 

@@ -17,9 +17,8 @@ from typing import Dict
 import pytest
 
 from popsrv.store.maildir import deliver
-
-from .certificates import makePKI
-from .conftest import Launcher, Popsrv
+from tests.support.certificates import makePKI
+from tests.support.servers import Launcher, Popsrv
 
 HOST = "127.0.0.1"
 DEADLINE = 20.0

@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 
-from .certificates import makePKI
+from tests.support.certificates import makePKI
 
 
 def clientContext(ca, maximum: ssl.TLSVersion) -> ssl.SSLContext:

@@ -22,11 +22,10 @@ import scramp
 
 from popsrv.auth import schemes
 from popsrv.store.maildir import deliver
-
-from .conftest import LISTEN_LOCAL, twistdEnvironment
+from tests.support.servers import LISTEN_LOCAL, twistdEnvironment
 
 if TYPE_CHECKING:
-    from .conftest import Launcher, TwistdProcess
+    from tests.support.servers import Launcher, TwistdProcess
 
 HOST = "127.0.0.1"
 SOCKET_TIMEOUT = 30.0
