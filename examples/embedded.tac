@@ -10,9 +10,7 @@ from twisted.cred.portal import Portal
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
 
-from popsrv.pop3.protocol import POP3Factory
-from popsrv.app.service import ListeningService
-from popsrv.store.memory import MemoryRealm
+from popsrv import ListeningService, MemoryRealm, POP3Factory
 
 realm = MemoryRealm()
 realm.maildrop("alice").add(b"Subject: hello\r\n\r\nServed from memory.\r\n")

@@ -27,7 +27,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.test import iosim
 
-from popsrv.pop3.protocol import POP3Factory
+from popsrv.pop3 import POP3Factory
 from popsrv.store.memory import MemoryRealm
 
 __all__ = ["POP3ClientError", "POP3TestClient", "connect", "memoryPortal"]

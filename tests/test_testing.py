@@ -102,7 +102,7 @@ def test_factoryMustUseAFakeClock():
     """
     from twisted.internet import reactor
 
-    from popsrv.pop3.protocol import POP3Factory
+    from popsrv.pop3 import POP3Factory
 
     portal, _ = memoryPortal({})
     with pytest.raises(TypeError, match="Clock"):

@@ -30,8 +30,8 @@ from twisted.python import usage
 
 from popsrv.app.demo import prepareDemo
 from popsrv.auth.passwdfile import PasswdFileError
+from popsrv.pop3.factory import DEFAULT_TIMEOUT, POP3Factory
 from popsrv.pop3.policy import PLAINTEXT_POLICIES, LoginPolicy
-from popsrv.pop3.protocol import DEFAULT_TIMEOUT, POP3Factory
 from popsrv.store.realm import BadMaildirTemplate, MaildirRealm, MaildirTemplate
 from popsrv.threads import threadRunner
 from popsrv.tls import TLSConfigError, TLSSettings

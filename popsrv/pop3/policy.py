@@ -23,7 +23,7 @@ __all__ = ["PLAINTEXT_POLICIES", "LoginPolicy", "isLoopback"]
 PLAINTEXT_POLICIES = ("tls-only", "always", "never")
 
 
-def isLoopback(address) -> bool:
+def isLoopback(address: object) -> bool:
     """
     Whether a peer address (a Twisted address object) is on this machine:
     127.0.0.0/8, ::1 or an IPv4-mapped loopback address, or a UNIX socket.
@@ -47,7 +47,7 @@ class LoginPolicy:
 
     @ivar plaintext: one of L{PLAINTEXT_POLICIES}.
     @ivar loginDelay: minimum seconds between two logins of one user, or
-        L{None} for no minimum (and no LOGIN-DELAY capability).
+        C{None} for no minimum (and no LOGIN-DELAY capability).
     """
 
     def __init__(self, plaintext: str = "tls-only", loginDelay: Optional[int] = None) -> None:
@@ -59,7 +59,7 @@ class LoginPolicy:
         self.loginDelay = loginDelay
         self._lastLogin: dict[object, float] = {}
 
-    def plaintextAllowed(self, secure: bool, peer) -> bool:
+    def plaintextAllowed(self, secure: bool, peer: object) -> bool:
         """
         Whether a session may send a password in plaintext now.
 
@@ -72,7 +72,7 @@ class LoginPolicy:
             return False
         return secure or isLoopback(peer)
 
-    def mayLogIn(self, avatarId, now: float) -> bool:
+    def mayLogIn(self, avatarId: object, now: float) -> bool:
         """
         Whether C{avatarId} may log in at time C{now}: not sooner than the
         login delay after the user's last successful login.
@@ -82,7 +82,7 @@ class LoginPolicy:
         last = self._lastLogin.get(avatarId)
         return last is None or now - last >= self.loginDelay
 
-    def loggedIn(self, avatarId, now: float) -> None:
+    def loggedIn(self, avatarId: object, now: float) -> None:
         """
         Record a successful login (one that got its maildrop), from which the
         login delay counts.

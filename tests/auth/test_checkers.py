@@ -410,7 +410,7 @@ def test_protocolUnavailableSourceAnswersSysTemp():
     assert all("log_failure" not in e for e in events)
     assert "db.example:5432 does not answer" in unavailable[0]["why"]
     assert not session.closed
-    assert session.protocol._failures == 0
+    assert session.protocol.session.failures == 0
 
 
 def test_protocolUnavailableDuringScramLookup():

@@ -39,7 +39,7 @@ from popsrv.auth.pgsql import (
 )
 from popsrv.errors import CredentialsUnavailable
 from popsrv.interfaces import ISecretSource
-from popsrv.pop3.protocol import POP3Factory
+from popsrv.pop3 import POP3Factory
 from popsrv.store.maildir import deliver
 from popsrv.store.memory import MemoryRealm
 from tests.support.pgserver import HOST, PostgresServer, freePort

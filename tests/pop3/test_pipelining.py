@@ -14,7 +14,7 @@ from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 
-from popsrv.pop3.protocol import POP3Factory
+from popsrv.pop3 import POP3Factory
 from popsrv.store.maildir import deliver
 from popsrv.testing import memoryPortal
 from tests.support.wire import RawClient, dotStuffed, wire

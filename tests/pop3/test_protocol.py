@@ -18,7 +18,7 @@ from twisted.logger import LogLevel, capturedLogs
 from zope.interface import implementer
 
 from popsrv.errors import CredentialsUnavailable, MaildropError, MessageVanished
-from popsrv.pop3.protocol import COMMANDS, State
+from popsrv.pop3.commands import COMMANDS, State
 from popsrv.store.memory import MemoryMaildrop, MemoryRealm
 from popsrv.wire.streaming import CHUNK_SIZE
 from tests.support.session import Session, makePortal
@@ -78,7 +78,7 @@ def test_challengesAreUniqueAndUnpredictable(realm):
     With the default random source, every connection gets a different
     challenge.
     """
-    from popsrv.pop3.protocol import POP3Factory
+    from popsrv.pop3 import POP3Factory
 
     portal, _ = makePortal(realm=realm)
     factory = POP3Factory(portal, hostname="bad host!<>", clock=Session(portal).clock)
@@ -499,16 +499,18 @@ def test_clientGoneWhileStreaming(realm):
     session.messageProducer.stopProducing()
     assert session.output() == b""
     session.lose()
-    assert session.protocol._retrieved == set()
+    assert session.protocol.session.transaction.retrievedCount == 0
     assert not realm.maildrop("bob").locked
 
 
 def test_bugInHandlerIsAnError(loggedIn, monkeypatch):
     """
-    An exception raised by a command handler gives a one-line -ERR and the
-    session goes on.
+    An exception raised while handling a command gives a one-line -ERR and
+    the session goes on.
     """
-    monkeypatch.setattr(loggedIn.protocol, "do_NOOP", lambda: 1 / 0)
+    session = loggedIn.protocol.session
+    receive = session.receive
+    monkeypatch.setattr(session, "receive", lambda line: 1 / 0 if line == b"NOOP" else receive(line))
     with capturedLogs() as events:
         assert loggedIn.send("NOOP") == b"-ERR [SYS/TEMP] internal server error\r\n"
     assert any(e.get("log_failure") for e in events)
@@ -993,7 +995,7 @@ def test_longListingsAreSentAsTheClientReads(realm, command):
     transport asks for more; the next command is answered only after the
     terminator, and deleted messages stay out.
     """
-    from popsrv.pop3.protocol import LISTING_BATCH
+    from popsrv.pop3.sending import LISTING_BATCH
 
     count = 2 * LISTING_BATCH + 5
     maildrop = realm.maildrop("bob")
@@ -1027,7 +1029,7 @@ def test_aLongListingStopsWhenTheClientGoes(realm):
     cleanly: no more lines, nothing logged as an error, the maildrop
     released.
     """
-    from popsrv.pop3.protocol import LISTING_BATCH
+    from popsrv.pop3.sending import LISTING_BATCH
 
     maildrop = realm.maildrop("bob")
     for n in range(LISTING_BATCH * 3):

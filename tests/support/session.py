@@ -11,7 +11,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from popsrv.pop3.protocol import POP3Factory
+from popsrv.pop3 import POP3Factory
 from popsrv.store.memory import MemoryRealm
 
 

@@ -1,0 +1,77 @@
+"""
+L{ConnectionEnvironment}: what a POP3 session may know of its connection
+(TLS, the client's address) and its server's settings (the portal's
+credentials, the plaintext policy), for the sans-IO session to ask.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, List, Optional
+
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
+from twisted.internet.interfaces import ITLSTransport, ITransport
+
+from popsrv.auth import sasl
+
+if TYPE_CHECKING:  # pragma: no cover
+    from popsrv.pop3.factory import POP3Factory
+
+__all__ = ["ConnectionEnvironment"]
+
+
+class ConnectionEnvironment:
+    """
+    What a session may know of its connection and server (the
+    L{popsrv.pop3.session.Environment} of a L{POP3Protocol}).
+    """
+
+    def __init__(self, factory: POP3Factory) -> None:
+        self._factory = factory
+        self._transport: Optional[ITransport] = None
+        self._secure = False
+
+    def connected(self, transport: ITransport, secure: bool) -> None:
+        """
+        The connection is made, over TLS already or not.
+        """
+        self._transport = transport
+        self._secure = secure
+
+    def tlsStarted(self) -> None:
+        """
+        STLS started TLS.
+        """
+        self._secure = True
+
+    def secure(self) -> bool:
+        """Whether the connection runs over TLS."""
+        return self._secure
+
+    def stlsAvailable(self) -> bool:
+        """Whether STLS can start TLS on this connection now."""
+        return self._factory.tls is not None and not self._secure and ITLSTransport.providedBy(self._transport)
+
+    def plaintextAllowed(self) -> bool:
+        """Whether a password may be sent in plaintext now."""
+        peer = self._transport.getPeer() if self._transport is not None else None
+        return self._factory.policy.plaintextAllowed(self._secure, peer)
+
+    def stlsWouldAllowPlaintext(self) -> bool:
+        """Whether the policy allows plaintext passwords over TLS only."""
+        return self._factory.policy.plaintext == "tls-only"
+
+    def _accepted(self) -> set[Any]:
+        return set(self._factory.portal.listCredentialsInterfaces())
+
+    def acceptsPasswords(self) -> bool:
+        """Whether the portal takes user names with passwords."""
+        return IUsernamePassword in self._accepted()
+
+    def acceptsAPOP(self) -> bool:
+        """Whether the portal takes digests (APOP, CRAM-MD5)."""
+        return IUsernameHashedPassword in self._accepted()
+
+    def mechanisms(self) -> List[sasl.Mechanism]:
+        """The SASL mechanisms whose credentials the portal takes."""
+        accepted = self._accepted()
+        return [m for m in sasl.MECHANISMS if m.credentialInterface in accepted]

@@ -1,0 +1,88 @@
+"""
+L{POP3Factory}: a server's settings, shared by its POP3 sessions.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import socket
+from typing import Callable, Optional
+
+from twisted.cred.portal import Portal
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import Factory
+
+from popsrv.pop3.policy import LoginPolicy
+from popsrv.pop3.protocol import POP3Protocol
+from popsrv.tls import TLSSettings
+
+__all__ = ["AUTH_FAILURE_DELAY", "DEFAULT_TIMEOUT", "POP3Factory"]
+
+DEFAULT_TIMEOUT = 600
+AUTH_FAILURE_DELAY = 1.0
+_CHALLENGE_HOST = re.compile(rb"[^A-Za-z0-9.@_+/-]")
+
+
+class POP3Factory(Factory):
+    """
+    Builds POP3 sessions that log users in through a twisted.cred portal
+    whose realm provides L{popsrv.interfaces.IMaildrop} avatars.
+
+    @ivar portal: the portal logins go through.
+    @ivar hostname: the host name in the APOP challenge.
+    @ivar timeout: seconds of inactivity before a session is closed.
+    @ivar clock: where time comes from (and timers are set).
+    @ivar authFailureDelay: seconds after a PASS or APOP command at which a
+        failed login is answered.
+    @ivar tls: the L{TLSSettings} of STLS, or C{None} to offer no STLS.
+    @ivar policy: the L{LoginPolicy} (plaintext logins, login delay).
+    @ivar expire: the EXPIRE capability's days, or C{None} for NEVER.
+    """
+
+    protocol = POP3Protocol
+    noisy = False
+
+    def __init__(
+        self,
+        portal: Portal,
+        hostname: Optional[str] = None,
+        timeout: int = DEFAULT_TIMEOUT,
+        clock: Optional[IReactorTime] = None,
+        randomToken: Callable[[], str] = lambda: secrets.token_hex(12),
+        authFailureDelay: float = AUTH_FAILURE_DELAY,
+        tls: Optional[TLSSettings] = None,
+        policy: Optional[LoginPolicy] = None,
+        expire: Optional[int] = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        assert clock is not None
+        self.portal = portal
+        host = (hostname or socket.gethostname()).encode("ascii", "replace")
+        self.hostname = _CHALLENGE_HOST.sub(b"", host) or b"localhost"
+        self.timeout = timeout
+        self.authFailureDelay = authFailureDelay
+        self.tls = tls
+        self.policy = policy or LoginPolicy()
+        self.expire = expire
+        self.clock: IReactorTime = clock
+        self._randomToken = randomToken
+
+    def makeChallenge(self) -> bytes:
+        """
+        Return a new APOP challenge, C{<random.time@hostname>}: unique,
+        unpredictable, and made only of C{A-Za-z0-9.@_+/-} inside the
+        brackets.
+        """
+        token = _CHALLENGE_HOST.sub(b"", self._randomToken().encode("ascii", "replace"))
+        return b"<%s.%d@%s>" % (token, int(self.clock.seconds()), self.hostname)
+
+    def buildProtocol(self, addr: Optional[IAddress]) -> POP3Protocol:
+        """
+        Make the protocol for one connection.
+        """
+        protocol: POP3Protocol = self.protocol(self)
+        return protocol

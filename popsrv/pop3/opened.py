@@ -1,0 +1,98 @@
+"""
+L{OpenedMaildrop}: the maildrop a POP3 session logged in to, from the lock
+to the release: streaming messages, committing the deletions at QUIT, and
+releasing it exactly once.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from popsrv.errors import MessageVanished
+from popsrv.interfaces import IMaildrop
+from popsrv.pop3 import replies
+from popsrv.pop3.effects import Stream, Update
+from popsrv.pop3.sending import MessageConsumer
+
+__all__ = ["OpenedMaildrop", "StreamBroken"]
+
+
+class StreamBroken(Exception):
+    """
+    A message failed after part of it was sent: the connection must break.
+    """
+
+
+class OpenedMaildrop:
+    """
+    A locked maildrop and the realm's logout.
+
+    @param log: the session's logger (its events keep one namespace).
+    """
+
+    def __init__(self, maildrop: IMaildrop, logout: Callable[[], None], log: Logger, peer: str) -> None:
+        self.maildrop = maildrop
+        self._logout = logout
+        self._log = log
+        self._peer = peer
+        self._released = False
+
+    async def stream(self, effect: Stream, consumer: MessageConsumer, gone: Callable[[], bool]) -> Optional[bytes]:
+        """
+        Stream a message to C{consumer}, which frames it for the client.
+
+        @param gone: whether the connection is gone (then a failure is not
+            worth a log line: the client stopped reading).
+        @return: C{None} once it is all written (or the connection is gone),
+            or the C{-ERR} reply if it could not be read before anything was
+            sent.
+        @raise StreamBroken: it failed after part of it was sent (logged).
+        """
+        uid, number = effect.message.uid, effect.number
+        try:
+            await defer.maybeDeferred(self.maildrop.sendMessage, uid, consumer)
+        except Exception:
+            failure = Failure()
+            if gone():
+                return None
+            if consumer.started:
+                self._log.failure("message {uid} failed while streaming", failure, uid=uid, peer=self._peer)
+                raise StreamBroken()
+            if failure.check(MessageVanished):
+                return replies.messageVanished(number)
+            self._log.failure("message {uid} could not be read", failure, uid=uid, peer=self._peer)
+            return replies.messageUnreadable(number)
+        return None
+
+    async def commit(self, update: Update) -> bool:
+        """
+        Apply QUIT's deletions and seen marks; return whether that worked
+        (a failure is logged with its traceback, for the operator).
+        """
+        if not update.deleted and not update.seen:
+            return True
+        try:
+            await defer.maybeDeferred(self.maildrop.commit, update.deleted, update.seen)
+        except Exception:
+            self._log.failure(
+                "could not apply the deletions of {user}", user=self.maildrop.name, peer=self._peer
+            )
+            return False
+        return True
+
+    def release(self) -> None:
+        """
+        Unlock the maildrop and log out, once.
+        """
+        if self._released:
+            return
+        self._released = True
+        try:
+            self.maildrop.release()
+        except Exception:
+            self._log.failure("could not release the maildrop of {user}", user=self.maildrop.name)
+        self._logout()

@@ -1,0 +1,103 @@
+"""
+L{ReadControl}: when a POP3 connection reads from its client.
+
+The next command is read only when the last one is done and the client
+reads its replies; a command in progress (an AUTH exchange) may ask for the
+client's next line itself.  So any number of pipelined commands get complete
+replies in order, and a client that does not read cannot grow our memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from twisted.internet import defer
+
+__all__ = ["ReadControl"]
+
+
+class ReadControl:
+    """
+    Pauses and resumes reading from the client as the session requires.
+
+    @param pause: stop reading from the transport.
+    @param resume: read from the transport again.
+    @param paused: whether reading is paused now.
+    @param blocked: whether the client's replies are piling up (the read
+        gate's word).
+    @param gone: whether the connection is closed or closing.
+    """
+
+    def __init__(
+        self, pause: Callable[[], None], resume: Callable[[], None], paused: Callable[[], bool],
+        blocked: Callable[[], bool], gone: Callable[[], bool],
+    ) -> None:
+        self._pause = pause
+        self._resume = resume
+        self._paused = paused
+        self._blocked = blocked
+        self._gone = gone
+        self._waiting = False
+        self._lineWaiter: Optional[defer.Deferred[Optional[bytes]]] = None
+
+    def update(self) -> None:
+        """
+        Pause or resume reading as the command in progress and the client's
+        reading require.
+        """
+        if self._gone():
+            return
+        stop = self._waiting or self._blocked()
+        if stop and not self._paused():
+            self._pause()
+        elif not stop and self._paused():
+            self._resume()
+
+    def commandStarted(self, result: defer.Deferred[Any]) -> None:
+        """
+        A command returned C{result}: until it fires, read nothing more,
+        unless the command itself waits for the client's next line.
+        """
+        if not result.called:
+            self._waiting = self._lineWaiter is None
+            self.update()
+            result.addBoth(self._commandDone)
+
+    def _commandDone(self, result: object) -> object:
+        self._waiting = False
+        self.update()
+        return result
+
+    def readLine(self) -> defer.Deferred[Optional[bytes]]:
+        """
+        The client's next line, for the command in progress (C{None} if the
+        connection is lost first).
+        """
+        waiter: defer.Deferred[Optional[bytes]] = defer.Deferred()
+        self._lineWaiter = waiter
+        self._waiting = False
+        self.update()
+        return waiter
+
+    def lineArrived(self, line: bytes) -> bool:
+        """
+        Give C{line} to the command in progress that asked for it, if one
+        did (then read nothing more until it says what comes next).
+
+        @return: whether the line was taken.
+        """
+        waiter, self._lineWaiter = self._lineWaiter, None
+        if waiter is None:
+            return False
+        self._waiting = True
+        self.update()
+        waiter.callback(line)
+        return True
+
+    def connectionLost(self) -> None:
+        """
+        The connection is gone: a command waiting for a line gets C{None}.
+        """
+        waiter, self._lineWaiter = self._lineWaiter, None
+        if waiter is not None:
+            waiter.callback(None)
