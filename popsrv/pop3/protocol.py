@@ -43,7 +43,7 @@ from popsrv.pop3.opened import OpenedMaildrop, StreamBroken
 from popsrv.pop3.reading import ReadControl
 from popsrv.pop3.sending import MessageConsumer, ReadGate, sendListing
 from popsrv.pop3.session import Session
-from popsrv.pop3.transport import eagerFlusher, isClosing, tuneForPOP3
+from popsrv.pop3.transport import eagerFlusher, tuneForPOP3
 from popsrv.wire.framing import MessageFramer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -79,10 +79,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self.session = Session(self.environment, self.challenge, factory.expire, factory.policy.loginDelay)
         self.gate: Optional[ReadGate] = None
         self._flush = eagerFlusher(None)
-        self.reading = ReadControl(
-            self.pauseProducing, self.resumeProducing, lambda: bool(self.paused),
-            lambda: self.gate is not None and self.gate.blocked, self.gone,
-        )
+        self.reading = ReadControl(self, self.gone)
         self._abortLater: Optional[IDelayedCall] = None
         self._lost = False
         self._committing = False
@@ -117,7 +114,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         secure = ISSLTransport.providedBy(transport) or INegotiated.providedBy(transport)
         self.environment.connected(transport, secure)
         self._flush = tuneForPOP3(transport)
-        self.gate = ReadGate(transport, self.reading.update, self.gone)  # type: ignore[arg-type]
+        self.gate = self.reading.gate = ReadGate(transport, self.reading.update, self.gone)  # type: ignore[arg-type]
         self.setTimeout(self.factory.timeout)
         if not secure:
             # Over TLS the gate waits for the handshake (handshakeCompleted).
@@ -183,7 +180,9 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
 
     def gone(self) -> bool:
         """Whether the connection is closed or closing."""
-        return self._lost or isClosing(self.transport)
+        # Inline rather than transport.isClosing: it runs several times a command.
+        transport = self.transport
+        return self._lost or transport.disconnecting or getattr(transport, "disconnected", False)  # type: ignore
 
     def _write(self, data: bytes) -> None:
         assert self.transport is not None
@@ -204,7 +203,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         reading while that waits.
         """
         self.resetTimeout()
-        if self.gate is not None and self.environment.secure() and not self.gate.attached:
+        if self.gate is not None and not self.gate.attached and self.environment.secure():
             # A line read over TLS: the handshake is done, even where no
             # handshakeCompleted reached us (a wrapper such as HAProxy's).
             self.gate.attach()
@@ -252,7 +251,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             assert self.transport is not None and self.gate is not None
             return sendListing(self.transport, self.gate, effect, self.resetTimeout)  # type: ignore[arg-type]
         if isinstance(effect, Stream):
-            return defer.ensureDeferred(self._stream(effect))
+            return self._stream(effect)
         if isinstance(effect, StartTLS):
             self._startTLS(effect)
             return None
@@ -302,29 +301,32 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self.environment.tlsStarted()
         self.log.info("TLS started with {peer}", peer=self._peer, event="stls")
 
-    async def _stream(self, effect: Stream) -> None:
+    def _stream(self, effect: Stream) -> defer.Deferred[None]:
         """
         Stream a message from the maildrop through the framer.
         """
         assert self.transport is not None and self.gate is not None and self._opened is not None
         framer = MessageFramer(bodyLines=effect.bodyLines)
         consumer = MessageConsumer(self.transport, self.gate, framer, effect.status, self.resetTimeout)  # type: ignore
-        try:
-            reply = await self._opened.stream(effect, consumer, self.gone)
-        except StreamBroken:
+
+        def sent(reply: Optional[bytes]) -> None:
+            if self.gone():
+                return
+            if reply is not None:
+                self._write(reply)
+                return
+            consumer.finish()
+            if effect.bodyLines is None:
+                self.session.transaction.retrieved(effect.number, effect.message)
+
+        def broken(failure: Failure) -> None:
+            failure.trap(StreamBroken)
             # The client already has "+OK" and part of the message: the only
             # honest thing left is to break the connection.
             self._endReason = "storage error while streaming"
-            self.transport.abortConnection()  # type: ignore[attr-defined]
-            return
-        if self.gone():
-            return
-        if reply is not None:
-            self._write(reply)
-            return
-        consumer.finish()
-        if effect.bodyLines is None:
-            self.session.transaction.retrieved(effect.number)
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+        return self._opened.stream(effect, consumer, self.gone).addCallbacks(sent, broken)
 
     async def _update(self, effect: Update) -> None:
         """

@@ -9,9 +9,14 @@ replies in order, and a client that does not read cannot grow our memory.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.internet import defer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from twisted.protocols.basic import LineReceiver
+
+    from popsrv.pop3.sending import ReadGate
 
 __all__ = ["ReadControl"]
 
@@ -20,23 +25,17 @@ class ReadControl:
     """
     Pauses and resumes reading from the client as the session requires.
 
-    @param pause: stop reading from the transport.
-    @param resume: read from the transport again.
-    @param paused: whether reading is paused now.
-    @param blocked: whether the client's replies are piling up (the read
-        gate's word).
+    @param receiver: the protocol that reads lines (its C{pauseProducing},
+        C{resumeProducing} and C{paused} are LineReceiver's public API).
     @param gone: whether the connection is closed or closing.
+    @ivar gate: the connection's read gate once it has one: while it is
+        blocked (the client's replies pile up), nothing is read.
     """
 
-    def __init__(
-        self, pause: Callable[[], None], resume: Callable[[], None], paused: Callable[[], bool],
-        blocked: Callable[[], bool], gone: Callable[[], bool],
-    ) -> None:
-        self._pause = pause
-        self._resume = resume
-        self._paused = paused
-        self._blocked = blocked
+    def __init__(self, receiver: LineReceiver, gone: Callable[[], bool]) -> None:
+        self._receiver = receiver
         self._gone = gone
+        self.gate: Optional[ReadGate] = None
         self._waiting = False
         self._lineWaiter: Optional[defer.Deferred[Optional[bytes]]] = None
 
@@ -47,11 +46,13 @@ class ReadControl:
         """
         if self._gone():
             return
-        stop = self._waiting or self._blocked()
-        if stop and not self._paused():
-            self._pause()
-        elif not stop and self._paused():
-            self._resume()
+        gate = self.gate
+        stop = self._waiting or (gate is not None and gate.blocked)
+        receiver = self._receiver
+        if stop and not receiver.paused:
+            receiver.pauseProducing()
+        elif not stop and receiver.paused:
+            receiver.resumeProducing()
 
     def commandStarted(self, result: defer.Deferred[Any]) -> None:
         """

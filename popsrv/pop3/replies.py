@@ -51,8 +51,8 @@ def multiline(first: str, lines: Iterable[bytes]) -> bytes:
     """
     A whole multi-line reply whose lines need no dot-stuffing.
     """
-    body = b"".join(line + b"\r\n" for line in lines)
-    return ok(first) + body + b".\r\n"
+    body = b"\r\n".join(lines)
+    return ok(first) + (body + b"\r\n.\r\n" if body else b".\r\n")
 
 
 def printable(data: bytes, limit: int = 40) -> str:

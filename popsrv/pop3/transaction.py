@@ -11,7 +11,7 @@ maildrop.
 from __future__ import annotations
 
 import itertools
-from typing import FrozenSet, Iterable, Iterator, Sequence, Set, Tuple, Union
+from typing import FrozenSet, Iterable, Iterator, Optional, Sequence, Set, Tuple, Union
 
 from popsrv.messages import MessageInfo, MessageList
 from popsrv.pop3 import replies
@@ -138,12 +138,15 @@ class Transaction:
         count, octets = self.totals()
         return Reply(replies.ok(f"maildrop has {count} messages ({octets} octets)"))
 
-    def retrieved(self, number: int) -> None:
+    def retrieved(self, number: int, message: Optional[MessageInfo] = None) -> None:
         """
         RETR sent message C{number} whole: LAST moves, and the message is
         marked seen at QUIT.
+
+        @param message: its entry, if the caller has it at hand.
         """
-        message = self._messages[number - 1]
+        if message is None:
+            message = self._messages[number - 1]
         self._last = max(self._last, number)
         if message.uid not in self._retrieved:
             self._retrieved.add(message.uid)
