@@ -34,7 +34,7 @@ class IMaildrop(Interface):
     L{sendMessage}; then either L{commit} followed by L{release} (the client
     said QUIT) or only L{release} (the connection was lost, timed out or the
     client never finished).  Every method except L{release} may return a
-    L{Deferred} or its result directly; a failure becomes an C{-ERR [SYS/TEMP]}
+    C{Deferred} or its result directly; a failure becomes an C{-ERR [SYS/TEMP]}
     reply for the client and a logged error for the operator.
     """
 
@@ -73,11 +73,11 @@ class IMaildrop(Interface):
         The implementation registers a producer (pull or push) with
         C{consumer} before writing anything, writes the message through it
         honouring backpressure, unregisters it, and then fires the returned
-        L{Deferred} with L{None}.  The octets are the message as stored, with
+        C{Deferred} with C{None}.  The octets are the message as stored, with
         LF or CRLF line ends and without dot-stuffing; the protocol frames
         them.  If the consumer calls the producer's C{stopProducing} (TOP has
         what it needs, or the client went away), the implementation stops
-        reading, releases what it holds, unregisters and fires with L{None}.
+        reading, releases what it holds, unregisters and fires with C{None}.
 
         @raise popsrv.errors.MessageVanished: (or fail with it, before
             registering a producer) if the message no longer exists.
@@ -115,7 +115,7 @@ class ISecretSource(Interface):
     def secretFor(username: bytes) -> Deferred[str | None] | str | None:
         """
         Return the stored secret of C{username} (the login name as the client
-        sent it, UTF-8), or L{None} if there is no such user.
+        sent it, UTF-8), or C{None} if there is no such user.
 
         @raise popsrv.errors.CredentialsUnavailable: (or fail with it) if the
             source cannot answer now (a database is down or too slow); the
@@ -152,7 +152,7 @@ class IScramParameters(Interface):
         """
         Return the salt and iteration count of the keys stored for
         C{username} (UTF-8) and C{mechanism} (such as C{"SCRAM-SHA-256"}),
-        or L{None} if there are none: an unknown user, or one whose secret
+        or C{None} if there are none: an unknown user, or one whose secret
         is of another kind.  The exchange then uses a salt of its own that
         does not tell the two cases apart.
 
@@ -168,10 +168,10 @@ class IScramCredentials(Interface):
     verifies them through C{IUsernameHashedPassword.checkPassword}).
     """
 
-    username = Attribute("The login name, UTF-8 L{bytes}.")
+    username = Attribute("The login name, UTF-8 C{bytes}.")
     mechanism = Attribute("The mechanism's name, such as C{\"SCRAM-SHA-256\"}.")
-    salt = Attribute("The salt the server sent, L{bytes}.")
-    iterations = Attribute("The iteration count the server sent, an L{int}.")
+    salt = Attribute("The salt the server sent, C{bytes}.")
+    iterations = Attribute("The iteration count the server sent, an C{int}.")
 
     def checkKeys(storedKey: bytes, serverKey: bytes) -> bool:
         """

@@ -1,7 +1,7 @@
 """
 Runners: how blocking work (file systems, password hashing, databases) is
 done without blocking the reactor.  A runner takes a function and its
-arguments and returns its result, or a L{Deferred} of it.
+arguments and returns its result, or a C{Deferred} of it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def inline(function: Callable[..., Any], *args: Any) -> Any:
 def threadRunner(reactor) -> Callable[..., Deferred]:
     """
     Return a runner that does blocking work in C{reactor}'s thread pool and
-    returns a L{Deferred} of its result.
+    returns a C{Deferred} of its result.
     """
 
     def run(function: Callable[..., Any], *args: Any) -> Deferred:

@@ -1,6 +1,6 @@
 """
 TLS settings for STLS (RFC 2595): a certificate chain and key loaded into
-Twisted's L{CertificateOptions}, reloadable while the server runs.
+Twisted's C{CertificateOptions}, reloadable while the server runs.
 
 Twisted's defaults are kept (its cipher selection, no compression, server
 cipher preference) with TLS 1.2 as the minimum version.  A certificate file
@@ -69,7 +69,7 @@ class TLSSettings:
     on request (C{twistd popsrv} reloads on SIGHUP), so a renewed
     certificate is used by new STLS sessions without a restart.
 
-    @ivar options: the current L{CertificateOptions}.
+    @ivar options: the current C{CertificateOptions}.
     """
 
     def __init__(self, certificatePath: str, keyPath: str) -> None:

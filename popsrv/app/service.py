@@ -69,7 +69,7 @@ class ListeningService(Service):
     so privileged ports work; a failure to listen is raised at once, so a
     busy port stops C{twistd} with a clear error.
 
-    @ivar port: the L{IListeningPort} once listening.
+    @ivar port: the C{IListeningPort} once listening.
     """
 
     def __init__(
@@ -329,7 +329,7 @@ def _nonNegative(option: str, value: str) -> int:
 
 def _daysOrNever(value: str):
     """
-    Parse --expire: L{None} for NEVER, or a number of days.
+    Parse --expire: C{None} for NEVER, or a number of days.
     """
     if value.upper() == "NEVER":
         return None
@@ -359,7 +359,7 @@ def makeService(
     the parent of the worker processes (L{popsrv.app.workers.WorkerPool}).
 
     @param endpointFor: makes the endpoint of a C{--listen} description
-        (by default, L{endpoints.serverFromString}); a worker gives its own,
+        (by default, C{endpoints.serverFromString}); a worker gives its own,
         to adopt the sockets its parent bound.
     """
     if reactor is None:

@@ -53,8 +53,8 @@ def _reactorRunner() -> Callable[..., defer.Deferred]:
 @implementer(ICredentialsChecker, IScramParameters)
 class StoredSecretChecker:
     """
-    Checks USER/PASS, PLAIN and LOGIN (L{IUsernamePassword}) against any
-    stored secret, and APOP, CRAM-MD5 and SCRAM (L{IUsernameHashedPassword})
+    Checks USER/PASS, PLAIN and LOGIN (C{IUsernamePassword}) against any
+    stored secret, and APOP, CRAM-MD5 and SCRAM (C{IUsernameHashedPassword})
     against C{{PLAIN}} secrets; SCRAM also against stored SCRAM keys.
 
     An unknown user costs what a wrong password costs: the password is
@@ -98,8 +98,8 @@ class StoredSecretChecker:
 
     def requestAvatarId(self, credentials) -> defer.Deferred:
         """
-        Return a L{Deferred} firing with the user name if C{credentials}
-        match the user's stored secret; failing with L{UnauthorizedLogin} if
+        Return a C{Deferred} firing with the user name if C{credentials}
+        match the user's stored secret; failing with C{UnauthorizedLogin} if
         they do not (or there is no such user), or with the source's error
         (such as L{CredentialsUnavailable}) if it cannot answer.
         """
@@ -108,7 +108,7 @@ class StoredSecretChecker:
     def scramParameters(self, username: bytes, mechanism: str) -> defer.Deferred:
         """
         The salt and iteration count of the C{mechanism} keys stored for
-        C{username}, or L{None}; see L{IScramParameters}.
+        C{username}, or C{None}; see L{IScramParameters}.
         """
         return defer.ensureDeferred(self._scramParameters(username, mechanism))
 
@@ -121,7 +121,7 @@ class StoredSecretChecker:
 
     async def _lookUp(self, username: bytes) -> Optional[str]:
         """
-        The stored secret of C{username}, or L{None}.
+        The stored secret of C{username}, or C{None}.
         """
         stored = await defer.maybeDeferred(self.source.secretFor, username)
         if stored is not None and not isinstance(stored, str):

@@ -1,10 +1,10 @@
 """
 twisted.cred credentials for POP3's own login commands.
 
-USER/PASS uses Twisted's L{UsernamePassword}.  APOP (RFC 1939, section 7)
+USER/PASS uses Twisted's C{UsernamePassword}.  APOP (RFC 1939, section 7)
 sends C{MD5(challenge + secret)} for the challenge in the server's greeting;
 L{APOPCredentials} lets any checker that keeps plaintext secrets verify it
-through the standard L{IUsernameHashedPassword} interface.
+through the standard C{IUsernameHashedPassword} interface.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class _DigestCredentials:
     """
     Credentials proving knowledge of a secret with a digest over a server
     challenge; a checker holding the plaintext secret verifies them through
-    L{IUsernameHashedPassword.checkPassword}.
+    C{IUsernameHashedPassword.checkPassword}.
 
     @ivar username: the login name, as sent.
     @ivar challenge: the server's C{<...>} challenge, brackets included.
@@ -67,7 +67,7 @@ class CramMD5Credentials(_DigestCredentials):
     The credentials of a CRAM-MD5 exchange (RFC 2195):
     C{HMAC-MD5(secret, challenge)}.  Unlike Twisted's own
     C{CramMD5Credentials}, this compares in constant time and accepts a
-    secret as L{str} or L{bytes}.
+    secret as C{str} or C{bytes}.
     """
 
     def _digest(self, secret: bytes):

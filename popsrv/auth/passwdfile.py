@@ -70,7 +70,7 @@ class Problem:
 
 def entryUser(line: str) -> Optional[str]:
     """
-    The user name of a passwd line, or L{None} for a blank line or a
+    The user name of a passwd line, or C{None} for a blank line or a
     comment.
     """
     if not line.strip() or line.lstrip().startswith("#"):
@@ -200,7 +200,7 @@ class PasswdFile:
 
     def secretFor(self, username: bytes) -> Optional[str]:
         """
-        The stored secret of C{username}, or L{None}; see L{ISecretSource}.
+        The stored secret of C{username}, or C{None}; see L{ISecretSource}.
 
         @raise CredentialsUnavailable: if the file cannot be read now.
         """

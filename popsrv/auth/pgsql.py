@@ -4,11 +4,11 @@ operator's SQL query to find each user's stored C{{SCHEME}secret}.
 
 How it talks to PostgreSQL, and why: psycopg 3's blocking API, with
 connections kept by C{psycopg_pool.ConnectionPool} and used only from a
-Twisted L{ThreadPool} of its own, as many threads as the pool has
+Twisted C{ThreadPool} of its own, as many threads as the pool has
 connections.
 
     - The reactor never waits: each lookup runs in one of those threads and
-      its result comes back as a L{Deferred}.  The threads are not the
+      its result comes back as a C{Deferred}.  The threads are not the
       reactor's shared pool, so a slow database never holds up Maildir
       work, nor the other way round.
     - psycopg_pool bounds the number of connections, checks a connection
@@ -16,7 +16,7 @@ connections.
       replaced instead of failing a login), reconnects in the background,
       and bounds the wait for a free connection; that wait, libpq's connect
       timeout and a server-side C{statement_timeout} all come from the one
-      C{timeout} setting, and the caller's L{Deferred} fails at that
+      C{timeout} setting, and the caller's C{Deferred} fails at that
       deadline whatever the threads are doing.
     - Twisted's C{adbapi.ConnectionPool} is generic DB-API: it notices a
       dead connection only when a query on it has failed (that login is
@@ -330,7 +330,7 @@ class PostgresSecretSource:
     def stop(self) -> defer.Deferred:
         """
         Close the connections and end the threads; later lookups fail with
-        L{CredentialsUnavailable}.  The L{Deferred} fires once done.
+        L{CredentialsUnavailable}.  The C{Deferred} fires once done.
         """
         self._stopped = True
         pool, threads = self._pool, self._threads
@@ -368,7 +368,7 @@ class PostgresSecretSource:
     def secretFor(self, username: bytes) -> defer.Deferred:
         """
         Run the query for C{username}; fire with the stored secret, or
-        L{None} if the query finds no row (or a NULL).
+        C{None} if the query finds no row (or a NULL).
         """
         if self._stopped:
             return defer.fail(CredentialsUnavailable("the PostgreSQL credential source is stopped"))

@@ -7,15 +7,15 @@ client's messages into ordinary twisted.cred credentials, and the protocol
 logs in with those through its portal, exactly as it does for USER/PASS and
 APOP:
 
-  - PLAIN and LOGIN send the password itself and yield a L{UsernamePassword},
-    which every L{IUsernamePassword} checker can verify;
+  - PLAIN and LOGIN send the password itself and yield a C{UsernamePassword},
+    which every C{IUsernamePassword} checker can verify;
 
   - CRAM-MD5 and SCRAM prove knowledge of the password without sending it.
-    They yield L{IUsernameHashedPassword} providers whose C{checkPassword}
+    They yield C{IUsernameHashedPassword} providers whose C{checkPassword}
     receives the checker's I{plaintext} secret and recomputes the client's
     proof from it (the trick L{popsrv.auth.credentials.APOPCredentials} plays for
     APOP).  So only checkers that hold plaintext secrets and accept
-    L{IUsernameHashedPassword} can verify them, such as Twisted's C{file:}
+    C{IUsernameHashedPassword} can verify them, such as Twisted's C{file:}
     and C{memory:} checkers; a checker of hashed passwords (C{unix:},
     C{file:} with a hash) cannot.  SCRAM's credentials can also be verified
     against stored SCRAM keys (L{popsrv.interfaces.IScramCredentials}), as
@@ -168,11 +168,11 @@ class Exchange:
 
     def step(self, response: Optional[bytes]):
         """
-        Advance with the client's decoded response: L{None} when AUTH had no
+        Advance with the client's decoded response: C{None} when AUTH had no
         initial response, C{b""} for an empty one.
 
         @return: a L{Challenge} to send, or, when the exchange is complete,
-            the twisted.cred credentials to log in with; or a L{Deferred} of
+            the twisted.cred credentials to log in with; or a C{Deferred} of
             either when the step must look something up first (a SCRAM
             exchange given a lookup), which fails with L{SASLError} or with
             the lookup's own error.
@@ -211,7 +211,7 @@ class Exchange:
     def successData(self) -> Optional[bytes]:
         """
         Data the server must still send before its C{+OK}, once a checker
-        has accepted the credentials, or L{None}.
+        has accepted the credentials, or C{None}.
         """
         return None
 
@@ -293,7 +293,7 @@ class ScramCredentials:
     @ivar salt: the salt the server sent.
     @ivar iterations: the iteration count the server sent.
     @ivar serverFinal: the server's final message once a check succeeded,
-        else L{None}.
+        else C{None}.
     """
 
     def __init__(
@@ -323,7 +323,7 @@ class ScramCredentials:
     def checkPassword(self, password) -> bool:
         """
         Return whether the client's proof was made with C{password} (the
-        user's plaintext secret, L{str} or UTF-8 L{bytes}); on success,
+        user's plaintext secret, C{str} or UTF-8 C{bytes}); on success,
         remember the server's final message.
         """
         if isinstance(password, bytes):
@@ -522,7 +522,7 @@ _BY_NAME = {each.name: each for each in MECHANISMS}
 
 def mechanism(name: Union[str, bytes]) -> Optional[Mechanism]:
     """
-    Return the mechanism called C{name} (ASCII, any case), or L{None}.
+    Return the mechanism called C{name} (ASCII, any case), or C{None}.
     """
     if isinstance(name, bytes):
         name = name.decode("latin-1")

@@ -138,7 +138,7 @@ def shaCrypt(password: bytes, salt: str, rounds: Optional[int] = None, variant: 
     """
     Return the SHA-crypt text (C{$5$...} for C{variant} C{"5"}, SHA-256;
     C{$6$...} for C{"6"}, SHA-512) of C{password} with C{salt} (cut to 16
-    characters) and C{rounds} (clamped to 1000..999999999; L{None} for the
+    characters) and C{rounds} (clamped to 1000..999999999; C{None} for the
     default 5000, which is then not written).
     """
     new = hashlib.sha256 if variant == "5" else hashlib.sha512
@@ -329,7 +329,7 @@ def checkStored(stored: str) -> str:
 
 def verify(stored: str, password: bytes) -> bool:
     """
-    Return whether C{password} matches the stored secret C{stored}; L{False}
+    Return whether C{password} matches the stored secret C{stored}; C{False}
     (never an exception) for a scheme that is unknown or a text that does
     not parse.  Slow for every scheme but C{PLAIN}: see L{isSlow}.
     """
@@ -358,7 +358,7 @@ def isSlow(stored: str) -> bool:
 def plaintext(stored: str) -> Optional[bytes]:
     """
     The password itself (UTF-8) if C{stored} is a C{{PLAIN}} secret, else
-    L{None}: only those can verify APOP, CRAM-MD5 and SCRAM without stored
+    C{None}: only those can verify APOP, CRAM-MD5 and SCRAM without stored
     keys.
     """
     try:
@@ -371,7 +371,7 @@ def plaintext(stored: str) -> Optional[bytes]:
 def scramKeys(stored: str, mechanism: str) -> Optional[ScramKeys]:
     """
     The SCRAM keys C{stored} holds for C{mechanism} (e.g.
-    C{"SCRAM-SHA-256"}), or L{None} if it holds none (another scheme, or a
+    C{"SCRAM-SHA-256"}), or C{None} if it holds none (another scheme, or a
     text that does not parse).
     """
     try:
@@ -389,8 +389,8 @@ def _cryptSalt() -> str:
 
 def hashPassword(password, scheme: str = DEFAULT_SCHEME) -> str:
     """
-    Return a new stored secret C{{SCHEME}...} for C{password} (L{str}, or
-    UTF-8 L{bytes}) with a fresh random salt.  C{BLF-CRYPT} keeps only the
+    Return a new stored secret C{{SCHEME}...} for C{password} (C{str}, or
+    UTF-8 C{bytes}) with a fresh random salt.  C{BLF-CRYPT} keeps only the
     first 72 octets of a password, as bcrypt always did.
 
     @raise SchemeError: if C{scheme} is not one L{SCHEMES} names.

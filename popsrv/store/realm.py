@@ -233,7 +233,7 @@ class MaildirRealm:
     @ivar root: the directory every Maildir is below (the template's
         L{MaildirTemplate.base}).
     @ivar runner: how the maildrops do their blocking file work (see
-        L{MaildirMaildrop}); L{None} runs it inline.
+        L{MaildirMaildrop}); C{None} runs it inline.
     """
 
     def __init__(

@@ -37,7 +37,7 @@ class MessageFramer:
 
     def __init__(self, bodyLines: Optional[int] = None) -> None:
         """
-        @param bodyLines: L{None} to frame the whole message (RETR), or the
+        @param bodyLines: C{None} to frame the whole message (RETR), or the
             number of body lines to send after the headers (TOP).
         """
         self.done = False

@@ -28,7 +28,7 @@ class FileProducer:
     chunk, so a reply's terminator can follow the last chunk without a
     round trip through the reactor.
 
-    @ivar done: fires with L{None} when the whole file was written or the
+    @ivar done: fires with C{None} when the whole file was written or the
         consumer stopped the producer; the file is closed by then.
     """
 
@@ -91,7 +91,7 @@ class FileProducer:
 
 def sendFile(fileObject: BinaryIO, consumer: IConsumer, chunkSize: int = CHUNK_SIZE) -> Deferred[None]:
     """
-    Stream a file object to a consumer; the returned L{Deferred} fires when
+    Stream a file object to a consumer; the returned C{Deferred} fires when
     it has all been written (or the consumer stopped it).
     """
     return FileProducer(fileObject, consumer, chunkSize).start()

@@ -43,7 +43,7 @@ from popsrv.pop3 import POP3Factory
 from popsrv.store.maildir import deliver
 from popsrv.store.memory import MemoryRealm
 from tests.support.pgserver import HOST, PostgresServer, freePort
-from tests.support.servers import LISTEN_LOCAL, Launcher, ReactorThread, runTwistd
+from tests.support.servers import LISTEN_LOCAL, REPO_ROOT, Launcher, ReactorThread, runTwistd
 
 QUERY = "SELECT password FROM users WHERE userid = %(user)s"
 SHORT = 1.0  # the timeout of the tests that wait for one
@@ -839,3 +839,29 @@ def test_stopDoesNotWaitForeverForAStuckPool() -> None:
     assert stopped == [None]
     assert not threads.stopped
     assert [e["event"] for e in events if e.get("event") == "pgsql-stop-timeout"] == ["pgsql-stop-timeout"]
+
+
+def test_withoutPsycopgTheCheckerSaysWhatToInstall(tmp_path):
+    """
+    Without psycopg (the pgsql extra), popsrv still imports, and --auth
+    pgsql:FILE stops with one line naming the extra to install.
+    """
+    import subprocess
+    import sys
+
+    settings = tmp_path / "pgsql.conf"
+    settings.write_text("[pgsql]\nconninfo = host=127.0.0.1\nquery = SELECT 1\n")
+    script = (
+        "import sys\n"
+        "sys.modules['psycopg'] = None\n"
+        "sys.modules['psycopg_pool'] = None\n"
+        "import popsrv\n"
+        "from twisted.cred import strcred\n"
+        "try:\n"
+        f"    strcred.makeChecker('pgsql:{settings}')\n"
+        "except ValueError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            cwd=str(REPO_ROOT))
+    assert result.stdout.strip() == "pgsql needs psycopg: pip install 'popsrv[pgsql]'", result.stderr

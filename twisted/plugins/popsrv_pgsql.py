@@ -48,8 +48,12 @@ class PostgresCheckerFactory:
         Read the settings file C{argstring} and return the checker; the
         source connects when the reactor starts.
         """
-        from popsrv.auth.pgsql import readSettings, sourceForReactor
-
+        try:
+            from popsrv.auth.pgsql import readSettings, sourceForReactor
+        except ImportError as error:
+            if not (error.name or "").startswith("psycopg"):
+                raise
+            raise ValueError("pgsql needs psycopg: pip install 'popsrv[pgsql]'")
         if not argstring.strip():
             raise ValueError("pgsql needs the path of its settings file: --auth pgsql:/etc/popsrv/pgsql.conf")
         settings = readSettings(argstring)

@@ -75,7 +75,7 @@ def orderKey(name: str) -> tuple[int, int, str, str]:
 
 def recordedSize(base: str) -> Optional[int]:
     """
-    The POP3 size a base name records in its C{,W=} field, or L{None}.
+    The POP3 size a base name records in its C{,W=} field, or C{None}.
     """
     match = _VIRTUAL_SIZE.search(base)
     return None if match is None else int(match.group(1))
@@ -84,7 +84,7 @@ def recordedSize(base: str) -> Optional[int]:
 def _parse(fileName: str) -> Optional[tuple]:
     """
     Parse a name of C{cur/}: its sort key, base name, uid, POP3 size and
-    seen flag, or L{None} if it records no POP3 size.
+    seen flag, or C{None} if it records no POP3 size.
 
     (A plain tuple of plain values: the garbage collector stops tracking it
     at its first collection, so keeping 100,000 of them costs nothing.)
@@ -139,7 +139,7 @@ class CurListing:
     @ivar fileNames: the file name of each message of L{messages}, by uid;
         never changed either.
     @ivar signature: what identifies the state of C{cur/} this listing is
-        known to be complete for (its owner's to set), or L{None}.
+        known to be complete for (its owner's to set), or C{None}.
     """
 
     def __init__(self) -> None:
@@ -171,7 +171,7 @@ class CurListing:
         C{cur/} (each once).
 
         @param withSize: called with each name that records no POP3 size;
-            returns the file's new name, which does, or L{None} if the
+            returns the file's new name, which does, or C{None} if the
             message is gone.
         @param account: called for each name parsed (to pace CPU work).
         @param admit: if given, called with each name the listing does not

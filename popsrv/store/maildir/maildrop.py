@@ -414,7 +414,7 @@ class MaildirMaildrop:
     def _recordSize(self, directory: str, fileName: str, target: str) -> str | None:
         """
         Measure a message and rename it into C{cur/} as C{target} with its
-        sizes in the name; return the new name (L{None} if it vanished).
+        sizes in the name; return the new name (C{None} if it vanished).
         """
         source = os.path.join(directory, fileName)
         base, info = splitName(target)
