@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import array
 from collections.abc import Sequence as SequenceABC
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence, Union, overload
 
 __all__ = ["MessageInfo", "MessageList"]
 
@@ -34,7 +34,7 @@ class MessageInfo(NamedTuple):
     seen: bool = False
 
 
-class MessageList(SequenceABC):
+class MessageList(SequenceABC):  # type: ignore[type-arg]  # a Sequence[MessageInfo]; SequenceABC is not generic before 3.9's runtime
     """
     A snapshot of messages (a sequence of L{MessageInfo}) stored by column:
     a list of uids, an array of sizes, and the seen flags as bytes.
@@ -49,7 +49,7 @@ class MessageList(SequenceABC):
 
     __slots__ = ("_uids", "_sizes", "_seen")
 
-    def __init__(self, uids: list[str], sizes: array.array, seen: bytearray) -> None:
+    def __init__(self, uids: list[str], sizes: array.array[int], seen: bytearray) -> None:
         self._uids = uids
         self._sizes = sizes
         self._seen = seen
@@ -69,7 +69,13 @@ class MessageList(SequenceABC):
     def __len__(self) -> int:
         return len(self._uids)
 
-    def __getitem__(self, index):
+    @overload
+    def __getitem__(self, index: int) -> MessageInfo: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[MessageInfo]: ...
+
+    def __getitem__(self, index: Union[int, slice]) -> Union[MessageInfo, list[MessageInfo]]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         return MessageInfo(self._uids[index], self._sizes[index], bool(self._seen[index]))

@@ -18,14 +18,16 @@ drives them through real POP3 in a few lines::
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Union
+from typing import List, Mapping, Optional, Union
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
-from twisted.test import iosim
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from popsrv.pop3 import POP3Factory
 from popsrv.store.memory import MemoryRealm
@@ -51,8 +53,57 @@ class _Collector(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.received += data
 
-    def connectionLost(self, reason=None) -> None:
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self.lost = True
+
+
+class _MemoryConnection:
+    """
+    Two L{StringTransport}s joined: what one side writes, the other
+    receives when L{flush} runs; a pull producer registered by the server
+    (a message streaming) runs as a transport with an always-empty send
+    buffer would run it; either side's close reaches both.
+    """
+
+    def __init__(self, server: Protocol, client: _Collector, serverAddress: IPv4Address,
+                 clientAddress: IPv4Address) -> None:
+        self._server = server
+        self._client = client
+        self._serverTransport = StringTransport(hostAddress=serverAddress, peerAddress=clientAddress)
+        self._clientTransport = StringTransport(hostAddress=clientAddress, peerAddress=serverAddress)
+        self._closed = False
+        server.makeConnection(self._serverTransport)
+        client.makeConnection(self._clientTransport)
+
+    def flush(self) -> None:
+        """
+        Deliver everything either side wrote, until nothing moves.
+        """
+        while self._step():
+            pass
+
+    def _step(self) -> bool:
+        moved = False
+        toServer = self._clientTransport.value()
+        if toServer and not self._closed:
+            self._clientTransport.clear()
+            self._server.dataReceived(toServer)
+            moved = True
+        producer = self._serverTransport.producer
+        if producer is not None and not self._serverTransport.streaming and not self._closed:
+            producer.resumeProducing()
+            moved = True
+        toClient = self._serverTransport.value()
+        if toClient:
+            self._serverTransport.clear()
+            self._client.dataReceived(toClient)
+            moved = True
+        if not self._closed and (self._serverTransport.disconnecting or self._clientTransport.disconnecting):
+            self._closed = True
+            self._server.connectionLost(Failure(ConnectionDone()))
+            self._client.connectionLost(Failure(ConnectionDone()))
+            moved = True
+        return moved
 
 
 def _text(line: Union[str, bytes]) -> bytes:
@@ -77,13 +128,9 @@ class POP3TestClient:
         self.clock = clock
         server = IPv4Address("TCP", "127.0.0.1", 110)
         client = IPv4Address("TCP", peer, 40000)
-        self._collector, self.server, self._pump = iosim.connectedServerAndClient(
-            lambda: factory.buildProtocol(client),
-            _Collector,
-            serverTransportFactory=lambda p: iosim.FakeTransport(p, True, hostAddress=server, peerAddress=client),
-            clientTransportFactory=lambda p: iosim.FakeTransport(p, False, hostAddress=client, peerAddress=server),
-            clock=clock,
-        )
+        self.server = factory.buildProtocol(client)
+        self._collector = _Collector()
+        self._pump = _MemoryConnection(self.server, self._collector, server, client)
         self.greeting = self.readLine()
 
     @property
@@ -98,7 +145,9 @@ class POP3TestClient:
         """
         Send raw bytes to the server (no line end is added).
         """
-        self._collector.transport.write(_text(data))
+        transport = self._collector.transport
+        assert transport is not None
+        transport.write(_text(data))
         self._pump.flush()
 
     def readLine(self) -> str:
@@ -152,7 +201,7 @@ class POP3TestClient:
         after the status line, un-dot-stuffed, without line ends.
         """
         self.command(line)
-        lines = []
+        lines: List[bytes] = []
         while True:
             data = self._readLineBytes()
             if data == b".":
@@ -182,7 +231,9 @@ class POP3TestClient:
         """
         Drop the connection without QUIT, as a client that crashes does.
         """
-        self._collector.transport.loseConnection()
+        transport = self._collector.transport
+        assert transport is not None
+        transport.loseConnection()
         self._pump.flush()
 
 

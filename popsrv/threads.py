@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 
 __all__ = ["inline", "threadRunner"]
@@ -21,13 +22,13 @@ def inline(function: Callable[..., Any], *args: Any) -> Any:
     return function(*args)
 
 
-def threadRunner(reactor) -> Callable[..., Deferred]:
+def threadRunner(reactor: IReactorThreads) -> Callable[..., Deferred[Any]]:
     """
     Return a runner that does blocking work in C{reactor}'s thread pool and
     returns a C{Deferred} of its result.
     """
 
-    def run(function: Callable[..., Any], *args: Any) -> Deferred:
+    def run(function: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
 
     return run

@@ -10,8 +10,6 @@ intermediates.
 
 from __future__ import annotations
 
-import re
-
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import ssl
@@ -19,7 +17,6 @@ from twisted.logger import Logger
 
 __all__ = ["TLSConfigError", "TLSSettings", "loadCertificateOptions"]
 
-_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 log = Logger()
 
@@ -45,16 +42,18 @@ def loadCertificateOptions(certificatePath: str, keyPath: str) -> ssl.Certificat
             keyPEM = f.read()
     except OSError as error:
         raise TLSConfigError(f"cannot read {error.filename}: {error.strerror}")
-    blocks = _PEM_CERTIFICATE.findall(chainPEM)
-    if not blocks:
+    try:
+        chain = x509.load_pem_x509_certificates(chainPEM)
+    except ValueError:
         raise TLSConfigError(f"{certificatePath} holds no PEM certificate")
     try:
-        chain = [x509.load_pem_x509_certificate(block) for block in blocks]
         key = serialization.load_pem_private_key(keyPEM, password=None)
         options = ssl.CertificateOptions(
-            privateKey=key,
-            certificate=chain[0],
-            extraCertChain=chain[1:],
+            # Twisted's annotations still name pyOpenSSL's X509 and PKey,
+            # which pyOpenSSL itself deprecates in favour of these.
+            privateKey=key,  # type: ignore[arg-type]
+            certificate=chain[0],  # type: ignore[arg-type]
+            extraCertChain=chain[1:],  # type: ignore[arg-type]
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         )
         options.getContext()

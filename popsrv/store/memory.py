@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import itertools
-from typing import AbstractSet, Iterable, Mapping, Union
+from typing import AbstractSet, Any, Callable, Iterable, Mapping, Tuple, Union
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
@@ -116,12 +116,16 @@ class MemoryRealm:
             self.maildrops[name] = MemoryMaildrop(name)
         return self.maildrops[name]
 
-    def requestAvatar(self, avatarId, mind, *interfaces):
+    def requestAvatar(
+        self, avatarId: Union[bytes, str, Tuple[()]], mind: object, *interfaces: Any
+    ) -> Tuple[Any, IMaildrop, Callable[[], None]]:
         """
         Return the maildrop of the user C{avatarId}.
         """
         if IMaildrop not in interfaces:
             raise NotImplementedError("MemoryRealm only provides IMaildrop")
+        if not isinstance(avatarId, (bytes, str)):
+            raise UnauthorizedLogin("anonymous logins are not served")
         if isinstance(avatarId, bytes):
             try:
                 avatarId = avatarId.decode("utf-8")

@@ -262,10 +262,14 @@ class MaildirRealm:
         path = self.template.expand(login)
         return MaildirMaildrop(path, canonicalLogin(login), runner=self.runner)
 
-    def requestAvatar(self, avatarId, mind, *interfaces):
+    def requestAvatar(
+        self, avatarId: Union[bytes, str, Tuple[()]], mind: object, *interfaces: Any
+    ) -> Tuple[Any, IMaildrop, Callable[[], None]]:
         """
         Return C{(IMaildrop, maildrop, logout)} for the user C{avatarId}.
         """
         if IMaildrop not in interfaces:
             raise NotImplementedError("MaildirRealm only provides IMaildrop")
+        if not isinstance(avatarId, (bytes, str)):
+            raise UnauthorizedLogin("anonymous logins are not served")
         return IMaildrop, self.maildropFor(avatarId), lambda: None

@@ -8,7 +8,7 @@ message of any size is sent with a bounded amount of memory.
 
 from __future__ import annotations
 
-from typing import BinaryIO
+from typing import BinaryIO, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPullProducer
@@ -33,7 +33,7 @@ class FileProducer:
     """
 
     def __init__(self, fileObject: BinaryIO, consumer: IConsumer, chunkSize: int = CHUNK_SIZE) -> None:
-        self._file = fileObject
+        self._file: Optional[BinaryIO] = fileObject
         self._consumer = consumer
         self._chunkSize = chunkSize
         self.done: Deferred[None] = Deferred()

@@ -20,9 +20,14 @@ import hashlib
 import heapq
 import re
 import threading
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Tuple
 
 from popsrv.messages import MessageList
+
+# How names of cur/ sort: delivery time, microseconds, the unique part, the base.
+OrderKey = Tuple[int, int, str, str]
+# A parsed name of cur/: its sort key, base name, uid, POP3 size, seen flag.
+ParsedName = Tuple[OrderKey, str, str, int, bool]
 
 __all__ = ["CurListing", "ListingCache", "orderKey", "splitName", "uidFor"]
 
@@ -81,7 +86,7 @@ def recordedSize(base: str) -> Optional[int]:
     return None if match is None else int(match.group(1))
 
 
-def _parse(fileName: str) -> Optional[tuple]:
+def _parse(fileName: str) -> Optional[ParsedName]:
     """
     Parse a name of C{cur/}: its sort key, base name, uid, POP3 size and
     seen flag, or C{None} if it records no POP3 size.
@@ -101,7 +106,7 @@ def _parse(fileName: str) -> Optional[tuple]:
 SORT_STEP = 4096
 
 
-def _sortedInSteps(names: list[str], key: Callable, pause: Callable[[], None]) -> list[str]:
+def _sortedInSteps(names: list[str], key: Callable[[str], Any], pause: Callable[[], None]) -> list[str]:
     """
     Sort names in runs of L{SORT_STEP}, pausing after each, and merge the
     runs: one sort of 100,000 names would hold the GIL for a tenth of a
@@ -116,7 +121,7 @@ def _sortedInSteps(names: list[str], key: Callable, pause: Callable[[], None]) -
     return _mergedInSteps(runs, key, pause)
 
 
-def _mergedInSteps(runs: list[list[str]], key: Callable, pause: Callable[[], None]) -> list[str]:
+def _mergedInSteps(runs: list[list[str]], key: Callable[[str], Any], pause: Callable[[], None]) -> list[str]:
     """
     Merge sorted runs of names, pausing every L{SORT_STEP} names.
     """
@@ -143,8 +148,8 @@ class CurListing:
     """
 
     def __init__(self) -> None:
-        self.signature: Optional[tuple] = None
-        self._parsed: dict[str, tuple] = {}
+        self.signature: Optional[Tuple[int, int, int, int]] = None
+        self._parsed: dict[str, ParsedName] = {}
         self._order: list[str] = []
         self.messages = MessageList([], array.array("q"), bytearray())
         self.fileNames: dict[str, str] = {}
@@ -195,13 +200,15 @@ class CurListing:
             entry = _parse(name)
             if entry is None:
                 renamed = withSize(name)
-                entry = None if renamed is None else _parse(renamed)
+                if renamed is None:
+                    continue
+                entry = _parse(renamed)
                 if entry is None:
                     continue
                 name = renamed
             parsed[name] = entry
             added.append(name)
-        def key(name: str):
+        def key(name: str) -> OrderKey:
             return parsed[name][0]
 
         added = _sortedInSteps(added, key, pause)

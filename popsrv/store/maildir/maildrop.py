@@ -28,7 +28,7 @@ import os
 import re
 import stat
 import time
-from typing import AbstractSet, Any, Callable, Mapping, Optional
+from typing import AbstractSet, Any, BinaryIO, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IConsumer
@@ -37,7 +37,7 @@ from zope.interface import implementer
 
 from popsrv.errors import MaildropError, MaildropLocked, MaildropUnusable, MessageVanished
 from popsrv.interfaces import IMaildrop
-from popsrv.messages import MessageInfo
+from popsrv.messages import MessageInfo, MessageList
 from popsrv.store.maildir.listing import ListingCache, recordedSize, splitName
 from popsrv.threads import inline
 from popsrv.wire.framing import normalizedSize
@@ -87,7 +87,7 @@ def _settleTime(mtimeNS: int) -> int:
     return COARSE_SETTLED_NS if mtimeNS % 10**9 == 0 else SETTLED_NS
 
 
-def _openMessage(path: str):
+def _openMessage(path: str) -> BinaryIO:
     """
     Open a message file for reading, refusing symbolic links.
     """
@@ -122,7 +122,7 @@ def _measure(path: str, pacer: _GILPacer) -> tuple[int, int]:
     with _openMessage(path) as f:
         physical = os.fstat(f.fileno()).st_size
 
-        def chunks():
+        def chunks() -> Iterator[bytes]:
             while chunk := f.read(_MEASURE_CHUNK):
                 yield chunk
                 pacer.account(len(chunk))
@@ -195,7 +195,7 @@ class MaildirMaildrop:
             raise
         self._lockFD = fd
 
-    def listMessages(self):
+    def listMessages(self) -> Union[Sequence[MessageInfo], Deferred[Sequence[MessageInfo]]]:
         """
         Move new mail to C{cur/} and snapshot C{cur/}: right away when that
         is certainly quick (no new mail to measure, a small C{cur/}), else
@@ -206,7 +206,8 @@ class MaildirMaildrop:
             # for the next session rather than being measured, perhaps
             # large, on this thread.
             return self._snapshot(deliverNew=False, inThread=False)
-        return self._run(self._snapshot, True, self._run is not inline)
+        listing: Deferred[Sequence[MessageInfo]] = self._run(self._snapshot, True, self._run is not inline)
+        return listing
 
     def _quickToList(self) -> bool:
         """
@@ -223,7 +224,7 @@ class MaildirMaildrop:
         except OSError:
             return False
 
-    def _snapshot(self, deliverNew: bool = True, inThread: bool = False) -> list[MessageInfo]:
+    def _snapshot(self, deliverNew: bool = True, inThread: bool = False) -> MessageList:
         """
         Move new mail to C{cur/} (unless told not to) and snapshot C{cur/},
         parsing only the names that the listing kept from an earlier
@@ -305,7 +306,7 @@ class MaildirMaildrop:
             return fail(MaildropError(f"cannot read message {uid}: {error.strerror}"))
         return sendFile(fileObject, consumer, self._chunkSize)
 
-    def commit(self, deleted: AbstractSet[str], seen: AbstractSet[str]):
+    def commit(self, deleted: AbstractSet[str], seen: AbstractSet[str]) -> Optional[Deferred[None]]:
         """
         Mark retrieved messages seen, then unlink the deleted ones (right
         away for a few files, else through the runner).
@@ -336,7 +337,7 @@ class MaildirMaildrop:
         snapshot; only if that name is gone (its flags changed) is C{cur/}
         searched for its new one.
         """
-        problems = []
+        problems: list[tuple[str, Exception]] = []
         for uid in seen - deleted:
             try:
                 self._markSeen(uid)
