@@ -73,7 +73,7 @@ class _MemoryConnection:
         self._clientTransport = StringTransport(hostAddress=clientAddress, peerAddress=serverAddress)
         self._closed = False
         server.makeConnection(self._serverTransport)
-        client.makeConnection(self._clientTransport)
+        client.makeConnection(self._clientTransport)  # type: ignore[no-untyped-call]  # not annotated in Twisted
 
     def flush(self) -> None:
         """

@@ -232,7 +232,7 @@ class WorkerPool(Service):
             adopt += ["--adopt", f"{fd}:{_familyOf(port)}"]
         worker = _WorkerProcess(self, index)
         argv = [self._executable, "-m", "popsrv.app.workers", "--index", str(index), *adopt, "--", *self.arguments]
-        from popsrv.auth.sasl import placeholderKeyEnvironment
+        from popsrv.auth.scram import placeholderKeyEnvironment
 
         env = {**os.environ, **placeholderKeyEnvironment()}
         self.reactor.spawnProcess(worker, self._executable, argv, env=env, childFDs=childFDs)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple, Union
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
@@ -38,7 +38,7 @@ DEFAULT_CONCURRENCY = max(1, (os.cpu_count() or 1) // 2)
 DEFAULT_MAX_WAITING = 256
 
 
-def _reactorRunner() -> Callable[..., defer.Deferred]:
+def _reactorRunner() -> Callable[..., defer.Deferred[Any]]:
     """
     A runner over the global reactor's thread pool, for checkers made
     without one (as C{twistd}'s C{--auth} plugins are).
@@ -47,7 +47,7 @@ def _reactorRunner() -> Callable[..., defer.Deferred]:
 
     from popsrv.threads import threadRunner
 
-    return threadRunner(reactor)
+    return threadRunner(reactor)  # type: ignore[arg-type]  # the global reactor provides IReactorThreads
 
 
 @implementer(ICredentialsChecker, IScramParameters)
@@ -96,7 +96,7 @@ class StoredSecretChecker:
         """
         return len(self._slots.waiting)
 
-    def requestAvatarId(self, credentials) -> defer.Deferred:
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[Union[bytes, Tuple[()]]]:
         """
         Return a C{Deferred} firing with the user name if C{credentials}
         match the user's stored secret; failing with C{UnauthorizedLogin} if
@@ -105,7 +105,7 @@ class StoredSecretChecker:
         """
         return defer.ensureDeferred(self._check(credentials))
 
-    def scramParameters(self, username: bytes, mechanism: str) -> defer.Deferred:
+    def scramParameters(self, username: bytes, mechanism: str) -> defer.Deferred[Optional[ScramParameters]]:
         """
         The salt and iteration count of the C{mechanism} keys stored for
         C{username}, or C{None}; see L{IScramParameters}.
@@ -128,7 +128,7 @@ class StoredSecretChecker:
             raise TypeError(f"{self.source!r} returned {type(stored).__name__}, not a str secret")
         return stored
 
-    async def _check(self, credentials) -> bytes:
+    async def _check(self, credentials: Any) -> bytes:
         username = credentials.username
         stored = await self._lookUp(username)
         if IScramCredentials.providedBy(credentials):
@@ -142,7 +142,8 @@ class StoredSecretChecker:
             raise UnauthorizedLogin("unsupported credentials")
         if not matched:
             raise UnauthorizedLogin("no such user" if stored is None else "wrong credentials")
-        return username
+        name: bytes = username
+        return name
 
     async def _checkPassword(self, stored: Optional[str], password: bytes) -> bool:
         """
@@ -157,7 +158,7 @@ class StoredSecretChecker:
             return False
         return bool(await self._slow(schemes.verify, stored, password))
 
-    async def _checkScram(self, credentials, stored: Optional[str]) -> bool:
+    async def _checkScram(self, credentials: Any, stored: Optional[str]) -> bool:
         """
         Verify a SCRAM exchange: against stored keys of its mechanism (cheap:
         they are already derived) if the exchange used their salt and
@@ -183,7 +184,7 @@ class StoredSecretChecker:
             self._dummy = schemes.hashPassword(secrets.token_bytes(16))
         return schemes.verify(self._dummy, password)
 
-    def _slow(self, function: Callable[..., Any], *args: Any) -> defer.Deferred:
+    def _slow(self, function: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         """
         Run a slow check in the runner, when one of the C{concurrency} slots
         is free.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from typing import Union
 
 from twisted.cred.credentials import IUsernameHashedPassword
 from zope.interface import implementer
@@ -37,17 +38,17 @@ class _DigestCredentials:
         self.username = username
         self.digest = digest.lower()
 
-    def checkPassword(self, password) -> bool:
+    def checkPassword(self, password: Union[str, bytes]) -> bool:
         """
         Return whether C{password} (the user's plaintext secret) produces the
         client's digest; compared in constant time.
         """
         if isinstance(password, str):
             password = password.encode("utf-8")
-        expected = self._digest(password).hexdigest().encode("ascii")
+        expected = self._hexDigest(password).encode("ascii")
         return hmac.compare_digest(expected, self.digest)
 
-    def _digest(self, secret: bytes):
+    def _hexDigest(self, secret: bytes) -> str:
         raise NotImplementedError()
 
 
@@ -57,8 +58,8 @@ class APOPCredentials(_DigestCredentials):
     The credentials of an APOP command: C{MD5(challenge + secret)}.
     """
 
-    def _digest(self, secret: bytes):
-        return hashlib.md5(self.challenge + secret)
+    def _hexDigest(self, secret: bytes) -> str:
+        return hashlib.md5(self.challenge + secret).hexdigest()
 
 
 @implementer(IUsernameHashedPassword)
@@ -70,5 +71,5 @@ class CramMD5Credentials(_DigestCredentials):
     secret as C{str} or C{bytes}.
     """
 
-    def _digest(self, secret: bytes):
-        return hmac.new(secret, self.challenge, hashlib.md5)
+    def _hexDigest(self, secret: bytes) -> str:
+        return hmac.new(secret, self.challenge, hashlib.md5).hexdigest()

@@ -31,6 +31,9 @@ from popsrv.interfaces import ISecretSource
 
 __all__ = ["PasswdFile", "PasswdFileError", "PasswdSyntaxError", "Problem", "parsePasswd"]
 
+# What identifies a version of the file: device, inode, size, modification time.
+_Signature = Tuple[int, int, int, int]
+
 log = Logger()
 
 
@@ -126,7 +129,7 @@ class PasswdFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self._secrets: Dict[str, str] = {}
-        self._signature: Optional[tuple] = None
+        self._signature: Optional[Tuple[object, ...]] = None
         # Why the file cannot be read now, if it cannot.
         self._unreadable: Optional[str] = None
         try:
@@ -134,11 +137,11 @@ class PasswdFile:
         except OSError as error:
             raise PasswdFileError(f"cannot read {path}: {error.strerror or error}")
 
-    def _stat(self) -> tuple:
+    def _stat(self) -> _Signature:
         status = os.stat(self.path)
         return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
 
-    def _load(self, signature: tuple) -> None:
+    def _load(self, signature: _Signature) -> None:
         """
         Read and parse the file; use it only if it parses.
         """
@@ -185,7 +188,7 @@ class PasswdFile:
         except OSError as error:
             self._cannotRead(signature, error)
 
-    def _cannotRead(self, signature: tuple, error: OSError) -> None:
+    def _cannotRead(self, signature: Tuple[object, ...], error: OSError) -> None:
         """
         The file changed and cannot be read: refuse logins until it can.
         """

@@ -19,7 +19,7 @@ import os
 import stat
 import sys
 import tempfile
-from typing import BinaryIO, List, Optional, TextIO
+from typing import BinaryIO, List, Optional, TextIO, Union
 
 from popsrv.auth import schemes
 from popsrv.auth.passwdfile import PasswdFileError, entryUser, parsePasswd
@@ -117,7 +117,7 @@ def _askPassword(stdin: TextIO, stderr: TextIO) -> bytes:
             raise ToolError("the passwords differ")
         password = first.encode("utf-8")
     else:
-        source: BinaryIO = getattr(stdin, "buffer", None) or stdin
+        source: Union[BinaryIO, TextIO] = getattr(stdin, "buffer", None) or stdin
         line = source.readline()
         if isinstance(line, str):
             line = line.encode("utf-8")
@@ -141,7 +141,7 @@ def _entry(user: str, secret: str, old: Optional[str]) -> str:
     return f"{user}:{secret}{rest}{ending}"
 
 
-def _setPassword(options, stdin: TextIO, stderr: TextIO, adding: bool) -> str:
+def _setPassword(options: argparse.Namespace, stdin: TextIO, stderr: TextIO, adding: bool) -> str:
     _checkUser(options.user)
     lines = _readLines(options.file, mustExist=not adding)
     index = _find(lines, options.user)
@@ -164,7 +164,7 @@ def _setPassword(options, stdin: TextIO, stderr: TextIO, adding: bool) -> str:
     return f"{'added' if adding else 'changed the password of'} {options.user} ({options.scheme.upper()})"
 
 
-def _delete(options) -> str:
+def _delete(options: argparse.Namespace) -> str:
     _checkUser(options.user)
     lines = _readLines(options.file, mustExist=True)
     index = _find(lines, options.user)
@@ -175,7 +175,7 @@ def _delete(options) -> str:
     return f"removed {options.user}"
 
 
-def _list(options, stdout: TextIO) -> None:
+def _list(options: argparse.Namespace, stdout: TextIO) -> None:
     lines = _readLines(options.file, mustExist=True)
     for line in lines:
         user = entryUser(line.rstrip("\r\n"))

@@ -49,22 +49,15 @@ nothing else.
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
-import os
-import secrets
 from typing import Callable, Optional, Union
 
 import attr
-from scramp import ScramException, ScramMechanism
-from scramp.utils import ServerError
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword, UsernamePassword
-from twisted.internet import defer
-from zope.interface import implementer
 from zope.interface.interface import InterfaceClass
 
 from popsrv.auth.credentials import HEX_DIGEST, CramMD5Credentials
-from popsrv.interfaces import IScramCredentials, ScramParameters
+from popsrv.auth.exchange import Challenge, Exchange, Lookup, SASLError, checkedText
+from popsrv.auth.scram import ScramCredentials, ScramExchange, placeholderKeyEnvironment, placeholderSalt
 
 __all__ = [
     "MECHANISMS",
@@ -75,146 +68,9 @@ __all__ = [
     "SASLError",
     "ScramCredentials",
     "mechanism",
+    "placeholderKeyEnvironment",
     "placeholderSalt",
 ]
-
-SCRAM_SALT_OCTETS = 16
-# scramp's shortest salt: stored keys with a shorter one cannot be used in
-# an exchange (Dovecot's salts have 16 octets).
-SCRAM_MIN_SALT_OCTETS = 12
-# The key of the placeholder salts.  Worker processes get their parent's
-# (through the environment), so that every process of a server gives an
-# unknown user the same salt: salts that differ from one connection to the
-# next would tell unknown users from users with stored keys.
-PLACEHOLDER_KEY_VARIABLE = "POPSRV_SCRAM_SALT_KEY"
-
-
-def _placeholderKey() -> bytes:
-    inherited = os.environ.get(PLACEHOLDER_KEY_VARIABLE, "")
-    try:
-        key = bytes.fromhex(inherited)
-    except ValueError:
-        key = b""
-    return key if len(key) >= 32 else secrets.token_bytes(32)
-
-
-_PLACEHOLDER_KEY = _placeholderKey()
-
-
-def placeholderKeyEnvironment() -> dict[str, str]:
-    """
-    The environment that gives a child process this process's key of
-    placeholder salts.
-    """
-    return {PLACEHOLDER_KEY_VARIABLE: _PLACEHOLDER_KEY.hex()}
-
-# A lookup: (user name, mechanism name) -> ScramParameters or None, or a
-# Deferred of that.
-Lookup = Callable[[bytes, str], object]
-
-
-def placeholderSalt(username: bytes, mechanismName: str) -> bytes:
-    """
-    The salt a SCRAM exchange sends for a user without stored keys: stable
-    for this process, different for every user, and unpredictable.
-    """
-    message = mechanismName.encode("ascii") + b"\0" + username
-    return hmac.new(_PLACEHOLDER_KEY, message, hashlib.sha256).digest()[:SCRAM_SALT_OCTETS]
-
-
-class SASLError(Exception):
-    """
-    The client's SASL data is malformed or unacceptable (e.g. a PLAIN authzid
-    that differs from the authcid, a SCRAM message that does not parse, a
-    missing part).  The protocol answers it like a failed login (C{-ERR
-    [AUTH]}), so the message is for the operator's log only.
-    """
-
-
-@attr.s(frozen=True, slots=True, auto_attribs=True)
-class Challenge:
-    """
-    A server challenge: the protocol sends C{"+ " + base64(data)}.
-    """
-
-    data: bytes
-
-
-def _text(data: bytes, what: str) -> bytes:
-    """
-    Return C{data} if it is a non-empty UTF-8 string without NUL; raise
-    L{SASLError} naming C{what} otherwise.
-    """
-    if not data:
-        raise SASLError(f"the {what} is empty")
-    if b"\0" in data:
-        raise SASLError(f"the {what} contains NUL")
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SASLError(f"the {what} is not UTF-8")
-    return data
-
-
-class Exchange:
-    """
-    One authentication with one mechanism: one AUTH command.
-
-    Subclasses implement C{_step}; this class checks the order of calls.
-    """
-
-    _started = False
-    _finished = False
-
-    def step(self, response: Optional[bytes]):
-        """
-        Advance with the client's decoded response: C{None} when AUTH had no
-        initial response, C{b""} for an empty one.
-
-        @return: a L{Challenge} to send, or, when the exchange is complete,
-            the twisted.cred credentials to log in with; or a C{Deferred} of
-            either when the step must look something up first (a SCRAM
-            exchange given a lookup), which fails with L{SASLError} or with
-            the lookup's own error.
-        @raise SASLError: the client's data is malformed, or the exchange is
-            already complete.
-        """
-        if self._finished:
-            raise SASLError("the exchange is already complete")
-        if response is None and self._started:
-            raise SASLError("a response is missing")
-        self._started = True
-        try:
-            result = self._step(response)
-        except SASLError:
-            self._finished = True
-            raise
-        if isinstance(result, defer.Deferred):
-            # Waiting for a lookup: no other step may start meanwhile.
-            self._finished = True
-            return result.addCallback(self._resumed)
-        if not isinstance(result, Challenge):
-            self._finished = True
-        return result
-
-    def _resumed(self, result):
-        if isinstance(result, Challenge):
-            self._finished = False
-        return result
-
-    def _step(self, response: Optional[bytes]):
-        """
-        Handle one response; see L{step}.
-        """
-        raise NotImplementedError()
-
-    def successData(self) -> Optional[bytes]:
-        """
-        Data the server must still send before its C{+OK}, once a checker
-        has accepted the credentials, or C{None}.
-        """
-        return None
-
 
 class _PlainExchange(Exchange):
     """
@@ -231,10 +87,10 @@ class _PlainExchange(Exchange):
         if len(parts) != 3:
             raise SASLError(f"a PLAIN message has two NULs, not {len(parts) - 1}")
         authzid, authcid, password = parts
-        _text(authcid, "authentication identity")
-        _text(password, "password")
+        checkedText(authcid, "authentication identity")
+        checkedText(password, "password")
         if authzid:
-            _text(authzid, "authorization identity")
+            checkedText(authzid, "authorization identity")
             if authzid != authcid:
                 raise SASLError(f"authorization identity {authzid[:64]!r} is not the login name {authcid[:64]!r}")
         return UsernamePassword(authcid, password)
@@ -254,9 +110,9 @@ class _LoginExchange(Exchange):
         if response is None:
             return Challenge(b"Username:")
         if self._username is None:
-            self._username = _text(response, "user name")
+            self._username = checkedText(response, "user name")
             return Challenge(b"Password:")
-        return UsernamePassword(self._username, _text(response, "password"))
+        return UsernamePassword(self._username, checkedText(response, "password"))
 
 
 class _CramMD5Exchange(Exchange):
@@ -278,209 +134,7 @@ class _CramMD5Exchange(Exchange):
         username, space, digest = response.rpartition(b" ")
         if not space or not HEX_DIGEST.fullmatch(digest):
             raise SASLError("a CRAM-MD5 response is a user name, a space and 32 hex digits")
-        return CramMD5Credentials(self._challenge, _text(username, "user name"), digest)
-
-
-@implementer(IUsernameHashedPassword, IScramCredentials)
-class ScramCredentials:
-    """
-    The credentials of a SCRAM exchange (RFC 5802, RFC 7677), verified by
-    replaying the exchange with the user's stored keys (L{checkKeys}) or
-    with keys derived from the plaintext secret (L{checkPassword}).
-
-    @ivar username: the SCRAM user name (unescaped, SASLprepped), UTF-8.
-    @ivar mechanism: the mechanism's name.
-    @ivar salt: the salt the server sent.
-    @ivar iterations: the iteration count the server sent.
-    @ivar serverFinal: the server's final message once a check succeeded,
-        else C{None}.
-    """
-
-    def __init__(
-        self,
-        mechanismName: str,
-        username: bytes,
-        clientFirst: str,
-        serverFirst: str,
-        clientFinal: str,
-        salt: bytes,
-        iterationCount: int,
-        serverNonce: str,
-    ) -> None:
-        self.username = username
-        self.mechanism = mechanismName
-        self.salt = salt
-        self.iterations = iterationCount
-        self.serverFinal: Optional[bytes] = None
-        self._mechanismName = mechanismName
-        self._clientFirst = clientFirst
-        self._serverFirst = serverFirst
-        self._clientFinal = clientFinal
-        self._salt = salt
-        self._iterationCount = iterationCount
-        self._serverNonce = serverNonce
-
-    def checkPassword(self, password) -> bool:
-        """
-        Return whether the client's proof was made with C{password} (the
-        user's plaintext secret, C{str} or UTF-8 C{bytes}); on success,
-        remember the server's final message.
-        """
-        if isinstance(password, bytes):
-            try:
-                password = password.decode("utf-8")
-            except UnicodeDecodeError:
-                return False
-        scram = ScramMechanism(self._mechanismName)
-        try:
-            salt, storedKey, serverKey, _ = scram.make_auth_info(password, self._iterationCount, self._salt)
-        except ScramException:
-            return False
-        return self.checkKeys(storedKey, serverKey)
-
-    def checkKeys(self, storedKey: bytes, serverKey: bytes) -> bool:
-        """
-        Return whether the client's proof matches C{storedKey} (derived for
-        this exchange's salt and iteration count); on success, remember the
-        server's final message, made with C{serverKey}.
-        """
-        scram = ScramMechanism(self._mechanismName)
-
-        def authInfo(username: str):
-            return self._salt, storedKey, serverKey, self._iterationCount
-
-        try:
-            server = scram.make_server(authInfo, s_nonce=self._serverNonce)
-            server.set_client_first(self._clientFirst)
-            if server.get_server_first() != self._serverFirst:
-                return False
-            server.set_client_final(self._clientFinal)
-            serverFinal = server.get_server_final()
-        except ScramException:
-            return False
-        self.serverFinal = serverFinal.encode("ascii")
-        return True
-
-
-def _placeholderKeys(salt: bytes, iterationCount: int, names: list) -> Callable[[str], tuple]:
-    """
-    Return a scramp C{auth_fn} that records the user name and returns
-    C{salt} and C{iterationCount} with empty keys, which no proof matches.
-    """
-
-    def authInfo(username: str) -> tuple:
-        names.append(username)
-        return salt, b"", b"", iterationCount
-
-    return authInfo
-
-
-class _ScramExchange(Exchange):
-    """
-    SCRAM-SHA-*: client-first, server-first, client-final; the server-final
-    is left to L{successData}.
-    """
-
-    _credentials: Optional[ScramCredentials] = None
-
-    def __init__(self, mechanismName: str, challenge: bytes, lookup: Optional[Lookup] = None) -> None:
-        self._mechanismName = mechanismName
-        self._lookup = lookup
-        self._server = None
-
-    def _step(self, response: Optional[bytes]):
-        if response is None:
-            return Challenge(b"")
-        try:
-            message = response.decode("utf-8")
-        except UnicodeDecodeError:
-            raise SASLError("a SCRAM message is not UTF-8")
-        try:
-            if self._server is None:
-                return self._clientFirst(message)
-            return self._clientFinal(message)
-        except ScramException as error:
-            raise SASLError(f"bad SCRAM message: {error}")
-
-    def _clientFirst(self, message: str):
-        """
-        Answer the client-first message with a server-first message: with a
-        fresh salt at once, or, given a lookup, with the user's stored salt
-        and iteration count (or a placeholder salt) once they are known.
-        scramp rejects channel binding (C{p=}) and any authorization
-        identity.
-        """
-        scram = ScramMechanism(self._mechanismName)
-        if self._lookup is None:
-            return self._serverFirstFor(message, secrets.token_bytes(SCRAM_SALT_OCTETS), int(scram.iteration_count))
-        names: list = []
-        # Parse (and check) the message once to learn the user name.
-        parser = scram.make_server(_placeholderKeys(placeholderSalt(b"", self._mechanismName), 4096, names))
-        parser.set_client_first(message)
-        username = names[0].encode("utf-8")
-
-        def found(parameters: Optional[ScramParameters]) -> Challenge:
-            if parameters is None or len(parameters.salt) < SCRAM_MIN_SALT_OCTETS or parameters.iterations < 1:
-                parameters = ScramParameters(
-                    placeholderSalt(username, self._mechanismName), int(scram.iteration_count)
-                )
-            try:
-                return self._serverFirstFor(message, parameters.salt, parameters.iterations)
-            except ScramException as error:
-                raise SASLError(f"bad SCRAM message: {error}")
-
-        return defer.maybeDeferred(self._lookup, username, self._mechanismName).addCallback(found)
-
-    def _serverFirstFor(self, message: str, salt: bytes, iterationCount: int) -> Challenge:
-        """
-        Answer the client-first message with a server-first message for
-        C{salt}, C{iterationCount} and a fresh nonce.
-        """
-        scram = ScramMechanism(self._mechanismName)
-        self._salt = salt
-        self._iterationCount = iterationCount
-        self._serverNonce = secrets.token_urlsafe(18)
-        names: list = []
-        self._server = scram.make_server(
-            _placeholderKeys(self._salt, self._iterationCount, names), s_nonce=self._serverNonce
-        )
-        self._server.set_client_first(message)
-        self._username = names[0].encode("utf-8")
-        self._clientFirstMessage = message
-        self._serverFirst = self._server.get_server_first()
-        return Challenge(self._serverFirst.encode("ascii"))
-
-    def _clientFinal(self, message: str) -> ScramCredentials:
-        """
-        Check the client-final message's syntax, channel binding and nonce
-        (everything but the proof), and return credentials that check the
-        proof.
-        """
-        try:
-            self._server.set_client_final(message)
-        except ScramException as error:
-            if error.server_error is not ServerError.INVALID_PROOF:
-                raise
-        self._credentials = ScramCredentials(
-            self._mechanismName,
-            self._username,
-            self._clientFirstMessage,
-            self._serverFirst,
-            message,
-            self._salt,
-            self._iterationCount,
-            self._serverNonce,
-        )
-        return self._credentials
-
-    def successData(self) -> Optional[bytes]:
-        """
-        The server-final message (C{v=...}), once the credentials were
-        accepted.
-        """
-        if self._credentials is None:
-            return None
-        return self._credentials.serverFinal
+        return CramMD5Credentials(self._challenge, checkedText(username, "user name"), digest)
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -511,8 +165,8 @@ class Mechanism:
 
 
 MECHANISMS = (
-    Mechanism("SCRAM-SHA-256", False, IUsernameHashedPassword, functools.partial(_ScramExchange, "SCRAM-SHA-256")),
-    Mechanism("SCRAM-SHA-1", False, IUsernameHashedPassword, functools.partial(_ScramExchange, "SCRAM-SHA-1")),
+    Mechanism("SCRAM-SHA-256", False, IUsernameHashedPassword, functools.partial(ScramExchange, "SCRAM-SHA-256")),
+    Mechanism("SCRAM-SHA-1", False, IUsernameHashedPassword, functools.partial(ScramExchange, "SCRAM-SHA-1")),
     Mechanism("CRAM-MD5", False, IUsernameHashedPassword, _CramMD5Exchange),
     Mechanism("PLAIN", True, IUsernamePassword, _PlainExchange),
     Mechanism("LOGIN", True, IUsernamePassword, _LoginExchange),

@@ -29,7 +29,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import argon2
 import attr
@@ -282,7 +282,7 @@ def _verifyPlain(secret: str, password: bytes) -> bool:
     return hmac.compare_digest(secret.encode("utf-8"), password)
 
 
-_VERIFIERS: dict = {
+_VERIFIERS: Dict[str, Callable[[str, bytes], bool]] = {
     "ARGON2ID": lambda secret, password: _verifyArgon2("argon2id", secret, password),
     "ARGON2I": lambda secret, password: _verifyArgon2("argon2i", secret, password),
     "BLF-CRYPT": _verifyBcrypt,
@@ -387,7 +387,7 @@ def _cryptSalt() -> str:
     return "".join(secrets.choice(_CRYPT_ALPHABET) for _ in range(SHA_CRYPT_SALT_CHARS))
 
 
-def hashPassword(password, scheme: str = DEFAULT_SCHEME) -> str:
+def hashPassword(password: Union[str, bytes], scheme: str = DEFAULT_SCHEME) -> str:
     """
     Return a new stored secret C{{SCHEME}...} for C{password} (C{str}, or
     UTF-8 C{bytes}) with a fresh random salt.  C{BLF-CRYPT} keeps only the
