@@ -15,7 +15,7 @@ __all__ = ["Challenge", "Exchange", "Lookup", "SASLError", "Step", "checkedText"
 
 # A lookup: (user name, mechanism name) -> ScramParameters or None, or a
 # Deferred of that.
-Lookup = Callable[[bytes, str], object]
+Lookup = Callable[[bytes, str], Any]
 # What a step gives: a challenge, credentials, or a Deferred of either.
 Step = Union["Challenge", Any, defer.Deferred[Any]]
 
@@ -65,7 +65,7 @@ class Exchange:
     _started = False
     _finished = False
 
-    def step(self, response: Optional[bytes]):
+    def step(self, response: Optional[bytes]) -> Step:
         """
         Advance with the client's decoded response: C{None} when AUTH had no
         initial response, C{b""} for an empty one.
@@ -96,12 +96,12 @@ class Exchange:
             self._finished = True
         return result
 
-    def _resumed(self, result):
+    def _resumed(self, result: Any) -> Any:
         if isinstance(result, Challenge):
             self._finished = False
         return result
 
-    def _step(self, response: Optional[bytes]):
+    def _step(self, response: Optional[bytes]) -> Step:
         """
         Handle one response; see L{step}.
         """

@@ -39,7 +39,7 @@ import math
 import re
 import threading
 import time
-from typing import Dict, Optional
+from typing import Any, Dict, FrozenSet, Optional
 
 import attr
 import psycopg
@@ -90,7 +90,7 @@ class SettingsError(ValueError):
     """
 
 
-def checkQuery(query: str) -> frozenset:
+def checkQuery(query: str) -> FrozenSet[str]:
     """
     Check that a query passes the login name only through the named
     placeholders of L{PLACEHOLDERS}, and return the names it uses.
@@ -121,7 +121,7 @@ def checkQuery(query: str) -> frozenset:
     return frozenset(used)
 
 
-def _checkSettings(instance, attribute, value) -> None:
+def _checkSettings(instance: object, attribute: "attr.Attribute[Any]", value: Any) -> None:
     if attribute.name == "conninfo":
         try:
             conninfo_to_dict(value)
@@ -181,7 +181,7 @@ def readSettings(path: str) -> PostgresSettings:
     unknown = sorted(set(section) - {"conninfo", "query", "timeout", "pool"})
     if unknown:
         raise SettingsError(f"{path}: unknown setting {unknown[0]!r} (known: conninfo, query, timeout, pool)")
-    values: Dict[str, object] = {}
+    values: Dict[str, Any] = {}
     for key in ("conninfo", "query"):
         if not section.get(key, "").strip():
             raise SettingsError(f"{path}: [{SECTION}] needs {key} = ...")
@@ -256,7 +256,7 @@ class PostgresSecretSource:
     configuration error: logged, and the login refused for now.
     """
 
-    def __init__(self, settings: PostgresSettings, reactor) -> None:
+    def __init__(self, settings: PostgresSettings, reactor: Any) -> None:
         self.settings = settings
         self._reactor = reactor
         self._pool: Optional[ConnectionPool] = None
@@ -279,7 +279,7 @@ class PostgresSecretSource:
             # Keeps the reason of the last failed connection attempt, for
             # the log line of a lookup that found no connection in time.
             @classmethod
-            def connect(cls, *args, **kwargs):
+            def connect(cls, *args: Any, **kwargs: Any) -> Any:
                 try:
                     connection = super().connect(*args, **kwargs)
                 except psycopg.Error as error:
@@ -327,7 +327,7 @@ class PostgresSecretSource:
         milliseconds = max(1, int(self.settings.timeout * 1000))
         connection.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(milliseconds)))
 
-    def stop(self) -> defer.Deferred:
+    def stop(self) -> defer.Deferred[None]:
         """
         Close the connections and end the threads; later lookups fail with
         L{CredentialsUnavailable}.  The C{Deferred} fires once done.
@@ -339,7 +339,11 @@ class PostgresSecretSource:
             return defer.succeed(None)
         # Closed from a thread of its own, and waited for a bounded time: the
         # pool's threads may all be stuck on a host that does not answer.
-        closed = defer.Deferred()
+        closed: defer.Deferred[bool] = defer.Deferred()
+
+        def settle(done: bool) -> None:
+            if not closed.called:
+                closed.callback(done)
         grace = self.settings.timeout + 1
 
         def close() -> None:
@@ -347,10 +351,10 @@ class PostgresSecretSource:
                 pool.close(timeout=self.settings.timeout)
             except Exception:
                 self._reactor.callFromThread(log.failure, "closing the PostgreSQL pool failed", Failure())
-            self._reactor.callFromThread(lambda: closed.called or closed.callback(True))
+            self._reactor.callFromThread(settle, True)
 
         threading.Thread(target=close, name="popsrv-pgsql-close", daemon=True).start()
-        timer = self._reactor.callLater(grace, lambda: closed.called or closed.callback(False))
+        timer = self._reactor.callLater(grace, settle, False)
 
         def stopThreads(inTime: bool) -> None:
             if timer.active():
@@ -363,9 +367,10 @@ class PostgresSecretSource:
                     grace=grace, event="pgsql-stop-timeout",
                 )
 
-        return closed.addCallback(stopThreads)
+        stopped: defer.Deferred[None] = closed.addCallback(stopThreads)
+        return stopped
 
-    def secretFor(self, username: bytes) -> defer.Deferred:
+    def secretFor(self, username: bytes) -> defer.Deferred[Optional[str]]:
         """
         Run the query for C{username}; fire with the stored secret, or
         C{None} if the query finds no row (or a NULL).
@@ -381,6 +386,7 @@ class PostgresSecretSource:
             return defer.succeed(None)
         self.start()
         deadline = time.monotonic() + self.settings.timeout
+        assert self._threads is not None
         lookup = deferToThreadPool(self._reactor, self._threads, self._lookup, user, deadline)
         # The thread gives up at the deadline, with the reason; this is for
         # a thread that cannot (a server that stopped answering mid-query).
@@ -431,7 +437,7 @@ class PostgresSecretSource:
             log.info("PostgreSQL credential lookups work again", event="pgsql-recovered")
         return secret
 
-    def _failed(self, failure, user: str):
+    def _failed(self, failure: Failure, user: str) -> Failure:
         self._failing = True
         if failure.check(defer.TimeoutError):
             why = f"no answer within {self.settings.timeout:g} s"
@@ -448,7 +454,7 @@ class PostgresSecretSource:
         raise CredentialsUnavailable(why)
 
 
-def sourceForReactor(settings: PostgresSettings, reactor) -> PostgresSecretSource:
+def sourceForReactor(settings: PostgresSettings, reactor: Any) -> PostgresSecretSource:
     """
     Return a source that starts (connects) when the reactor runs and stops
     before the reactor shuts down.

@@ -56,7 +56,7 @@ from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword,
 from zope.interface.interface import InterfaceClass
 
 from popsrv.auth.credentials import HEX_DIGEST, CramMD5Credentials
-from popsrv.auth.exchange import Challenge, Exchange, Lookup, SASLError, checkedText
+from popsrv.auth.exchange import Challenge, Exchange, Lookup, SASLError, Step, checkedText
 from popsrv.auth.scram import ScramCredentials, ScramExchange, placeholderKeyEnvironment, placeholderSalt
 
 __all__ = [
@@ -80,7 +80,7 @@ class _PlainExchange(Exchange):
     def __init__(self, challenge: bytes, lookup: Optional[Lookup] = None) -> None:
         pass
 
-    def _step(self, response: Optional[bytes]):
+    def _step(self, response: Optional[bytes]) -> Step:
         if response is None:
             return Challenge(b"")
         parts = response.split(b"\0")
@@ -106,7 +106,7 @@ class _LoginExchange(Exchange):
     def __init__(self, challenge: bytes, lookup: Optional[Lookup] = None) -> None:
         pass
 
-    def _step(self, response: Optional[bytes]):
+    def _step(self, response: Optional[bytes]) -> Step:
         if response is None:
             return Challenge(b"Username:")
         if self._username is None:
@@ -125,12 +125,14 @@ class _CramMD5Exchange(Exchange):
     def __init__(self, challenge: bytes, lookup: Optional[Lookup] = None) -> None:
         self._challenge = challenge
 
-    def _step(self, response: Optional[bytes]):
+    def _step(self, response: Optional[bytes]) -> Step:
         if not self._challenged:
             if response is not None:
                 raise SASLError("CRAM-MD5 does not allow an initial response")
             self._challenged = True
             return Challenge(self._challenge)
+        if response is None:
+            raise SASLError("a response is missing")
         username, space, digest = response.rpartition(b" ")
         if not space or not HEX_DIGEST.fullmatch(digest):
             raise SASLError("a CRAM-MD5 response is a user name, a space and 32 hex digits")

@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import os
 import secrets
-from typing import Callable, Optional
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 from scramp import ScramException, ScramMechanism
 from scramp.utils import ServerError
@@ -18,7 +18,7 @@ from twisted.cred.credentials import IUsernameHashedPassword
 from twisted.internet import defer
 from zope.interface import implementer
 
-from popsrv.auth.exchange import Challenge, Exchange, Lookup, SASLError
+from popsrv.auth.exchange import Challenge, Exchange, Lookup, SASLError, Step
 from popsrv.interfaces import IScramCredentials, ScramParameters
 
 __all__ = [
@@ -31,6 +31,8 @@ __all__ = [
     "placeholderSalt",
 ]
 
+# What scramp's auth_fn returns: salt, stored key, server key, iterations.
+_AuthInfo = Tuple[bytes, bytes, bytes, int]
 SCRAM_SALT_OCTETS = 16
 # scramp's shortest salt: stored keys with a shorter one cannot be used in
 # an exchange (Dovecot's salts have 16 octets).
@@ -109,7 +111,7 @@ class ScramCredentials:
         self._iterationCount = iterationCount
         self._serverNonce = serverNonce
 
-    def checkPassword(self, password) -> bool:
+    def checkPassword(self, password: Union[str, bytes]) -> bool:
         """
         Return whether the client's proof was made with C{password} (the
         user's plaintext secret, C{str} or UTF-8 C{bytes}); on success,
@@ -135,7 +137,7 @@ class ScramCredentials:
         """
         scram = ScramMechanism(self._mechanismName)
 
-        def authInfo(username: str):
+        def authInfo(username: str) -> _AuthInfo:
             return self._salt, storedKey, serverKey, self._iterationCount
 
         try:
@@ -151,13 +153,13 @@ class ScramCredentials:
         return True
 
 
-def _placeholderKeys(salt: bytes, iterationCount: int, names: list) -> Callable[[str], tuple]:
+def _placeholderKeys(salt: bytes, iterationCount: int, names: List[str]) -> Callable[[str], _AuthInfo]:
     """
     Return a scramp C{auth_fn} that records the user name and returns
     C{salt} and C{iterationCount} with empty keys, which no proof matches.
     """
 
-    def authInfo(username: str) -> tuple:
+    def authInfo(username: str) -> _AuthInfo:
         names.append(username)
         return salt, b"", b"", iterationCount
 
@@ -175,9 +177,9 @@ class ScramExchange(Exchange):
     def __init__(self, mechanismName: str, challenge: bytes, lookup: Optional[Lookup] = None) -> None:
         self._mechanismName = mechanismName
         self._lookup = lookup
-        self._server = None
+        self._server: Any = None  # scramp's ScramServer, untyped
 
-    def _step(self, response: Optional[bytes]):
+    def _step(self, response: Optional[bytes]) -> Step:
         if response is None:
             return Challenge(b"")
         try:
@@ -191,7 +193,7 @@ class ScramExchange(Exchange):
         except ScramException as error:
             raise SASLError(f"bad SCRAM message: {error}")
 
-    def _clientFirst(self, message: str):
+    def _clientFirst(self, message: str) -> Step:
         """
         Answer the client-first message with a server-first message: with a
         fresh salt at once, or, given a lookup, with the user's stored salt
@@ -202,7 +204,7 @@ class ScramExchange(Exchange):
         scram = ScramMechanism(self._mechanismName)
         if self._lookup is None:
             return self._serverFirstFor(message, secrets.token_bytes(SCRAM_SALT_OCTETS), int(scram.iteration_count))
-        names: list = []
+        names: List[str] = []
         # Parse (and check) the message once to learn the user name.
         parser = scram.make_server(_placeholderKeys(placeholderSalt(b"", self._mechanismName), 4096, names))
         parser.set_client_first(message)
@@ -218,7 +220,10 @@ class ScramExchange(Exchange):
             except ScramException as error:
                 raise SASLError(f"bad SCRAM message: {error}")
 
-        return defer.maybeDeferred(self._lookup, username, self._mechanismName).addCallback(found)
+        lookup: defer.Deferred[Optional[ScramParameters]] = defer.maybeDeferred(
+            self._lookup, username, self._mechanismName
+        )
+        return lookup.addCallback(found)
 
     def _serverFirstFor(self, message: str, salt: bytes, iterationCount: int) -> Challenge:
         """
@@ -229,7 +234,7 @@ class ScramExchange(Exchange):
         self._salt = salt
         self._iterationCount = iterationCount
         self._serverNonce = secrets.token_urlsafe(18)
-        names: list = []
+        names: List[str] = []
         self._server = scram.make_server(
             _placeholderKeys(self._salt, self._iterationCount, names), s_nonce=self._serverNonce
         )
