@@ -30,29 +30,24 @@ each new connection to one of the workers.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
 import sys
-import threading
 from typing import Callable, Optional, Sequence
 
 from twisted.application.service import Service
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import (
     IListeningPort,
-    IReactorSSL,
-    IReactorTCP,
 )
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
-from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.python import usage
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-__all__ = ["STOP_GRACE", "WorkerPool", "adoptingEndpoint", "main"]
+from popsrv.app.listening import describeAddress
+
+__all__ = ["STOP_GRACE", "USAGE_ERROR", "WorkerPool"]
 
 STOP_GRACE = 10.0
 # The exit status of a worker whose options are unusable.
@@ -198,8 +193,6 @@ class WorkerPool(Service):
     def _bind(self) -> None:
         if self.ports:
             return
-        from popsrv.app.service import describeAddress
-
         for description in self.descriptions:
             endpoint = endpoints.serverFromString(self.reactor, description)
             results = []
@@ -231,7 +224,7 @@ class WorkerPool(Service):
             childFDs[fd] = fd
             adopt += ["--adopt", f"{fd}:{_familyOf(port)}"]
         worker = _WorkerProcess(self, index)
-        argv = [self._executable, "-m", "popsrv.app.workers", "--index", str(index), *adopt, "--", *self.arguments]
+        argv = [self._executable, "-m", "popsrv.app.worker", "--index", str(index), *adopt, "--", *self.arguments]
         from popsrv.auth.scram import placeholderKeyEnvironment
 
         env = {**os.environ, **placeholderKeyEnvironment()}
@@ -307,121 +300,3 @@ class WorkerPool(Service):
         return defer.gatherResults(ending).addCallback(closePorts)
 
 
-@implementer(IReactorTCP, IReactorSSL)
-class _AdoptingReactor:
-    """
-    A reactor for building one endpoint in a worker: where the endpoint
-    would bind a socket, it adopts the one the parent bound instead (TCP,
-    and TLS over TCP: the listeners workers may share, see
-    L{popsrv.app.service.WORKER_LISTENERS}).
-    """
-
-    def __init__(self, reactor, fileno: int, family: int) -> None:
-        self._reactor = reactor
-        self._fileno = fileno
-        self._family = family
-
-    def _adopt(self, factory) -> IListeningPort:
-        port = self._reactor.adoptStreamPort(self._fileno, self._family, factory)
-        # The port works on a duplicate; the inherited descriptor is spare.
-        os.close(self._fileno)
-        return port
-
-    def listenTCP(self, port, factory, backlog=50, interface=""):
-        return self._adopt(factory)
-
-    def listenSSL(self, port, factory, contextFactory, backlog=50, interface=""):
-        return self._adopt(TLSMemoryBIOFactory(contextFactory, False, factory))
-
-    def connectTCP(self, *args, **kwargs):
-        return self._reactor.connectTCP(*args, **kwargs)
-
-    def connectSSL(self, *args, **kwargs):
-        return self._reactor.connectSSL(*args, **kwargs)
-
-    def __getattr__(self, name: str):
-        return getattr(self._reactor, name)
-
-
-def adoptingEndpoint(reactor, description: str, fileno: int, family: int):
-    """
-    Return the endpoint of a C{--listen} description that, instead of
-    binding, adopts the listening socket C{fileno} inherited from the
-    parent (for C{ssl:} endpoints, with their TLS settings).
-    """
-    return endpoints.serverFromString(_AdoptingReactor(reactor, fileno, family), description)
-
-
-def _parseArguments(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m popsrv.app.workers", description="A popsrv worker process.")
-    parser.add_argument("--index", type=int, required=True)
-    parser.add_argument("--adopt", action="append", default=[], help="FD:FAMILY of an inherited listening socket")
-    parser.add_argument("options", nargs=argparse.REMAINDER, help="-- then the popsrv options")
-    arguments = parser.parse_args(argv)
-    if arguments.options[:1] == ["--"]:
-        arguments.options = arguments.options[1:]
-    return arguments
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    """
-    Run one worker: the entry point of C{python -m popsrv.app.workers}.
-    """
-    from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, jsonFileLogObserver
-
-    from popsrv.app.service import Options, makeService
-
-    arguments = _parseArguments(sys.argv[1:] if argv is None else argv)
-    # A SIGHUP that comes before the TLS reloader is installed must not
-    # end the worker.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    options = Options()
-    try:
-        options.parseOptions(arguments.options)
-    except usage.UsageError as error:
-        sys.stderr.write(f"popsrv worker: {error}\n")
-        sys.exit(USAGE_ERROR)
-    adopted = []
-    for item in arguments.adopt:
-        fd, _, family = item.partition(":")
-        adopted.append((int(fd), _FAMILIES[family]))
-    if len(adopted) != len(options["listen"]):
-        sys.stderr.write("popsrv worker: one inherited socket per --listen is needed\n")
-        sys.exit(USAGE_ERROR)
-    inherited = iter(adopted)
-    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout, recordSeparator="")], redirectStandardIO=False)
-    try:
-        service = makeService(
-            options, reactor, endpointFor=lambda description: adoptingEndpoint(reactor, description, *next(inherited))
-        )
-        service.privilegedStartService()
-        service.startService()
-    except Exception as error:
-        sys.stderr.write(f"popsrv worker: {error}\n")
-        sys.exit(USAGE_ERROR)
-    # Its SIGHUP handler is in place: the parent may pass SIGHUP on now.
-    log.info("worker ready", event="worker-ready")
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    threading.Thread(target=_stopWhenOrphaned, args=(reactor,), name="parent-watch", daemon=True).start()
-    reactor.run()
-
-
-def _stopWhenOrphaned(reactor) -> None:
-    """
-    Wait for the end of standard input, which comes when the parent is
-    gone, and stop the worker then.
-    """
-    while os.read(0, 4096):
-        pass
-    log.info("the parent process is gone: stopping", event="orphaned")
-    reactor.callFromThread(_stop, reactor)
-
-
-def _stop(reactor) -> None:
-    if reactor.running:
-        reactor.stop()
-
-
-if __name__ == "__main__":
-    main()

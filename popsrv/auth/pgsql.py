@@ -121,7 +121,7 @@ def checkQuery(query: str) -> FrozenSet[str]:
     return frozenset(used)
 
 
-def _checkSettings(instance: object, attribute: "attr.Attribute[Any]", value: Any) -> None:
+def _checkSettings(instance: object, attribute: attr.Attribute[Any], value: Any) -> None:
     if attribute.name == "conninfo":
         try:
             conninfo_to_dict(value)

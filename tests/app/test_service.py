@@ -15,7 +15,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from zope.interface.verify import verifyObject
 
-from popsrv.app.service import DEFAULT_LISTEN, ListeningService, Options, makeService
+from popsrv.app.listening import ListeningService
+from popsrv.app.options import DEFAULT_LISTEN, Options
+from popsrv.app.service import makeService
 from popsrv.interfaces import IMaildrop
 from popsrv.store.maildir import MaildirMaildrop
 from popsrv.store.memory import MemoryMaildrop, MemoryRealm
@@ -246,3 +248,15 @@ def test_makeServiceShortensTheGILSwitchInterval(tmp_path, monkeypatch):
     calls = []
     makeService(parse("--auth", "memory:alice:secret", "--maildir-root", str(tmp_path)), reactor=MemoryReactorClock())
     assert calls == [SWITCH_INTERVAL] and SWITCH_INTERVAL <= 0.001
+
+
+def test_versionIsPopsrvs(tmp_path):
+    """
+    twistd popsrv --version prints popsrv's version, not Twisted's.
+    """
+    import popsrv
+    from tests.support.servers import runTwistd
+
+    result = runTwistd(["popsrv", "--version"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"popsrv {popsrv.__version__}".encode()

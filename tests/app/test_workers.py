@@ -1,5 +1,5 @@
 """
-Tests of C{--workers N} (L{popsrv.app.workers}): real twistd parents with real
+Tests of C{--workers N} (L{popsrv.app.workers} and L{popsrv.app.worker}): real twistd parents with real
 worker processes, driven over TCP on 127.0.0.1 by poplib.
 """
 

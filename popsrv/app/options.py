@@ -1,0 +1,259 @@
+"""
+The command line of C{twistd popsrv}: L{Options}, with every option checked
+as it is parsed, so a mistake stops the start with one clear line.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+from twisted.cred import strcred
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
+from twisted.internet import endpoints
+from twisted.python import usage
+
+from popsrv import __version__
+from popsrv.auth.passwdfile import PasswdFileError
+from popsrv.pop3.factory import DEFAULT_TIMEOUT
+from popsrv.pop3.policy import PLAINTEXT_POLICIES
+from popsrv.store.realm import BadMaildirTemplate, MaildirTemplate
+from popsrv.tls import TLSConfigError, TLSSettings
+
+__all__ = ["DEFAULT_LISTEN", "DEMO_DIRECTORY", "MAX_WORKERS", "WORKER_LISTENERS", "Options"]
+
+DEFAULT_LISTEN = "tcp:1110:interface=127.0.0.1"
+DEFAULT_MAILDIR_ROOT = "mail"
+DEMO_DIRECTORY = "popsrv-demo"
+MAX_WORKERS = 256
+# The listeners whose sockets worker processes can adopt as they are
+# (a UNIX socket's file is removed by whichever worker stops first, and
+# systemd's sockets are for the process it started).
+WORKER_LISTENERS = ("tcp", "tcp6", "ssl")
+
+
+def _withByteNames(checker):
+    """
+    Make Twisted's C{memory:} checker compare names and passwords as bytes,
+    like every other checker (strcred builds it with text).
+    """
+    if isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse):
+        checker.users = {
+            (k.encode("utf-8") if isinstance(k, str) else k): (v.encode("utf-8") if isinstance(v, str) else v)
+            for k, v in checker.users.items()
+        }
+    return checker
+
+
+class _NoReactor:
+    """
+    Stands in for a reactor where C{--listen} descriptions are checked: an
+    endpoint only keeps its reactor until it listens, which it never does
+    here.
+    """
+
+
+def _listeningPort(description: str) -> Optional[str]:
+    """
+    The port field of a C{tcp:}, C{tcp6:} or C{ssl:} description (also
+    behind C{haproxy:}), or C{None}.
+    """
+    fields = description.split(":")
+    while fields and fields[0] == "haproxy":
+        fields = fields[1:]
+    if not fields or fields[0] not in ("tcp", "tcp6", "ssl"):
+        return None
+    for field in fields[1:]:
+        if field.startswith("port="):
+            return field[len("port="):]
+        if "=" not in field:
+            return field
+    return None
+
+
+class Options(usage.Options, strcred.AuthOptionMixin):
+    """
+    The options of C{twistd popsrv}.
+    """
+
+    synopsis = "[--listen ENDPOINT]... [--maildir-root DIR | --maildir TEMPLATE] [--auth CHECKER]... [options]"
+    longdesc = (
+        "Serve the Maildirs of a directory over POP3 (RFC 1939). "
+        "User alice's Maildir is DIR/alice/ (cur/ new/ tmp/, created at her first login), "
+        "or wherever --maildir TEMPLATE puts it, e.g. /var/vmail/%d/%n for alice@example.com "
+        "in /var/vmail/example.com/alice/. "
+        "Users come from --auth checkers: passwd-file:PATH (lines user:{SCHEME}secret, "
+        "as Dovecot's), pgsql:FILE (a PostgreSQL query), file:PATH (lines user:password), "
+        "memory:alice:secret:bob:secret, unix, or any installed checker plugin "
+        "(twistd popsrv --help-auth lists them). Run it in the foreground with "
+        "'twistd -n popsrv ...'; 'twistd -n popsrv --demo' serves a demo mailbox."
+    )
+    supportedInterfaces = (IUsernamePassword, IUsernameHashedPassword)
+    optFlags = [
+        ["demo", None, f"Serve a demo user and Maildir kept in ./{DEMO_DIRECTORY}/ and print how to fetch its mail."],
+    ]
+    optParameters = [
+        [
+            "maildir-root", "m", None,
+            "Directory holding one Maildir per login: user alice's is DIR/alice/ (the same as "
+            "--maildir DIR/%u) [default: mail].",
+        ],
+        [
+            "maildir", None, None,
+            "Where each user's Maildir is, with %u (the login), %n (its local part, before the last @), "
+            "%d (its domain, lower-cased; a login without one is refused) and %% (a %), "
+            "e.g. /var/vmail/%d/%n. Instead of --maildir-root.",
+        ],
+        ["tls-cert", None, None, "PEM file with the TLS certificate (and its chain) for STLS; reloaded on SIGHUP."],
+        ["tls-key", None, None, "PEM file with the TLS private key for STLS."],
+        [
+            "plaintext-auth", None, "tls-only",
+            "When USER/PASS and SASL PLAIN/LOGIN may send passwords: tls-only (over TLS or from "
+            "a loopback address), always, or never.",
+        ],
+        ["expire", None, "NEVER", "Days the server keeps messages, advertised as EXPIRE in CAPA (or NEVER)."],
+        ["login-delay", None, None, "Minimum seconds between two logins of one user (LOGIN-DELAY)."],
+        ["hostname", None, None, "Host name in the greeting's APOP challenge [default: this machine's name]."],
+        [
+            "workers", None, 1,
+            "Processes serving the listening sockets (the parent binds them, starts the workers and "
+            "restarts any that dies); 1 serves from this process.",
+            int,
+        ],
+        [
+            "timeout", None, DEFAULT_TIMEOUT,
+            "Seconds of inactivity before a session is closed without deleting anything "
+            "(RFC 1939 asks for at least 600).",
+            int,
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self.arguments: list[str] = []
+
+    def parseOptions(self, options=None) -> None:
+        """
+        Parse the options, keeping them as given for worker processes.
+        """
+        self.arguments = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
+
+    def opt_version(self) -> None:
+        """Print popsrv's version and exit."""
+        print(f"popsrv {__version__}")
+        sys.exit(0)
+
+    def opt_auth(self, description: str) -> None:
+        """
+        Specify an authentication method for the server.
+        """
+        try:
+            checker = strcred.makeChecker(description)
+        except PasswdFileError as error:
+            raise usage.UsageError(f"--auth {description.partition(':')[0]}: {error}")
+        except Exception:
+            # Twisted's own messages for unknown or unsuitable checkers.
+            return super().opt_auth(description)
+        self.addChecker(checker)
+        return None
+
+    def opt_listen(self, description: str) -> None:
+        """Listen on a Twisted endpoint description; repeatable, e.g. tcp:110, \
+tcp:1110:interface=127.0.0.1, ssl:995:privateKey=key.pem:certKey=cert.pem, \
+systemd:domain=INET:index=0 [default: tcp:1110:interface=127.0.0.1]."""
+        try:
+            endpoints.serverFromString(_NoReactor(), description)
+        except Exception as error:
+            reason = str(error) or type(error).__name__
+            raise usage.UsageError(f"--listen {description!r} is not a usable endpoint: {reason}")
+        field = _listeningPort(description)
+        port = int(field) if field is not None and field.isdigit() else 0
+        if not 0 <= port <= 65535:
+            raise usage.UsageError(f"--listen {description!r}: port {port} is not between 0 and 65535")
+        self["listen"].append(description)
+
+    def postOptions(self) -> None:
+        """
+        Check the options as a whole.
+        """
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+        if not 1 <= self["workers"] <= MAX_WORKERS:
+            raise usage.UsageError(f"--workers must be between 1 and {MAX_WORKERS}")
+        if self["workers"] > 1:
+            for description in self["listen"]:
+                kind, _, rest = description.partition(":")
+                if kind == "haproxy":
+                    kind = rest.partition(":")[0]
+                if kind not in WORKER_LISTENERS:
+                    raise usage.UsageError(
+                        f"--workers serves tcp:, tcp6: and ssl: listeners (also behind haproxy:), "
+                        f"not {description!r}"
+                    )
+        self["maildir-template"] = self._maildirTemplate()
+        if self["timeout"] <= 0:
+            raise usage.UsageError("--timeout must be a positive number of seconds")
+        self["credCheckers"] = [_withByteNames(c) for c in self.get("credCheckers", [])]
+        if self["plaintext-auth"] not in PLAINTEXT_POLICIES:
+            raise usage.UsageError(f"--plaintext-auth must be one of: {', '.join(PLAINTEXT_POLICIES)}")
+        self["expire"] = _daysOrNever(self["expire"])
+        if self["login-delay"] is not None:
+            self["login-delay"] = _nonNegative("--login-delay", self["login-delay"])
+        if bool(self["tls-cert"]) != bool(self["tls-key"]):
+            raise usage.UsageError("--tls-cert and --tls-key go together")
+        self["tls"] = None
+        if self["tls-cert"]:
+            try:
+                self["tls"] = TLSSettings(self["tls-cert"], self["tls-key"])
+            except TLSConfigError as error:
+                raise usage.UsageError(str(error))
+        if not self["credCheckers"] and not self["demo"]:
+            raise usage.UsageError(
+                "no users are configured: give --auth, for example "
+                "--auth file:/etc/popsrv/passwd (lines user:password) or "
+                "--auth memory:alice:secret, or try --demo"
+            )
+
+
+    def _maildirTemplate(self) -> MaildirTemplate:
+        """
+        The Maildir template of --maildir, or of --maildir-root (or its
+        default), or a usage error.
+        """
+        if self["maildir"] is not None and self["maildir-root"] is not None:
+            raise usage.UsageError("give --maildir-root DIR or --maildir TEMPLATE, not both")
+        try:
+            if self["maildir"] is not None:
+                return MaildirTemplate(self["maildir"])
+            if self["maildir-root"] is None:
+                self["maildir-root"] = DEFAULT_MAILDIR_ROOT
+            return MaildirTemplate.forRoot(self["maildir-root"])
+        except BadMaildirTemplate as error:
+            raise usage.UsageError(f"--maildir: {error}")
+
+
+def _nonNegative(option: str, value: str) -> int:
+    """
+    Parse a whole number of at least 0, or raise a usage error.
+    """
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise usage.UsageError(f"{option} takes a whole number of at least 0, not {value!r}")
+    return number
+
+
+def _daysOrNever(value: str):
+    """
+    Parse --expire: C{None} for NEVER, or a number of days.
+    """
+    if value.upper() == "NEVER":
+        return None
+    return _nonNegative("--expire", value)
+
+

@@ -1,0 +1,150 @@
+"""
+One worker process of C{--workers N}: C{python -m popsrv.app.worker}, started
+by L{popsrv.app.workers.WorkerPool} with the sockets its parent bound, which
+it adopts, and the parent's own options; it logs JSON lines to its parent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import threading
+from typing import Optional, Sequence
+
+from twisted.internet import endpoints
+from twisted.internet.interfaces import IListeningPort, IReactorSSL, IReactorTCP
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import usage
+from zope.interface import implementer
+
+from popsrv.app.options import Options
+from popsrv.app.service import makeService
+from popsrv.app.workers import USAGE_ERROR
+
+__all__ = ["adoptingEndpoint", "main"]
+
+_FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6}
+
+log = Logger()
+
+
+@implementer(IReactorTCP, IReactorSSL)
+class _AdoptingReactor:
+    """
+    A reactor for building one endpoint in a worker: where the endpoint
+    would bind a socket, it adopts the one the parent bound instead (TCP,
+    and TLS over TCP: the listeners workers may share, see
+    L{popsrv.app.options.WORKER_LISTENERS}).
+    """
+
+    def __init__(self, reactor, fileno: int, family: int) -> None:
+        self._reactor = reactor
+        self._fileno = fileno
+        self._family = family
+
+    def _adopt(self, factory) -> IListeningPort:
+        port = self._reactor.adoptStreamPort(self._fileno, self._family, factory)
+        # The port works on a duplicate; the inherited descriptor is spare.
+        os.close(self._fileno)
+        return port
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        return self._adopt(factory)
+
+    def listenSSL(self, port, factory, contextFactory, backlog=50, interface=""):
+        return self._adopt(TLSMemoryBIOFactory(contextFactory, False, factory))
+
+    def connectTCP(self, *args, **kwargs):
+        return self._reactor.connectTCP(*args, **kwargs)
+
+    def connectSSL(self, *args, **kwargs):
+        return self._reactor.connectSSL(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._reactor, name)
+
+
+def adoptingEndpoint(reactor, description: str, fileno: int, family: int):
+    """
+    Return the endpoint of a C{--listen} description that, instead of
+    binding, adopts the listening socket C{fileno} inherited from the
+    parent (for C{ssl:} endpoints, with their TLS settings).
+    """
+    return endpoints.serverFromString(_AdoptingReactor(reactor, fileno, family), description)
+
+
+def _parseArguments(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m popsrv.app.worker", description="A popsrv worker process.")
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--adopt", action="append", default=[], help="FD:FAMILY of an inherited listening socket")
+    parser.add_argument("options", nargs=argparse.REMAINDER, help="-- then the popsrv options")
+    arguments = parser.parse_args(argv)
+    if arguments.options[:1] == ["--"]:
+        arguments.options = arguments.options[1:]
+    return arguments
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """
+    Run one worker: the entry point of C{python -m popsrv.app.worker}.
+    """
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, jsonFileLogObserver
+
+    arguments = _parseArguments(sys.argv[1:] if argv is None else argv)
+    # A SIGHUP that comes before the TLS reloader is installed must not
+    # end the worker.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    options = Options()
+    try:
+        options.parseOptions(arguments.options)
+    except usage.UsageError as error:
+        sys.stderr.write(f"popsrv worker: {error}\n")
+        sys.exit(USAGE_ERROR)
+    adopted = []
+    for item in arguments.adopt:
+        fd, _, family = item.partition(":")
+        adopted.append((int(fd), _FAMILIES[family]))
+    if len(adopted) != len(options["listen"]):
+        sys.stderr.write("popsrv worker: one inherited socket per --listen is needed\n")
+        sys.exit(USAGE_ERROR)
+    inherited = iter(adopted)
+    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout, recordSeparator="")], redirectStandardIO=False)
+    try:
+        service = makeService(
+            options, reactor, endpointFor=lambda description: adoptingEndpoint(reactor, description, *next(inherited))
+        )
+        service.privilegedStartService()
+        service.startService()
+    except Exception as error:
+        sys.stderr.write(f"popsrv worker: {error}\n")
+        sys.exit(USAGE_ERROR)
+    # Its SIGHUP handler is in place: the parent may pass SIGHUP on now.
+    log.info("worker ready", event="worker-ready")
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    threading.Thread(target=_stopWhenOrphaned, args=(reactor,), name="parent-watch", daemon=True).start()
+    reactor.run()
+
+
+def _stopWhenOrphaned(reactor) -> None:
+    """
+    Wait for the end of standard input, which comes when the parent is
+    gone, and stop the worker then.
+    """
+    while os.read(0, 4096):
+        pass
+    log.info("the parent process is gone: stopping", event="orphaned")
+    reactor.callFromThread(_stop, reactor)
+
+
+def _stop(reactor) -> None:
+    if reactor.running:
+        reactor.stop()
+
+
+if __name__ == "__main__":
+    main()
