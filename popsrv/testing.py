@@ -59,7 +59,7 @@ class _Collector(Protocol):
 
 class _MemoryConnection:
     """
-    Two L{StringTransport}s joined: what one side writes, the other
+    Two C{StringTransport}s joined: what one side writes, the other
     receives when L{flush} runs; a pull producer registered by the server
     (a message streaming) runs as a transport with an always-empty send
     buffer would run it; either side's close reaches both.

@@ -5,25 +5,28 @@ listening address is written in the log.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 __all__ = ["ListeningService", "describeAddress"]
 
 log = Logger()
 
 
-def describeAddress(address) -> str:
+def describeAddress(address: object) -> str:
     """
     Return a listening address as C{host:port} (or a path for UNIX sockets).
     """
     if hasattr(address, "port"):
-        host = address.host
-        return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
+        host = str(getattr(address, "host", ""))
+        port = address.port
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return str(getattr(address, "name", address))
 
 
@@ -41,14 +44,14 @@ class ListeningService(Service):
     def __init__(
         self,
         endpoint: IStreamServerEndpoint,
-        factory,
+        factory: Factory,
         onListening: Optional[Callable[[IListeningPort], None]] = None,
     ) -> None:
         self.endpoint = endpoint
         self.factory = factory
         self.port: Optional[IListeningPort] = None
         self._onListening = onListening
-        self._waiting: Optional[Deferred] = None
+        self._waiting: Optional[Deferred[IListeningPort]] = None
 
     def privilegedStartService(self) -> None:
         """
@@ -68,7 +71,7 @@ class ListeningService(Service):
         if self._waiting is not None:
             return
         self._waiting = self.endpoint.listen(self.factory)
-        failures = []
+        failures: List[Failure] = []
         self._waiting.addCallbacks(self._listening, failures.append)
         if failures:
             failures[0].raiseException()
@@ -84,7 +87,7 @@ class ListeningService(Service):
         if self._onListening is not None:
             self._onListening(port)
 
-    def stopService(self):
+    def stopService(self) -> Optional[Deferred[None]]:
         """
         Stop listening.
         """

@@ -6,7 +6,7 @@ as it is parsed, so a mistake stops the start with one clear line.
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import Any, List, Optional
 
 from twisted.cred import strcred
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
@@ -33,7 +33,7 @@ MAX_WORKERS = 256
 WORKER_LISTENERS = ("tcp", "tcp6", "ssl")
 
 
-def _withByteNames(checker):
+def _withByteNames(checker: Any) -> Any:
     """
     Make Twisted's C{memory:} checker compare names and passwords as bytes,
     like every other checker (strcred builds it with text).
@@ -134,7 +134,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         self["listen"] = []
         self.arguments: list[str] = []
 
-    def parseOptions(self, options=None) -> None:
+    def parseOptions(self, options: Optional[List[str]] = None) -> None:
         """
         Parse the options, keeping them as given for worker processes.
         """
@@ -156,7 +156,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise usage.UsageError(f"--auth {description.partition(':')[0]}: {error}")
         except Exception:
             # Twisted's own messages for unknown or unsuitable checkers.
-            return super().opt_auth(description)
+            super().opt_auth(description)
+            return
         self.addChecker(checker)
         return None
 
@@ -248,7 +249,7 @@ def _nonNegative(option: str, value: str) -> int:
     return number
 
 
-def _daysOrNever(value: str):
+def _daysOrNever(value: str) -> Optional[int]:
     """
     Parse --expire: C{None} for NEVER, or a number of days.
     """

@@ -14,13 +14,14 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Callable, Optional
+from types import FrameType
+from typing import Any, Callable, Optional, Union
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
 from twisted.internet import endpoints
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IReactorFromThreads, IStreamServerEndpoint
 from twisted.logger import Logger
 
 from popsrv.app.demo import prepareDemo
@@ -45,10 +46,10 @@ class ReloadOnHangup(Service):
     after a certificate renewal), while the service runs.
     """
 
-    def __init__(self, tls: TLSSettings, reactor) -> None:
+    def __init__(self, tls: TLSSettings, reactor: IReactorFromThreads) -> None:
         self.tls = tls
         self.reactor = reactor
-        self._previous = None
+        self._previous: Union[Callable[[int, Optional[FrameType]], Any], int, None] = None
 
     def startService(self) -> None:
         super().startService()
@@ -60,13 +61,13 @@ class ReloadOnHangup(Service):
             signal.signal(signal.SIGHUP, self._previous)
             self._previous = None
 
-    def _hangup(self, signum, frame) -> None:
+    def _hangup(self, signum: int, frame: Optional[FrameType]) -> None:
         self.reactor.callFromThread(self.tls.reload)
 
 
 def makeService(
     options: Options,
-    reactor=None,
+    reactor: Any = None,
     endpointFor: Optional[Callable[[str], IStreamServerEndpoint]] = None,
 ) -> IService:
     """
@@ -88,10 +89,11 @@ def makeService(
     if endpointFor is None:
 
         def endpointFor(description: str) -> IStreamServerEndpoint:
-            return endpoints.serverFromString(reactor, description)
+            endpoint: IStreamServerEndpoint = endpoints.serverFromString(reactor, description)
+            return endpoint
     checkers = list(options["credCheckers"])
     template = options["maildir-template"]
-    announce = None
+    announce: Optional[Callable[[IListeningPort], None]] = None
     if options["demo"]:
         demo = prepareDemo(DEMO_DIRECTORY)
         demoChecker = InMemoryUsernamePasswordDatabaseDontUse()
@@ -137,7 +139,9 @@ def makeService(
     return service
 
 
-def _workerPool(options: Options, reactor, announce) -> IService:
+def _workerPool(
+    options: Options, reactor: Any, announce: Optional[Callable[[IListeningPort], None]]
+) -> IService:
     """
     The service of a parent process: it binds the listening sockets and runs
     the workers, which serve them with the same options.

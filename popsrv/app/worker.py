@@ -12,10 +12,10 @@ import signal
 import socket
 import sys
 import threading
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from twisted.internet import endpoints
-from twisted.internet.interfaces import IListeningPort, IReactorSSL, IReactorTCP
+from twisted.internet.interfaces import IListeningPort, IReactorSSL, IReactorTCP, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
@@ -41,40 +41,43 @@ class _AdoptingReactor:
     L{popsrv.app.options.WORKER_LISTENERS}).
     """
 
-    def __init__(self, reactor, fileno: int, family: int) -> None:
+    def __init__(self, reactor: Any, fileno: int, family: int) -> None:
         self._reactor = reactor
         self._fileno = fileno
         self._family = family
 
-    def _adopt(self, factory) -> IListeningPort:
+    def _adopt(self, factory: Any) -> IListeningPort:
         port = self._reactor.adoptStreamPort(self._fileno, self._family, factory)
         # The port works on a duplicate; the inherited descriptor is spare.
         os.close(self._fileno)
-        return port
+        return port  # type: ignore[no-any-return]
 
-    def listenTCP(self, port, factory, backlog=50, interface=""):
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> IListeningPort:
         return self._adopt(factory)
 
-    def listenSSL(self, port, factory, contextFactory, backlog=50, interface=""):
+    def listenSSL(
+        self, port: int, factory: Any, contextFactory: Any, backlog: int = 50, interface: str = ""
+    ) -> IListeningPort:
         return self._adopt(TLSMemoryBIOFactory(contextFactory, False, factory))
 
-    def connectTCP(self, *args, **kwargs):
+    def connectTCP(self, *args: Any, **kwargs: Any) -> Any:
         return self._reactor.connectTCP(*args, **kwargs)
 
-    def connectSSL(self, *args, **kwargs):
+    def connectSSL(self, *args: Any, **kwargs: Any) -> Any:
         return self._reactor.connectSSL(*args, **kwargs)
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._reactor, name)
 
 
-def adoptingEndpoint(reactor, description: str, fileno: int, family: int):
+def adoptingEndpoint(reactor: Any, description: str, fileno: int, family: int) -> IStreamServerEndpoint:
     """
     Return the endpoint of a C{--listen} description that, instead of
     binding, adopts the listening socket C{fileno} inherited from the
     parent (for C{ssl:} endpoints, with their TLS settings).
     """
-    return endpoints.serverFromString(_AdoptingReactor(reactor, fileno, family), description)
+    endpoint: IStreamServerEndpoint = endpoints.serverFromString(_AdoptingReactor(reactor, fileno, family), description)
+    return endpoint
 
 
 def _parseArguments(argv: Sequence[str]) -> argparse.Namespace:
@@ -130,7 +133,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     reactor.run()
 
 
-def _stopWhenOrphaned(reactor) -> None:
+def _stopWhenOrphaned(reactor: Any) -> None:
     """
     Wait for the end of standard input, which comes when the parent is
     gone, and stop the worker then.
@@ -141,7 +144,7 @@ def _stopWhenOrphaned(reactor) -> None:
     reactor.callFromThread(_stop, reactor)
 
 
-def _stop(reactor) -> None:
+def _stop(reactor: Any) -> None:
     if reactor.running:
         reactor.stop()
 

@@ -34,11 +34,13 @@ import os
 import signal
 import socket
 import sys
-from typing import Callable, Optional, Sequence
+from types import FrameType
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 from twisted.application.service import Service
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IListeningPort,
 )
 from twisted.internet.protocol import Factory, ProcessProtocol
@@ -68,7 +70,7 @@ class _NoConnections(Factory):
 
     noisy = False
 
-    def buildProtocol(self, addr):
+    def buildProtocol(self, addr: object) -> None:
         return None
 
 
@@ -76,7 +78,7 @@ def _familyOf(port: IListeningPort) -> str:
     """
     The address family of a listening port, as the workers are told it.
     """
-    return "INET6" if ":" in port.getHost().host else "INET"
+    return "INET6" if ":" in str(getattr(port.getHost(), "host", "")) else "INET"
 
 
 class _WorkerProcess(ProcessProtocol):
@@ -88,7 +90,7 @@ class _WorkerProcess(ProcessProtocol):
     def __init__(self, pool: WorkerPool, index: int) -> None:
         self.pool = pool
         self.index = index
-        self.ended = defer.Deferred()
+        self.ended: defer.Deferred[None] = defer.Deferred()
         self.ready = False
         self._pendingSignals: list[str] = []
         self._buffers = {1: b"", 2: b""}
@@ -102,6 +104,7 @@ class _WorkerProcess(ProcessProtocol):
             self._pendingSignals.append(name)
             return
         try:
+            assert self.transport is not None
             self.transport.signalProcess(name)
         except Exception:  # noqa: BLE001 - it ended meanwhile
             pass
@@ -153,7 +156,7 @@ class WorkerPool(Service):
 
     def __init__(
         self,
-        reactor,
+        reactor: Any,
         descriptions: Sequence[str],
         arguments: Sequence[str],
         count: int,
@@ -170,8 +173,8 @@ class WorkerPool(Service):
         self._workers: dict[int, _WorkerProcess] = {}
         self._started: dict[int, float] = {}
         self._delays: dict[int, float] = {}
-        self._restarts: dict[int, object] = {}
-        self._previousHangup = None
+        self._restarts: dict[int, IDelayedCall] = {}
+        self._previousHangup: Union[Callable[[int, Optional[FrameType]], Any], int, None] = None
 
     def privilegedStartService(self) -> None:
         """
@@ -195,7 +198,7 @@ class WorkerPool(Service):
             return
         for description in self.descriptions:
             endpoint = endpoints.serverFromString(self.reactor, description)
-            results = []
+            results: List[Any] = []
             endpoint.listen(_NoConnections()).addBoth(results.append)
             if not results or isinstance(results[0], Failure):
                 for port in self.ports:
@@ -220,7 +223,7 @@ class WorkerPool(Service):
         childFDs: dict[int, object] = {0: "w", 1: "r", 2: "r"}
         adopt = []
         for port in self.ports:
-            fd = port.fileno()
+            fd = port.fileno()  # type: ignore[attr-defined]  # TCP ports have one; workers take tcp and ssl only
             childFDs[fd] = fd
             adopt += ["--adopt", f"{fd}:{_familyOf(port)}"]
         worker = _WorkerProcess(self, index)
@@ -231,7 +234,8 @@ class WorkerPool(Service):
         self.reactor.spawnProcess(worker, self._executable, argv, env=env, childFDs=childFDs)
         self._workers[index] = worker
         self._started[index] = self.reactor.seconds()
-        log.info("worker {worker} started (pid {pid})", worker=index, pid=worker.transport.pid, event="worker-start")
+        pid = getattr(worker.transport, "pid", None)
+        log.info("worker {worker} started (pid {pid})", worker=index, pid=pid, event="worker-start")
 
     def _ended(self, worker: _WorkerProcess, reason: Failure) -> None:
         """
@@ -264,7 +268,7 @@ class WorkerPool(Service):
         )
         self._restarts[index] = self.reactor.callLater(delay, self._spawn, index)
 
-    def _hangup(self, signum, frame) -> None:
+    def _hangup(self, signum: int, frame: Optional[FrameType]) -> None:
         self.reactor.callFromThread(self.signalWorkers, "HUP")
 
     def signalWorkers(self, name: str) -> None:
@@ -274,7 +278,7 @@ class WorkerPool(Service):
         for worker in list(self._workers.values()):
             worker.signal(name)
 
-    def stopService(self) -> defer.Deferred:
+    def stopService(self) -> defer.Deferred[Any]:
         """
         Stop the workers (SIGTERM, then SIGKILL after L{STOP_GRACE}
         seconds), then close the listening sockets.
@@ -291,7 +295,7 @@ class WorkerPool(Service):
         self.signalWorkers("TERM")
         killer = self.reactor.callLater(STOP_GRACE, self.signalWorkers, "KILL")
 
-        def closePorts(_):
+        def closePorts(_: object) -> defer.Deferred[Any]:
             if killer.active():
                 killer.cancel()
             ports, self.ports = self.ports, []
