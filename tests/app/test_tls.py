@@ -57,3 +57,35 @@ def test_stlsRefusesTLS11(launcher, tmp_path):
         ssl.TLSVersion.TLSv1_2: "TLSv1.2",
         ssl.TLSVersion.TLSv1_3: "TLSv1.3",
     }
+
+
+def test_certificateFileWithTheWholeChain(tmp_path):
+    """
+    The certificate file may hold the chain: the server's certificate
+    first, then its issuers, all sent to the client.
+    """
+    from OpenSSL import SSL
+
+    from popsrv.tls import loadCertificateOptions
+
+    pki = makePKI(tmp_path)
+    options = loadCertificateOptions(str(pki.chain), str(pki.key))
+    context = options.getContext()
+    assert isinstance(context, SSL.Context)
+    assert options.extraCertChain is not None and len(options.extraCertChain) == 1
+
+
+@pytest.mark.parametrize("content", [b"", b"not a certificate\n", b"-----BEGIN CERTIFICATE-----\nAAAA\n"])
+def test_certificateFileWithoutCertificate(tmp_path, content):
+    """
+    A certificate file with no certificate in it stops the start with one
+    clear line naming the file.
+    """
+    from popsrv.tls import TLSConfigError, loadCertificateOptions
+
+    pki = makePKI(tmp_path)
+    bad = tmp_path / "bad.pem"
+    bad.write_bytes(content)
+    with pytest.raises(TLSConfigError) as caught:
+        loadCertificateOptions(str(bad), str(pki.key))
+    assert str(bad) in str(caught.value) and "\n" not in str(caught.value)
