@@ -845,7 +845,7 @@ def test_quickListingNeverMeasuresNewMail(tmp_path, monkeypatch):
     just then is left for the next session instead of being measured on
     the calling thread.
     """
-    from popsrv.store.maildir import maildrop as module
+    from popsrv.store.maildir import newmail
 
     deliver(str(tmp_path), b"Subject: old\n\nbody\n")
     listOnce(tmp_path)
@@ -860,7 +860,7 @@ def test_quickListingNeverMeasuresNewMail(tmp_path, monkeypatch):
         return answer
 
     monkeypatch.setattr(maildrop, "_quickToList", deliverAfterTheCheck)
-    monkeypatch.setattr(module, "_measure", lambda *a: pytest.fail("measured on the calling thread"))
+    monkeypatch.setattr(newmail, "measure", lambda *a: pytest.fail("measured on the calling thread"))
     assert len(maildrop.listMessages()) == 1
     maildrop.release()
     assert os.listdir(tmp_path / "new") == late

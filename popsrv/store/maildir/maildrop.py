@@ -25,10 +25,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import re
 import stat
 import time
-from typing import AbstractSet, Any, BinaryIO, Callable, Iterator, Mapping, Optional, Sequence, Union
+from typing import AbstractSet, Any, Callable, Mapping, Optional, Sequence, Union
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IConsumer
@@ -38,15 +37,21 @@ from zope.interface import implementer
 from popsrv.errors import MaildropError, MaildropLocked, MaildropUnusable, MessageVanished
 from popsrv.interfaces import IMaildrop
 from popsrv.messages import MessageInfo, MessageList
-from popsrv.store.maildir.listing import ListingCache, recordedSize, splitName
+from popsrv.store.maildir.listing import ListingCache, splitName
+from popsrv.store.maildir.newmail import (
+    NAME_WORK,
+    GILPacer,
+    listMessageFiles,
+    openMessage,
+    recordSize,
+)
+from popsrv.store.maildir.newmail import deliverNew as takeNewMail
 from popsrv.threads import inline
-from popsrv.wire.framing import normalizedSize
 from popsrv.wire.streaming import CHUNK_SIZE, sendFile
 
 __all__ = ["LOCK_FILE", "MaildirMaildrop"]
 
 LOCK_FILE = "popsrv.lock"
-_MEASURE_CHUNK = 2**20
 # Below these, listing or committing is quicker done at once than handed to
 # a thread (measured: about 20 % more sessions per second for small
 # maildrops), and short enough not to hold up other sessions.
@@ -61,10 +66,6 @@ SETTLED_NS = 20 * 10**6
 COARSE_SETTLED_NS = 2 * 10**9 + SETTLED_NS
 # The wall clock in nanoseconds (a name of its own for the tests).
 _nowNS = time.time_ns
-# What handling one file name costs, in measured octets (about 1 µs of CPU
-# per 1 KiB measured, several µs per name): the pacer yields every ~250 names.
-_NAME_WORK = 4096
-_PHYSICAL_SIZE = re.compile(r",S=\d+")
 
 log = Logger()
 # The parsed cur/ listings of the big Maildirs this process served lately.
@@ -85,49 +86,6 @@ def _settleTime(mtimeNS: int) -> int:
     sure to show in it: timestamps in whole seconds are taken for coarse.
     """
     return COARSE_SETTLED_NS if mtimeNS % 10**9 == 0 else SETTLED_NS
-
-
-def _openMessage(path: str) -> BinaryIO:
-    """
-    Open a message file for reading, refusing symbolic links.
-    """
-    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb", buffering=0)
-
-
-class _GILPacer:
-    """
-    Gives up the GIL after every C{every} octets of CPU-bound work.
-
-    Measuring holds the GIL; in a worker thread, the reactor thread would
-    otherwise wait up to the switch interval each of the many times it
-    needs the GIL back (the "convoy effect").  Yielding per file instead
-    would cost a thread switch per small message.
-    """
-
-    def __init__(self, every: int = _MEASURE_CHUNK) -> None:
-        self._every = every
-        self._done = 0
-
-    def account(self, octets: int) -> None:
-        self._done += octets
-        if self._done >= self._every:
-            self._done = 0
-            time.sleep(0)
-
-
-def _measure(path: str, pacer: _GILPacer) -> tuple[int, int]:
-    """
-    Return a stored message's file size and POP3 size.
-    """
-    with _openMessage(path) as f:
-        physical = os.fstat(f.fileno()).st_size
-
-        def chunks() -> Iterator[bytes]:
-            while chunk := f.read(_MEASURE_CHUNK):
-                yield chunk
-                pacer.account(len(chunk))
-
-        return physical, normalizedSize(chunks())
 
 
 @implementer(IMaildrop)
@@ -157,7 +115,7 @@ class MaildirMaildrop:
         self._cur = os.path.join(path, "cur")
         self._new = os.path.join(path, "new")
         self._lockFD: int | None = None
-        self._pacer = _GILPacer()
+        self._pacer = GILPacer()
         # The file name of each message of the snapshot, by uid (shared
         # with the kept listing: never changed here), and the new names of
         # those renamed since.
@@ -236,7 +194,7 @@ class MaildirMaildrop:
         """
         self._inThread = inThread
         if deliverNew:
-            self._deliverNew()
+            takeNewMail(self._new, self._cur, self._pacer)
         listing = LISTINGS.take(self._cur)
         before = os.stat(self._cur)
         if listing.isEmpty() or listing.signature != _signature(before):
@@ -250,7 +208,7 @@ class MaildirMaildrop:
                     before = os.stat(self._cur)
             started = _nowNS()
             if listing.isEmpty():
-                names, admit = self._listDir(self._cur), None
+                names, admit = listMessageFiles(self._cur, self._pacer), None
             else:
                 names, admit = os.listdir(self._cur), self._isMessageFile
             listing.update(names, self._recordSizeInCur, self._accountName, admit, self._pause)
@@ -265,7 +223,7 @@ class MaildirMaildrop:
         return listing.messages
 
     def _accountName(self) -> None:
-        self._pacer.account(_NAME_WORK)
+        self._pacer.account(NAME_WORK)
 
     def _pause(self) -> None:
         """
@@ -276,7 +234,7 @@ class MaildirMaildrop:
             time.sleep(0)
 
     def _recordSizeInCur(self, fileName: str) -> Optional[str]:
-        return self._recordSize(self._cur, fileName, fileName)
+        return recordSize(self._cur, fileName, fileName, self._cur, self._pacer)
 
     def _isMessageFile(self, name: str) -> bool:
         """
@@ -296,10 +254,10 @@ class MaildirMaildrop:
         """
         try:
             try:
-                fileObject = _openMessage(os.path.join(self._cur, self._renamed.get(uid) or self._names[uid]))
+                fileObject = openMessage(os.path.join(self._cur, self._renamed.get(uid) or self._names[uid]))
             except FileNotFoundError:
                 # Renamed (its flags changed) since the snapshot, or gone.
-                fileObject = _openMessage(os.path.join(self._cur, self._locate(uid)))
+                fileObject = openMessage(os.path.join(self._cur, self._locate(uid)))
         except (KeyError, FileNotFoundError):
             return fail(MessageVanished(uid))
         except OSError as error:
@@ -389,51 +347,6 @@ class MaildirMaildrop:
             os.close(self._lockFD)
             self._lockFD = None
 
-    def _listDir(self, path: str) -> list[str]:
-        """
-        List the message files of a Maildir subdirectory: regular files whose
-        names do not start with a dot.
-        """
-        names = []
-        with os.scandir(path) as entries:
-            for entry in entries:
-                self._pacer.account(_NAME_WORK // 4)
-                if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
-                    names.append(entry.name)
-        return names
-
-    def _deliverNew(self) -> None:
-        """
-        Move every message in C{new/} to C{cur/}, recording its sizes.
-        """
-        for fileName in self._listDir(self._new):
-            self._pacer.account(_NAME_WORK)
-            base, info = splitName(fileName)
-            target = fileName if info else base + ":2,"
-            self._recordSize(self._new, fileName, target)
-
-    def _recordSize(self, directory: str, fileName: str, target: str) -> str | None:
-        """
-        Measure a message and rename it into C{cur/} as C{target} with its
-        sizes in the name; return the new name (C{None} if it vanished).
-        """
-        source = os.path.join(directory, fileName)
-        base, info = splitName(target)
-        if recordedSize(base) is None:
-            try:
-                physical, size = _measure(source, self._pacer)
-            except FileNotFoundError:
-                return None
-            if not _PHYSICAL_SIZE.search(base):
-                base += f",S={physical}"
-            base += f",W={size}"
-        newName = f"{base}:{info}" if info or ":" in target else base
-        try:
-            os.rename(source, os.path.join(self._cur, newName))
-        except FileNotFoundError:
-            return None
-        return newName
-
     def _locate(self, uid: str) -> str:
         """
         Return the current file name of a message in C{cur/}, looking again
@@ -445,7 +358,7 @@ class MaildirMaildrop:
         if os.path.exists(os.path.join(self._cur, fileName)):
             return fileName
         base, _ = splitName(fileName)
-        for candidate in self._listDir(self._cur):
+        for candidate in listMessageFiles(self._cur, self._pacer):
             if splitName(candidate)[0] == base:
                 self._renamed[uid] = candidate
                 return candidate

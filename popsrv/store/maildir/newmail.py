@@ -1,0 +1,115 @@
+"""
+Taking new mail into C{cur/}: listing message files, measuring each
+message's POP3 size once, and recording it in the name (C{,S=} and C{,W=})
+as it moves from C{new/} to C{cur/}; with a pacer that lets the reactor
+thread have the GIL while this runs in a thread.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import BinaryIO, Iterator, Optional
+
+from popsrv.store.maildir.listing import recordedSize, splitName
+from popsrv.wire.framing import normalizedSize
+
+__all__ = ["NAME_WORK", "GILPacer", "deliverNew", "listMessageFiles", "measure", "openMessage", "recordSize"]
+
+MEASURE_CHUNK = 2**20
+# What handling one file name costs, in measured octets (about 1 µs of CPU
+# per 1 KiB measured, several µs per name): the pacer yields every ~250 names.
+NAME_WORK = 4096
+PHYSICAL_SIZE = re.compile(r",S=\d+")
+
+
+def openMessage(path: str) -> BinaryIO:
+    """
+    Open a message file for reading, refusing symbolic links.
+    """
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb", buffering=0)
+
+
+class GILPacer:
+    """
+    Gives up the GIL after every C{every} octets of CPU-bound work.
+
+    Measuring holds the GIL; in a worker thread, the reactor thread would
+    otherwise wait up to the switch interval each of the many times it
+    needs the GIL back (the "convoy effect").  Yielding per file instead
+    would cost a thread switch per small message.
+    """
+
+    def __init__(self, every: int = MEASURE_CHUNK) -> None:
+        self._every = every
+        self._done = 0
+
+    def account(self, octets: int) -> None:
+        """Count C{octets} of work; yield the GIL once enough is done."""
+        self._done += octets
+        if self._done >= self._every:
+            self._done = 0
+            time.sleep(0)
+
+
+def measure(path: str, pacer: GILPacer) -> tuple[int, int]:
+    """
+    Return a stored message's file size and POP3 size.
+    """
+    with openMessage(path) as f:
+        physical = os.fstat(f.fileno()).st_size
+
+        def chunks() -> Iterator[bytes]:
+            while chunk := f.read(MEASURE_CHUNK):
+                yield chunk
+                pacer.account(len(chunk))
+
+        return physical, normalizedSize(chunks())
+
+
+
+def listMessageFiles(path: str, pacer: GILPacer) -> list[str]:
+    """
+    List the message files of a Maildir subdirectory: regular files whose
+    names do not start with a dot.
+    """
+    names = []
+    with os.scandir(path) as entries:
+        for entry in entries:
+            pacer.account(NAME_WORK // 4)
+            if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
+                names.append(entry.name)
+    return names
+
+def deliverNew(new: str, cur: str, pacer: GILPacer) -> None:
+    """
+    Move every message in C{new/} to C{cur/}, recording its sizes.
+    """
+    for fileName in listMessageFiles(new, pacer):
+        pacer.account(NAME_WORK)
+        base, info = splitName(fileName)
+        target = fileName if info else base + ":2,"
+        recordSize(new, fileName, target, cur, pacer)
+
+def recordSize(directory: str, fileName: str, target: str, cur: str, pacer: GILPacer) -> Optional[str]:
+    """
+    Measure a message in C{directory} and rename it into C{cur} as C{target} with its
+    sizes in the name; return the new name (C{None} if it vanished).
+    """
+    source = os.path.join(directory, fileName)
+    base, info = splitName(target)
+    if recordedSize(base) is None:
+        try:
+            physical, size = measure(source, pacer)
+        except FileNotFoundError:
+            return None
+        if not PHYSICAL_SIZE.search(base):
+            base += f",S={physical}"
+        base += f",W={size}"
+    newName = f"{base}:{info}" if info or ":" in target else base
+    try:
+        os.rename(source, os.path.join(cur, newName))
+    except FileNotFoundError:
+        return None
+    return newName
