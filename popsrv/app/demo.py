@@ -22,7 +22,7 @@ From: popsrv <postmaster@localhost>
 To: demo@localhost
 Subject: Welcome to popsrv
 Date: Sat, 21 Nov 2026 12:00:00 +0000
-Message-ID: <welcome@popsrv.app.demo>
+Message-ID: <welcome@popsrv.demo>
 MIME-Version: 1.0
 Content-Type: text/plain; charset=utf-8
 Content-Transfer-Encoding: 8bit
@@ -79,7 +79,7 @@ From: =?utf-8?q?Jos=C3=A9?= <jose@example.org>
 To: demo@localhost
 Subject: =?utf-8?q?8-bit_body?=
 Date: Sat, 21 Nov 2026 12:05:00 +0000
-Message-ID: <8bit@popsrv.app.demo>
+Message-ID: <8bit@popsrv.demo>
 MIME-Version: 1.0
 Content-Type: text/plain; charset=utf-8
 Content-Transfer-Encoding: 8bit
