@@ -38,6 +38,11 @@ class ListeningService(Service):
     so privileged ports work; a failure to listen is raised at once, so a
     busy port stops C{twistd} with a clear error.
 
+    (Not Twisted's C{StreamServerEndpointService}: popsrv logs the address
+    it bound, port 0 resolved, and hands the port to C{onListening} for the
+    demo's instructions and the worker pool; that service keeps its port
+    only in a private Deferred.)
+
     @ivar port: the C{IListeningPort} once listening.
     """
 

@@ -34,6 +34,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import argon2
 import attr
 import bcrypt
+from scramp import ScramMechanism
 from scramp.utils import saslprep
 
 __all__ = [
@@ -242,15 +243,17 @@ def deriveScramKeys(mechanism: str, password: bytes, salt: bytes, iterations: in
 
     @raise SchemeError: if the password is not UTF-8 text SASLprep allows.
     """
-    new = _SCRAM_HASHES[mechanism]
     try:
-        prepared = saslprep(password.decode("utf-8")).encode("utf-8")
+        text = password.decode("utf-8")
+        saslprep(text)
     except Exception as error:
         raise SchemeError(f"the password cannot be used with SCRAM: {error}")
-    salted = hashlib.pbkdf2_hmac(new().name, prepared, salt, iterations)
-    clientKey = hmac.new(salted, b"Client Key", new).digest()
-    serverKey = hmac.new(salted, b"Server Key", new).digest()
-    return ScramKeys(mechanism, iterations, salt, new(clientKey).digest(), serverKey)
+    # scramp derives the keys (SASLprep, PBKDF2, the client and server keys)
+    # exactly as its exchanges check them.
+    _, storedKey, serverKey, _ = ScramMechanism(mechanism).make_auth_info(
+        text, iteration_count=iterations, salt=salt
+    )
+    return ScramKeys(mechanism, iterations, salt, storedKey, serverKey)
 
 
 def _parseScram(mechanism: str, secret: str) -> ScramKeys:

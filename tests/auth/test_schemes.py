@@ -271,3 +271,17 @@ def test_dovecotVerifiesOurTexts(scheme):
     """`doveadm pw -t` accepts what hashPassword writes."""
     stored = hashPassword("pässword", scheme)
     assert "(verified)" in doveadm("-t", stored, "-p", "pässword")
+
+
+def test_scramKeysAreScrampsForTheSameSalt():
+    """
+    popsrv's SCRAM keys are scramp's own (RFC 7677's test vector's
+    password, a fixed salt), for both mechanisms.
+    """
+    from scramp import ScramMechanism
+
+    salt = bytes(range(16))
+    for mechanism in ("SCRAM-SHA-1", "SCRAM-SHA-256"):
+        keys = schemes.deriveScramKeys(mechanism, b"pencil", salt, 4096)
+        _, storedKey, serverKey, _ = ScramMechanism(mechanism).make_auth_info("pencil", iteration_count=4096, salt=salt)
+        assert (keys.storedKey, keys.serverKey, keys.salt, keys.iterations) == (storedKey, serverKey, salt, 4096)
