@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import array
 from collections.abc import Sequence as SequenceABC
-from typing import Iterable, Iterator, NamedTuple, Sequence, Union, overload
+from typing import ClassVar, Iterable, Iterator, NamedTuple, Sequence, Union, overload
 
 __all__ = ["MessageInfo", "MessageList"]
 
@@ -34,7 +34,7 @@ class MessageInfo(NamedTuple):
     seen: bool = False
 
 
-class MessageList(SequenceABC):  # type: ignore[type-arg]  # a Sequence[MessageInfo]; SequenceABC is not generic before 3.9's runtime
+class MessageList(SequenceABC[MessageInfo]):
     """
     A snapshot of messages (a sequence of L{MessageInfo}) stored by column:
     a list of uids, an array of sizes, and the seen flags as bytes.
@@ -90,7 +90,9 @@ class MessageList(SequenceABC):  # type: ignore[type-arg]  # a Sequence[MessageI
             return list(self) == list(other)
         return NotImplemented
 
-    __hash__ = None  # type: ignore[assignment]
+    # Unhashable, as a list is: it compares equal to lists.  (typeshed
+    # declares list.__hash__ the same way, with the same ignore.)
+    __hash__: ClassVar[None] = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"MessageList({list(self)!r})"

@@ -1,10 +1,12 @@
 """
 Test doubles for code that embeds popsrv or implements a backend for it.
 
-L{connect} wires an in-memory POP3 client to the real L{POP3Protocol} (through
-Twisted's in-memory transports and a fake clock: no sockets, no reactor, no
-sleeping), so a test of a realm, a checker or an L{IMaildrop} implementation
-drives them through real POP3 in a few lines::
+L{connect} wires an in-memory POP3 client to the real
+L{popsrv.pop3.POP3Protocol} (through Twisted's in-memory transports and a
+fake clock: no sockets, no reactor, no sleeping), so a test of a realm, a
+checker or an L{popsrv.interfaces.IMaildrop} implementation drives them
+through real POP3 in a few lines (the connection has no TLS: a factory
+with TLS settings does not offer STLS over it; test STLS over real TCP)::
 
     from popsrv.testing import connect, memoryPortal
 
@@ -59,16 +61,23 @@ class _Collector(Protocol):
 
 class _MemoryConnection:
     """
-    Two C{StringTransport}s joined: what one side writes, the other
-    receives when L{flush} runs; a pull producer registered by the server
-    (a message streaming) runs as a transport with an always-empty send
-    buffer would run it; either side's close reaches both.
+    Two C{StringTransport}s joined, and a fake clock that stands for the
+    reactor: each turn (L{flush} runs turns until nothing moves) runs the
+    timers that are due, delivers what each side wrote to the other, lets
+    a pull producer registered by the server (a message streaming) write
+    its next chunk, as a transport whose send buffer is always empty
+    would, and closes both sides once either asked to close.  Nothing
+    either side writes after the close arrives.
+
+    No TLS: the transports do not provide C{ITLSTransport}, so a server
+    whose factory has TLS settings does not offer STLS over them.
     """
 
-    def __init__(self, server: Protocol, client: _Collector, serverAddress: IPv4Address,
+    def __init__(self, server: Protocol, client: _Collector, clock: Clock, serverAddress: IPv4Address,
                  clientAddress: IPv4Address) -> None:
         self._server = server
         self._client = client
+        self._clock = clock
         self._serverTransport = StringTransport(hostAddress=serverAddress, peerAddress=clientAddress)
         self._clientTransport = StringTransport(hostAddress=clientAddress, peerAddress=serverAddress)
         self._closed = False
@@ -77,20 +86,30 @@ class _MemoryConnection:
 
     def flush(self) -> None:
         """
-        Deliver everything either side wrote, until nothing moves.
+        Run turns until nothing moves.
         """
         while self._step():
             pass
 
     def _step(self) -> bool:
+        """
+        Run one turn; return whether anything moved.
+        """
+        # A reactor runs the timers that are due at each turn (callLater(0)
+        # included); twisted.test.iosim's pump did the same.
+        self._clock.advance(0)
+        if self._closed:
+            self._clientTransport.clear()
+            self._serverTransport.clear()
+            return False
         moved = False
         toServer = self._clientTransport.value()
-        if toServer and not self._closed:
+        if toServer:
             self._clientTransport.clear()
             self._server.dataReceived(toServer)
             moved = True
         producer = self._serverTransport.producer
-        if producer is not None and not self._serverTransport.streaming and not self._closed:
+        if producer is not None and not self._serverTransport.streaming:
             producer.resumeProducing()
             moved = True
         toClient = self._serverTransport.value()
@@ -98,7 +117,7 @@ class _MemoryConnection:
             self._serverTransport.clear()
             self._client.dataReceived(toClient)
             moved = True
-        if not self._closed and (self._serverTransport.disconnecting or self._clientTransport.disconnecting):
+        if self._serverTransport.disconnecting or self._clientTransport.disconnecting:
             self._closed = True
             self._server.connectionLost(Failure(ConnectionDone()))
             self._client.connectionLost(Failure(ConnectionDone()))
@@ -112,7 +131,7 @@ def _text(line: Union[str, bytes]) -> bytes:
 
 class POP3TestClient:
     """
-    A POP3 client connected in memory to a real L{POP3Protocol}.
+    A POP3 client connected in memory to a real L{popsrv.pop3.POP3Protocol}.
 
     @ivar server: the server-side protocol instance.
     @ivar clock: the fake clock the server's timers use; advance it to test
@@ -130,7 +149,7 @@ class POP3TestClient:
         client = IPv4Address("TCP", peer, 40000)
         self.server = factory.buildProtocol(client)
         self._collector = _Collector()
-        self._pump = _MemoryConnection(self.server, self._collector, server, client)
+        self._pump = _MemoryConnection(self.server, self._collector, clock, server, client)
         self.greeting = self.readLine()
 
     @property

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import io
 import itertools
-from typing import AbstractSet, Any, Callable, Iterable, Mapping, Tuple, Union
+from typing import AbstractSet, Callable, Iterable, Mapping, Tuple, Type, Union
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IConsumer
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 from popsrv.errors import MaildropLocked, MessageVanished
 from popsrv.interfaces import IMaildrop
@@ -117,8 +117,8 @@ class MemoryRealm:
         return self.maildrops[name]
 
     def requestAvatar(
-        self, avatarId: Union[bytes, str, Tuple[()]], mind: object, *interfaces: Any
-    ) -> Tuple[Any, IMaildrop, Callable[[], None]]:
+        self, avatarId: Union[bytes, str, Tuple[()]], mind: object, *interfaces: Type[Interface]
+    ) -> Tuple[Type[Interface], IMaildrop, Callable[[], None]]:
         """
         Return the maildrop of the user C{avatarId}.
         """

@@ -11,14 +11,15 @@ a directory outside the one the template's fixed text names.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Callable, List, Optional, Tuple, Type, Union
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 from popsrv.interfaces import IMaildrop
 from popsrv.store.maildir import MaildirMaildrop
+from popsrv.threads import Runner
 
 __all__ = [
     "BadMaildirTemplate",
@@ -239,7 +240,7 @@ class MaildirRealm:
     def __init__(
         self,
         root: Optional[str] = None,
-        runner: Optional[Callable[..., Any]] = None,
+        runner: Optional[Runner] = None,
         template: Union[MaildirTemplate, str, None] = None,
     ) -> None:
         if (root is None) == (template is None):
@@ -263,8 +264,8 @@ class MaildirRealm:
         return MaildirMaildrop(path, canonicalLogin(login), runner=self.runner)
 
     def requestAvatar(
-        self, avatarId: Union[bytes, str, Tuple[()]], mind: object, *interfaces: Any
-    ) -> Tuple[Any, IMaildrop, Callable[[], None]]:
+        self, avatarId: Union[bytes, str, Tuple[()]], mind: object, *interfaces: Type[Interface]
+    ) -> Tuple[Type[Interface], IMaildrop, Callable[[], None]]:
         """
         Return C{(IMaildrop, maildrop, logout)} for the user C{avatarId}.
         """

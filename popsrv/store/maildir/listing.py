@@ -20,7 +20,7 @@ import hashlib
 import heapq
 import re
 import threading
-from typing import Any, Callable, Iterable, Optional, Tuple
+from typing import Callable, Iterable, Optional, Tuple
 
 from popsrv.messages import MessageList
 
@@ -106,7 +106,7 @@ def _parse(fileName: str) -> Optional[ParsedName]:
 SORT_STEP = 4096
 
 
-def _sortedInSteps(names: list[str], key: Callable[[str], Any], pause: Callable[[], None]) -> list[str]:
+def _sortedInSteps(names: list[str], key: Callable[[str], OrderKey], pause: Callable[[], None]) -> list[str]:
     """
     Sort names in runs of L{SORT_STEP}, pausing after each, and merge the
     runs: one sort of 100,000 names would hold the GIL for a tenth of a
@@ -121,7 +121,7 @@ def _sortedInSteps(names: list[str], key: Callable[[str], Any], pause: Callable[
     return _mergedInSteps(runs, key, pause)
 
 
-def _mergedInSteps(runs: list[list[str]], key: Callable[[str], Any], pause: Callable[[], None]) -> list[str]:
+def _mergedInSteps(runs: list[list[str]], key: Callable[[str], OrderKey], pause: Callable[[], None]) -> list[str]:
     """
     Merge sorted runs of names, pausing every L{SORT_STEP} names.
     """

@@ -27,7 +27,7 @@ import fcntl
 import os
 import stat
 import time
-from typing import AbstractSet, Any, Callable, Mapping, Optional, Sequence, Union
+from typing import AbstractSet, List, Mapping, Optional, Sequence, Tuple, Union
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IConsumer
@@ -46,7 +46,7 @@ from popsrv.store.maildir.newmail import (
     recordSize,
 )
 from popsrv.store.maildir.newmail import deliverNew as takeNewMail
-from popsrv.threads import inline
+from popsrv.threads import Runner, inline
 from popsrv.wire.streaming import CHUNK_SIZE, sendFile
 
 __all__ = ["LOCK_FILE", "MaildirMaildrop"]
@@ -70,6 +70,9 @@ _nowNS = time.time_ns
 log = Logger()
 # The parsed cur/ listings of the big Maildirs this process served lately.
 LISTINGS = ListingCache()
+
+# The messages a commit could not mark seen, with why.
+_Problems = List[Tuple[str, Exception]]
 
 
 def _signature(status: os.stat_result) -> tuple[int, int, int, int]:
@@ -106,7 +109,7 @@ class MaildirMaildrop:
         path: str,
         name: str,
         chunkSize: int = CHUNK_SIZE,
-        runner: Optional[Callable[..., Any]] = None,
+        runner: Optional[Runner] = None,
     ) -> None:
         self.path = path
         self.name = name
@@ -164,7 +167,8 @@ class MaildirMaildrop:
             # for the next session rather than being measured, perhaps
             # large, on this thread.
             return self._snapshot(deliverNew=False, inThread=False)
-        listing: Deferred[Sequence[MessageInfo]] = self._run(self._snapshot, True, self._run is not inline)
+        listing: Union[Sequence[MessageInfo], Deferred[Sequence[MessageInfo]]]
+        listing = self._run(self._snapshot, True, self._run is not inline)
         return listing
 
     def _quickToList(self) -> bool:
@@ -269,6 +273,7 @@ class MaildirMaildrop:
         Mark retrieved messages seen, then unlink the deleted ones (right
         away for a few files, else through the runner).
         """
+        result: Union[_Problems, Deferred[_Problems]]
         if len(deleted) + len(seen) <= QUICK_COMMIT_FILES:
             result = self._apply(deleted, seen)
         else:
@@ -278,7 +283,7 @@ class MaildirMaildrop:
         self._logUnmarked(result)
         return None
 
-    def _logUnmarked(self, problems: list[tuple[str, Exception]]) -> None:
+    def _logUnmarked(self, problems: _Problems) -> None:
         """
         Log, on the calling thread, the messages that could not be marked
         seen.
@@ -286,7 +291,7 @@ class MaildirMaildrop:
         for uid, error in problems:
             log.warn("could not mark {uid} seen in {path}: {error}", uid=uid, path=self.path, error=error)
 
-    def _apply(self, deleted: AbstractSet[str], seen: AbstractSet[str]) -> list[tuple[str, Exception]]:
+    def _apply(self, deleted: AbstractSet[str], seen: AbstractSet[str]) -> _Problems:
         """
         Mark retrieved messages seen, then unlink the deleted ones.
 
@@ -295,7 +300,7 @@ class MaildirMaildrop:
         snapshot; only if that name is gone (its flags changed) is C{cur/}
         searched for its new one.
         """
-        problems: list[tuple[str, Exception]] = []
+        problems: _Problems = []
         for uid in seen - deleted:
             try:
                 self._markSeen(uid)
