@@ -52,12 +52,18 @@ class CommandError(Exception):
     """
     A command the session refuses: the text of its C{-ERR} reply, with an
     optional response code.
+
+    @ivar malformed: the line was not a valid command here (unknown, of the
+        other state, wrong arguments, too long), as opposed to a valid
+        command that cannot be done (no such message): only malformed
+        lines count towards closing a session.
     """
 
-    def __init__(self, text: str, code: Optional[replies.Code] = None) -> None:
+    def __init__(self, text: str, code: Optional[replies.Code] = None, malformed: bool = False) -> None:
         super().__init__(text)
         self.text = text
         self.code = code
+        self.malformed = malformed
 
     def reply(self) -> bytes:
         """
@@ -122,6 +128,14 @@ def parse(line: bytes, state: State) -> Command:
     @raise CommandError: the line is too long, empty, an unknown command,
         a command of another state, or has the wrong number of arguments.
     """
+    try:
+        return _parse(line, state)
+    except CommandError as error:
+        error.malformed = True
+        raise
+
+
+def _parse(line: bytes, state: State) -> Command:
     keyword, _, rest = line.partition(b" ")
     name = keyword.upper()
     limit = MAX_AUTH_OCTETS if name == b"AUTH" else MAX_COMMAND_OCTETS

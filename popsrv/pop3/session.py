@@ -97,7 +97,7 @@ def decodeBase64(data: bytes) -> bytes:
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise CommandError(replies.INVALID_BASE64)
+        raise CommandError(replies.INVALID_BASE64, malformed=True)
 
 
 class Session:
@@ -108,6 +108,9 @@ class Session:
     @ivar challenge: the APOP challenge of the greeting.
     @ivar user: the maildrop's name once logged in, else C{"-"}.
     @ivar failures: failed logins so far.
+    @ivar badCommands: malformed command lines in a row (a command that
+        succeeds resets the count); the L{MAX_BAD_COMMANDS}th closes the
+        session.
     """
 
     def __init__(
@@ -180,13 +183,16 @@ class Session:
             raise IllegalTransition(f"a command in the {self.state.value} state")
         try:
             command = parse(line, self.state)
-            return self._run(command)
+            effect = self._run(command)
         except CommandError as error:
+            if not error.malformed:
+                return Reply(error.reply())
             self.badCommands += 1
             if self.badCommands >= MAX_BAD_COMMANDS:
-                closing = replies.err(replies.TOO_MANY_BAD_COMMANDS)
-                return Reply(error.reply() + closing, close="too many bad commands")
+                return Reply(replies.err(replies.TOO_MANY_BAD_COMMANDS), close="too many bad commands")
             return Reply(error.reply())
+        self.badCommands = 0
+        return effect
 
     def _run(self, command: Command) -> Effect:
         name, args = command.name, command.args
@@ -254,7 +260,7 @@ class Session:
             return Reply(replies.multiline("methods follow", names))
         mechanism = sasl.mechanism(args[0])
         if mechanism is None or mechanism not in self.environment.mechanisms():
-            raise CommandError(replies.unsupportedMechanism(args[0]))
+            raise CommandError(replies.unsupportedMechanism(args[0]), malformed=True)
         if mechanism.plaintext:
             self._requirePlaintextAllowed()
         response = None

@@ -66,7 +66,7 @@ class Transaction:
         The number and entry of the live message C{argument} names.
         """
         if not argument.isdigit():
-            raise CommandError(replies.invalidNumber(argument))
+            raise CommandError(replies.invalidNumber(argument), malformed=True)
         number = int(argument)
         if not 1 <= number <= len(self._messages):
             raise CommandError(replies.noSuchMessage(len(self._messages)))
@@ -101,7 +101,7 @@ class Transaction:
         if name == b"TOP":
             number, message = self._message(args[0])
             if not args[1].isdigit():
-                raise CommandError(replies.invalidLineCount(args[1]))
+                raise CommandError(replies.invalidLineCount(args[1]), malformed=True)
             return Stream(number, message, replies.ok("top of message follows"), int(args[1]))
         if name == b"DELE":
             return self._dele(args[0])

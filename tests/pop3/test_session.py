@@ -130,22 +130,16 @@ def test_transactionFollowsTheModel(messages: List[MessageInfo], script: list) -
     model's: numbers never shift, deleted messages stay deleted until RSET,
     STAT counts the live messages, LAST the highest retrieved; QUIT commits
     exactly the marked messages and marks seen the newly retrieved ones;
-    the twentieth refused command closes the session.
+    refusals of valid commands (no such message) never close the session.
     """
     session = loggedIn(messages)
     model = Model(messages)
-    bad = 0
     for name, number in script:
         line = name.encode() if number is None else b"%s %d" % (name.encode(), number)
         if name == "TOP":
             line += b" 0"
         effect = session.receive(line)
         if number is not None and model.named(number) is not None:
-            bad += 1
-            if bad == MAX_BAD_COMMANDS:
-                assert isinstance(effect, Reply) and effect.close == "too many bad commands"
-                assert effect.data.startswith(model.named(number))
-                return
             assert effect == Reply(model.named(number)), (line, effect)
             continue
         if name == "STAT":
@@ -380,3 +374,30 @@ def test_capabilities() -> None:
         assert b"\r\n" + line + b"\r\n" in before
     session.loginSucceeded("alice", [])
     assert reply(session, b"CAPA") == before
+
+
+def test_onlyMalformedCommandsInARowClose() -> None:
+    """
+    Unknown commands and syntax errors close the session at the
+    L{MAX_BAD_COMMANDS}th in a row, with exactly one reply line; valid
+    commands that fail (no such message) never count, and a command that
+    succeeds starts the count again.
+    """
+    session = loggedIn([MessageInfo("a", 3)])
+    for _ in range(MAX_BAD_COMMANDS * 3):
+        effect = session.receive(b"RETR 9")
+        assert effect == Reply(b"-ERR no such message, only 1 messages in maildrop\r\n")
+        assert effect.close is None
+    for _ in range(MAX_BAD_COMMANDS * 3):
+        for _ in range(MAX_BAD_COMMANDS - 1):
+            effect = session.receive(b"XYZZY")
+            assert isinstance(effect, Reply) and effect.close is None
+        assert session.receive(b"NOOP") == Reply(b"+OK\r\n")
+    for line in [b"XYZZY", b"RETR x", b"TOP 1 y", b"USER bob", b"LIST 1 2", b""] * 4:
+        effect = session.receive(line)
+        if effect.close is not None:
+            break
+    assert isinstance(effect, Reply)
+    assert effect == Reply(b"-ERR too many bad commands, closing connection\r\n", close="too many bad commands")
+    assert effect.data.count(b"\r\n") == 1
+    assert session.badCommands == MAX_BAD_COMMANDS
