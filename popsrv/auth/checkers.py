@@ -27,6 +27,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from popsrv.auth import schemes
+from popsrv.auth.credentials import passwordTooLong
 from popsrv.errors import CredentialsUnavailable
 from popsrv.interfaces import IScramCredentials, IScramParameters, ISecretSource, ScramParameters
 
@@ -149,8 +150,11 @@ class StoredSecretChecker:
         """
         Verify a password: a C{{PLAIN}} secret at once; a hash in a thread;
         no secret, or an unusable one, against the dummy hash (same cost,
-        never a match).
+        never a match); a password longer than any scheme needs, never (it
+        fails as a wrong one does).
         """
+        if passwordTooLong(password):
+            return False
         if stored is not None and schemes.plaintext(stored) is not None:
             return schemes.verify(stored, password)
         if stored is None or not schemes.isSlow(stored):

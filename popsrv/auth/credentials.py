@@ -17,9 +17,24 @@ from typing import Union
 from twisted.cred.credentials import IUsernameHashedPassword
 from zope.interface import implementer
 
-__all__ = ["HEX_DIGEST", "APOPCredentials", "CramMD5Credentials"]
+__all__ = ["HEX_DIGEST", "MAX_PASSWORD_OCTETS", "APOPCredentials", "CramMD5Credentials", "passwordTooLong"]
 
 HEX_DIGEST = re.compile(rb"[0-9A-Fa-f]{32}")
+
+# The longest password popsrv verifies or stores.  Longer ones fail as a
+# wrong password does: no hashing scheme needs more, and some (SHA-crypt)
+# cost time in the square of the length.
+MAX_PASSWORD_OCTETS = 1024
+
+
+def passwordTooLong(password: Union[str, bytes]) -> bool:
+    """
+    Whether C{password} (UTF-8 when a C{str}) is longer than
+    L{MAX_PASSWORD_OCTETS}, so it is refused without being hashed.
+    """
+    if isinstance(password, str):
+        password = password.encode("utf-8", "surrogatepass")
+    return len(password) > MAX_PASSWORD_OCTETS
 
 
 class _DigestCredentials:

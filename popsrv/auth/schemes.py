@@ -37,6 +37,8 @@ import bcrypt
 from scramp import ScramMechanism
 from scramp.utils import saslprep
 
+from popsrv.auth.credentials import MAX_PASSWORD_OCTETS, passwordTooLong
+
 __all__ = [
     "DEFAULT_SCHEME",
     "SCHEMES",
@@ -148,6 +150,9 @@ def shaCrypt(password: bytes, salt: str, rounds: Optional[int] = None, variant: 
     size = new().digest_size
     length = len(password)
 
+    if length > MAX_PASSWORD_OCTETS:
+        raise SchemeError(f"passwords longer than {MAX_PASSWORD_OCTETS} octets are refused")
+
     alternate = new(password + salted + password).digest()
     first = new(password + salted)
     first.update(_repeated(alternate, length) if length else b"")
@@ -157,7 +162,12 @@ def shaCrypt(password: bytes, salt: str, rounds: Optional[int] = None, variant: 
         bits >>= 1
     current = first.digest()
 
-    passwordBytes = _repeated(new(password * length).digest(), length) if length else b""
+    # The password, once for each of its octets: hashed a copy at a time,
+    # never built in memory.
+    repeatedPassword = new()
+    for _ in range(length):
+        repeatedPassword.update(password)
+    passwordBytes = _repeated(repeatedPassword.digest(), length) if length else b""
     saltBytes = _repeated(new(salted * (16 + current[0])).digest(), len(salted)) if salted else b""
 
     for number in range(count):
@@ -334,8 +344,11 @@ def verify(stored: str, password: bytes) -> bool:
     """
     Return whether C{password} matches the stored secret C{stored}; C{False}
     (never an exception) for a scheme that is unknown or a text that does
-    not parse.  Slow for every scheme but C{PLAIN}: see L{isSlow}.
+    not parse, or a password longer than L{MAX_PASSWORD_OCTETS}.  Slow for
+    every scheme but C{PLAIN}: see L{isSlow}.
     """
+    if passwordTooLong(password):
+        return False
     try:
         scheme, secret = parse(stored)
         verifier: Optional[Callable[[str, bytes], bool]] = _VERIFIERS.get(scheme)
@@ -396,10 +409,13 @@ def hashPassword(password: Union[str, bytes], scheme: str = DEFAULT_SCHEME) -> s
     UTF-8 C{bytes}) with a fresh random salt.  C{BLF-CRYPT} keeps only the
     first 72 octets of a password, as bcrypt always did.
 
-    @raise SchemeError: if C{scheme} is not one L{SCHEMES} names.
+    @raise SchemeError: if C{scheme} is not one L{SCHEMES} names, or the
+        password is longer than L{MAX_PASSWORD_OCTETS}.
     """
     if isinstance(password, str):
         password = password.encode("utf-8")
+    if passwordTooLong(password):
+        raise SchemeError(f"passwords longer than {MAX_PASSWORD_OCTETS} octets are refused")
     scheme = scheme.upper()
     if scheme == "ARGON2ID":
         secret = _argon2.hash(password)

@@ -28,7 +28,7 @@ from popsrv.errors import CredentialsUnavailable, MaildropLocked, MaildropUnusab
 from popsrv.interfaces import IMaildrop, IScramParameters
 from popsrv.messages import MessageInfo, MessageList
 from popsrv.pop3 import replies
-from popsrv.pop3.commands import CommandError
+from popsrv.pop3.commands import MAX_AUTH_OCTETS, CommandError
 from popsrv.pop3.effects import Authenticate, LogIn, Reply
 from popsrv.pop3.policy import LoginPolicy
 from popsrv.pop3.session import Session, decodeBase64
@@ -176,6 +176,10 @@ class LoginAttempt:
                 return None
             if line == b"*":
                 return Refused(replies.err(replies.AUTH_CANCELLED))
+            if len(line) + 2 > MAX_AUTH_OCTETS:
+                # The AUTH command's own limit holds for its continuation
+                # lines: a response that long is nobody's credentials.
+                return Rejected(b"", f"{mechanism.name}: response over {MAX_AUTH_OCTETS} octets", self._clock.seconds())
             try:
                 response = decodeBase64(line)
             except CommandError as error:

@@ -23,7 +23,7 @@ from twisted.cred.credentials import UsernamePassword
 
 from popsrv import __version__
 from popsrv.auth import sasl
-from popsrv.auth.credentials import HEX_DIGEST, APOPCredentials
+from popsrv.auth.credentials import HEX_DIGEST, APOPCredentials, passwordTooLong
 from popsrv.messages import MessageInfo, MessageList
 from popsrv.pop3 import replies
 from popsrv.pop3.commands import Command, CommandError, State, parse
@@ -233,7 +233,7 @@ class Session:
         if self._userName is None:
             raise CommandError(replies.USER_BEFORE_PASS)
         user, self._userName = self._userName, None
-        malformed = b"\0" in password or self._malformedName(user)
+        malformed = b"\0" in password or passwordTooLong(password) or self._malformedName(user)
         return LogIn(UsernamePassword(user, password), user, malformed, "USER/PASS")
 
     def _apop(self, name: bytes, digest: bytes) -> LogIn:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from popsrv.auth import schemes
+from popsrv.auth.credentials import MAX_PASSWORD_OCTETS
 from popsrv.auth.schemes import SchemeError, hashPassword, parse, plaintext, scramKeys, shaCrypt, verify
 
 # The test vectors of "Unix crypt using SHA-256 and SHA-512" (salt as given
@@ -285,3 +287,43 @@ def test_scramKeysAreScrampsForTheSameSalt():
         keys = schemes.deriveScramKeys(mechanism, b"pencil", salt, 4096)
         _, storedKey, serverKey, _ = ScramMechanism(mechanism).make_auth_info("pencil", iteration_count=4096, salt=salt)
         assert (keys.storedKey, keys.serverKey, keys.salt, keys.iterations) == (storedKey, serverKey, salt, 4096)
+
+
+@pytest.mark.parametrize("option, variant", [("-5", "5"), ("-6", "6")])
+def test_shaCryptOfTheLongestPasswordMatchesOpenSSL(option: str, variant: str) -> None:
+    """
+    SHA-crypt of a password of MAX_PASSWORD_OCTETS gives what OpenSSL
+    gives, without building the password-times-its-length string (a
+    megabyte here; 2.3 GB for a 49 KB password).
+    """
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    password = bytes(range(33, 127)) * (MAX_PASSWORD_OCTETS // 94) + b"!" * (MAX_PASSWORD_OCTETS % 94)
+    assert len(password) == MAX_PASSWORD_OCTETS
+    expected = subprocess.run(
+        [openssl, "passwd", option, "-salt", "saltsalt", "-stdin"], input=password + b"\n",
+        capture_output=True, check=True,
+    ).stdout.decode().strip()
+    tracemalloc.start()
+    try:
+        assert shaCrypt(password, "saltsalt", None, variant) == expected
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024
+
+
+def test_passwordsOverTheLimitAreNeitherVerifiedNorStored() -> None:
+    """
+    A password longer than MAX_PASSWORD_OCTETS never matches, even the one
+    stored, and cannot be stored.
+    """
+    long = b"p" * (MAX_PASSWORD_OCTETS + 1)
+    assert not verify("{PLAIN}" + long.decode(), long)
+    assert verify("{PLAIN}" + long[:-1].decode(), long[:-1])
+    for scheme in ("SHA512-CRYPT", "PLAIN", "ARGON2ID"):
+        with pytest.raises(SchemeError, match="longer than 1024 octets"):
+            hashPassword(long, scheme)
+    with pytest.raises(SchemeError):
+        shaCrypt(long, "salt")
