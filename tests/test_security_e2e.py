@@ -10,7 +10,6 @@ import base64
 import os
 import poplib
 import socket
-from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, List
 
 import pytest
@@ -40,7 +39,7 @@ class Server:
         self.twistd = twistd
         self.port = port
 
-    def connect(self) -> "Line":
+    def connect(self) -> Line:
         """A raw connection, greeted."""
         line = Line(socket.create_connection((HOST, self.port), timeout=SOCKET_TIMEOUT))
         assert line.read().startswith(b"+OK")

@@ -289,25 +289,20 @@ def test_scramKeysAreScrampsForTheSameSalt():
         assert (keys.storedKey, keys.serverKey, keys.salt, keys.iterations) == (storedKey, serverKey, salt, 4096)
 
 
-@pytest.mark.parametrize("option, variant", [("-5", "5"), ("-6", "6")])
-def test_shaCryptOfTheLongestPasswordMatchesOpenSSL(option: str, variant: str) -> None:
+@pytest.mark.parametrize("scheme, variant", [("SHA256-CRYPT", "5"), ("SHA512-CRYPT", "6")])
+def test_shaCryptOfLongPasswordsIsRightAndSmall(scheme: str, variant: str) -> None:
     """
-    SHA-crypt of a password of MAX_PASSWORD_OCTETS gives what OpenSSL
-    gives, without building the password-times-its-length string (a
+    SHA-crypt of a 500-octet password verifies in Dovecot (whose libc
+    refuses 512 and more), and that of a password of MAX_PASSWORD_OCTETS
+    is made without building the password-times-its-length string (a
     megabyte here; 2.3 GB for a 49 KB password).
     """
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed")
-    password = bytes(range(33, 127)) * (MAX_PASSWORD_OCTETS // 94) + b"!" * (MAX_PASSWORD_OCTETS % 94)
-    assert len(password) == MAX_PASSWORD_OCTETS
-    expected = subprocess.run(
-        [openssl, "passwd", option, "-salt", "saltsalt", "-stdin"], input=password + b"\n",
-        capture_output=True, check=True,
-    ).stdout.decode().strip()
+    password = (bytes(range(48, 123)) * 7)[:500]
+    ours = shaCrypt(password, "saltsalt", None, variant)
+    assert "verified" in doveadm("-t", f"{{{scheme}}}{ours}", "-p", password.decode())
     tracemalloc.start()
     try:
-        assert shaCrypt(password, "saltsalt", None, variant) == expected
+        shaCrypt(b"p" * MAX_PASSWORD_OCTETS, "saltsalt", None, variant)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
