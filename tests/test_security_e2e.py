@@ -10,6 +10,8 @@ import base64
 import os
 import poplib
 import socket
+import threading
+import time
 from typing import TYPE_CHECKING, Iterator, List
 
 import pytest
@@ -27,6 +29,9 @@ PASSWORD = "correct horse"
 # Stored by hand: popsrv itself refuses to store a password this long.
 LONG_PASSWORD = "L" * 1025
 REFUSED = b"-ERR [AUTH] invalid user name or password"
+FULL = b"-ERR [SYS/TEMP] too many connections"
+MAX_CONNECTIONS = 30
+PER_ADDRESS = 10
 
 
 class Server:
@@ -39,11 +44,16 @@ class Server:
         self.twistd = twistd
         self.port = port
 
-    def connect(self) -> Line:
-        """A raw connection, greeted."""
-        line = Line(socket.create_connection((HOST, self.port), timeout=SOCKET_TIMEOUT))
+    def connect(self, source: str = HOST) -> Line:
+        """A raw connection from C{source}, greeted."""
+        line = self.open(source)
         assert line.read().startswith(b"+OK")
         return line
+
+    def open(self, source: str = HOST) -> Line:
+        """A raw connection from C{source}, its greeting unread."""
+        sock = socket.create_connection((HOST, self.port), timeout=SOCKET_TIMEOUT, source_address=(source, 0))
+        return Line(sock)
 
 
 class Line:
@@ -126,7 +136,10 @@ def server(request: pytest.FixtureRequest, moduleLauncher: Launcher) -> Iterator
     )
     for user in ("crypt", "plain"):
         deliver(str(root / user), b"Subject: hello\r\n\r\nHello.\r\n")
-    args = ["--listen", LISTEN_LOCAL, "--maildir-root", str(root), "--auth", f"passwd-file:{passwd}"]
+    args = [
+        "--listen", LISTEN_LOCAL, "--maildir-root", str(root), "--auth", f"passwd-file:{passwd}",
+        "--max-connections", str(MAX_CONNECTIONS),
+    ]
     if workers > 1:
         args += ["--workers", str(workers)]
     process = moduleLauncher.twistd(args, workdir)
@@ -189,3 +202,109 @@ def test_continuation_lines_keep_the_auth_limit(server: Server) -> None:
     assert line.ask(b"CAPA") == b"+OK capability list follows"
     line.close()
     server.twistd.waitFor("response over 16384 octets", since=mark)
+
+
+def test_connection_limits_hold_across_processes(server: Server) -> None:
+    """
+    The eleventh connection from one address, and the thirty-first in all,
+    get one [SYS/TEMP] line and are closed at once, wherever the kernel
+    hands them (one process or two workers); everyone else is served, and
+    a closed connection makes room again.
+    """
+    held = [server.connect("127.0.0.4") for _ in range(PER_ADDRESS)]
+    over = server.open("127.0.0.4")
+    assert over.read() == FULL
+    assert over.read() == b""
+    over.close()
+    for source in ("127.0.0.5", "127.0.0.6"):
+        held += [server.connect(source) for _ in range(PER_ADDRESS)]
+    full = server.open("127.0.0.7")
+    assert full.read() == FULL
+    full.close()
+    held.pop().close()
+    deadline = time.monotonic() + 10
+    while True:
+        line = server.open("127.0.0.7")
+        greeting = line.read()
+        line.close()
+        if greeting.startswith(b"+OK") or time.monotonic() > deadline:
+            break
+    assert greeting.startswith(b"+OK")
+    for line in held:
+        line.close()
+
+
+def test_login_timeout_is_shorter(launcher: Launcher) -> None:
+    """
+    A connection that does not log in is closed after --login-timeout,
+    with no reply, in one process and with workers.
+    """
+    for extra in ([], ["--workers", "2"]):
+        popsrv = launcher.popsrv("--login-timeout", "1", *extra)
+        sock = socket.create_connection((HOST, popsrv.port), timeout=SOCKET_TIMEOUT)
+        started = time.monotonic()
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"+OK")
+        assert reader.readline() == b""
+        assert time.monotonic() - started < 20
+        sock.close()
+        popsrv.twistd.stop()
+
+
+def guess(server: Server, deadline: float, verdicts: List[float], stop: threading.Event) -> None:
+    """
+    Guess the password of C{crypt} from 127.0.0.3 until C{deadline},
+    reconnecting whenever the server closes; record the times of the
+    verdicts.
+    """
+    while time.monotonic() < deadline and not stop.is_set():
+        line = server.open("127.0.0.3")
+        try:
+            if not line.read().startswith(b"+OK"):
+                continue  # the connection before is still being closed
+            while time.monotonic() < deadline:
+                line.send(b"USER crypt")
+                if not line.read().startswith(b"+OK"):
+                    break
+                reply = line.ask(b"PASS wrong")
+                if not reply.startswith(b"-ERR [AUTH]"):
+                    break
+                verdicts.append(time.monotonic())
+        except OSError:
+            pass
+        finally:
+            line.close()
+
+
+def test_penalty_slows_guessers_not_the_owner(server: Server) -> None:
+    """
+    Ten parallel guessers from one address get at most ten verdicts in
+    30 s, while the right password from another address logs in at once.
+    """
+    verdicts: List[float] = []
+    stop = threading.Event()
+    started = time.monotonic()
+    deadline = started + 30
+    guessers = [threading.Thread(target=guess, args=(server, deadline, verdicts, stop)) for _ in range(10)]
+    for thread in guessers:
+        thread.start()
+    try:
+        waitUntil = time.monotonic() + 20
+        while len(verdicts) < 6 and time.monotonic() < waitUntil:
+            stop.wait(0.05)
+        timings = []
+        for _ in range(3):
+            begun = time.monotonic()
+            owner = server.connect("127.0.0.2")
+            assert owner.ask(b"USER crypt").startswith(b"+OK")
+            assert owner.ask(b"PASS " + PASSWORD.encode()).startswith(b"+OK crypt has")
+            timings.append(time.monotonic() - begun)
+            assert owner.ask(b"QUIT").startswith(b"+OK")
+            owner.close()
+    finally:
+        for thread in guessers:
+            thread.join(timeout=60)
+        stop.set()
+    inWindow = [t for t in verdicts if t - started <= 30]
+    assert 4 <= len(inWindow) <= 10, inWindow
+    assert max(timings) < 2.0, timings

@@ -16,7 +16,8 @@ from twisted.python import usage
 
 from popsrv import __version__
 from popsrv.auth.passwdfile import PasswdFileError
-from popsrv.pop3.factory import DEFAULT_TIMEOUT
+from popsrv.pop3.factory import DEFAULT_LOGIN_TIMEOUT, DEFAULT_TIMEOUT
+from popsrv.pop3.limits import DEFAULT_MAX_PER_ADDRESS
 from popsrv.pop3.policy import PLAINTEXT_POLICIES
 from popsrv.store.realm import BadMaildirTemplate, MaildirTemplate
 from popsrv.tls import TLSConfigError, TLSSettings
@@ -123,9 +124,24 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ],
         [
             "timeout", None, DEFAULT_TIMEOUT,
-            "Seconds of inactivity before a session is closed without deleting anything "
+            "Seconds of inactivity before a logged-in session is closed without deleting anything "
             "(RFC 1939 asks for at least 600).",
             int,
+        ],
+        [
+            "login-timeout", None, DEFAULT_LOGIN_TIMEOUT,
+            "Seconds of inactivity before a connection that has not logged in is closed.",
+            int,
+        ],
+        [
+            "max-connections", None, None,
+            "Connections served at once, in all (with --workers, by all the workers together); more are "
+            "turned away with [SYS/TEMP] [default: as many as the open-file limit allows].",
+        ],
+        [
+            "max-connections-per-ip", None, DEFAULT_MAX_PER_ADDRESS,
+            "Connections served at once from one client address (an IPv6 /64 counts as one); "
+            "0 for no limit.",
         ],
     ]
 
@@ -197,6 +213,14 @@ systemd:domain=INET:index=0 [default: tcp:1110:interface=127.0.0.1]."""
         self["maildir-template"] = self._maildirTemplate()
         if self["timeout"] <= 0:
             raise usage.UsageError("--timeout must be a positive number of seconds")
+        if self["login-timeout"] <= 0:
+            raise usage.UsageError("--login-timeout must be a positive number of seconds")
+        if self["max-connections"] is not None:
+            self["max-connections"] = _nonNegative("--max-connections", self["max-connections"])
+            if self["max-connections"] == 0:
+                raise usage.UsageError("--max-connections must be at least 1")
+        perAddress = _nonNegative("--max-connections-per-ip", str(self["max-connections-per-ip"]))
+        self["max-connections-per-ip"] = perAddress or None
         self["credCheckers"] = [_withByteNames(c) for c in self.get("credCheckers", [])]
         if self["plaintext-auth"] not in PLAINTEXT_POLICIES:
             raise usage.UsageError(f"--plaintext-auth must be one of: {', '.join(PLAINTEXT_POLICIES)}")

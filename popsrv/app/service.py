@@ -27,8 +27,11 @@ from twisted.logger import Logger
 from popsrv.app.demo import prepareDemo
 from popsrv.app.listening import ListeningService
 from popsrv.app.options import DEMO_DIRECTORY, Options
+from popsrv.auth.penalty import AuthPenalty
 from popsrv.pop3.factory import POP3Factory
+from popsrv.pop3.limits import ConnectionLimits, defaultMaxConnections, raiseDescriptorLimit
 from popsrv.pop3.policy import LoginPolicy
+from popsrv.scoreboard import CAPACITY, Scoreboard
 from popsrv.store.realm import MaildirRealm, MaildirTemplate
 from popsrv.threads import threadRunner
 from popsrv.tls import TLSSettings
@@ -69,6 +72,7 @@ def makeService(
     options: Options,
     reactor: Any = None,
     endpointFor: Optional[Callable[[str], IStreamServerEndpoint]] = None,
+    scoreboard: Optional[Scoreboard] = None,
 ) -> IService:
     """
     Build the popsrv service from parsed options: with C{--workers} above 1,
@@ -77,6 +81,9 @@ def makeService(
     @param endpointFor: makes the endpoint of a C{--listen} description
         (by default, C{endpoints.serverFromString}); a worker gives its own,
         to adopt the sockets its parent bound.
+    @param scoreboard: the L{Scoreboard} of connections and failed logins
+        (a worker's, shared with its parent and siblings); by default, a new
+        one.
     """
     if reactor is None:
         from twisted.internet import reactor
@@ -119,8 +126,13 @@ def makeService(
 
         if worker:
             announce = None
+    descriptors = raiseDescriptorLimit()
+    maxConnections = options["max-connections"] or defaultMaxConnections(descriptors)
+    if scoreboard is None:
+        scoreboard = Scoreboard.create(columns=options["workers"] if not worker else 1,
+                                       capacity=_capacityFor(maxConnections))
     if options["workers"] > 1 and not worker:
-        return _workerPool(options, reactor, announce)
+        return _workerPool(options, reactor, announce, scoreboard)
     portal = Portal(MaildirRealm(template=template, runner=threadRunner(reactor)), checkers)
     factory = POP3Factory(
         portal,
@@ -130,6 +142,14 @@ def makeService(
         tls=options["tls"],
         policy=LoginPolicy(options["plaintext-auth"], options["login-delay"]),
         expire=options["expire"],
+        loginTimeout=options["login-timeout"],
+        limits=ConnectionLimits(scoreboard, maxConnections, options["max-connections-per-ip"]),
+        penalty=AuthPenalty(scoreboard),
+    )
+    log.info(
+        "serving at most {maxConnections} connections, {perAddress} from one address",
+        maxConnections=maxConnections, perAddress=options["max-connections-per-ip"] or "any number",
+        event="limits",
     )
     service = MultiService()
     if options["tls"] is not None:
@@ -139,15 +159,30 @@ def makeService(
     return service
 
 
+def _capacityFor(maxConnections: int) -> int:
+    """
+    The scoreboard's size for a server of C{maxConnections}: the default,
+    or the power of two that holds four rows for each connection.
+    """
+    capacity = CAPACITY
+    while capacity < 4 * maxConnections:
+        capacity *= 2
+    return capacity
+
+
 def _workerPool(
-    options: Options, reactor: Any, announce: Optional[Callable[[IListeningPort], None]]
+    options: Options, reactor: Any, announce: Optional[Callable[[IListeningPort], None]], scoreboard: Scoreboard,
 ) -> IService:
     """
     The service of a parent process: it binds the listening sockets and runs
-    the workers, which serve them with the same options.
+    the workers, which serve them with the same options and share its
+    scoreboard.
     """
     from popsrv.app.workers import WorkerPool
 
     service = MultiService()
-    WorkerPool(reactor, options["listen"], options.arguments, options["workers"], announce).setServiceParent(service)
+    pool = WorkerPool(
+        reactor, options["listen"], options.arguments, options["workers"], announce, scoreboard=scoreboard,
+    )
+    pool.setServiceParent(service)
     return service

@@ -24,6 +24,7 @@ from zope.interface import implementer
 from popsrv.app.options import Options
 from popsrv.app.service import makeService
 from popsrv.app.workers import USAGE_ERROR
+from popsrv.scoreboard import Scoreboard
 
 __all__ = ["adoptingEndpoint", "main"]
 
@@ -84,6 +85,7 @@ def _parseArguments(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m popsrv.app.worker", description="A popsrv worker process.")
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--adopt", action="append", default=[], help="FD:FAMILY of an inherited listening socket")
+    parser.add_argument("--scoreboard", type=int, default=None, help="FD of the inherited scoreboard")
     parser.add_argument("options", nargs=argparse.REMAINDER, help="-- then the popsrv options")
     arguments = parser.parse_args(argv)
     if arguments.options[:1] == ["--"]:
@@ -118,8 +120,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     inherited = iter(adopted)
     globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout, recordSeparator="")], redirectStandardIO=False)
     try:
+        scoreboard = None
+        if arguments.scoreboard is not None:
+            scoreboard = Scoreboard.attach(arguments.scoreboard, arguments.index)
         service = makeService(
-            options, reactor, endpointFor=lambda description: adoptingEndpoint(reactor, description, *next(inherited))
+            options, reactor, endpointFor=lambda description: adoptingEndpoint(reactor, description, *next(inherited)),
+            scoreboard=scoreboard,
         )
         service.privilegedStartService()
         service.startService()

@@ -48,6 +48,7 @@ from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
 from popsrv.app.listening import describeAddress
+from popsrv.scoreboard import Scoreboard
 
 __all__ = ["STOP_GRACE", "USAGE_ERROR", "WorkerPool"]
 
@@ -162,6 +163,7 @@ class WorkerPool(Service):
         count: int,
         onListening: Optional[Callable[[IListeningPort], None]] = None,
         executable: str = sys.executable,
+        scoreboard: Optional[Scoreboard] = None,
     ) -> None:
         self.reactor = reactor
         self.descriptions = list(descriptions)
@@ -170,6 +172,7 @@ class WorkerPool(Service):
         self.ports: list[IListeningPort] = []
         self._onListening = onListening
         self._executable = executable
+        self._scoreboard = scoreboard
         self._workers: dict[int, _WorkerProcess] = {}
         self._started: dict[int, float] = {}
         self._delays: dict[int, float] = {}
@@ -226,6 +229,13 @@ class WorkerPool(Service):
             fd = port.fileno()  # type: ignore[attr-defined]  # TCP ports have one; workers take tcp and ssl only
             childFDs[fd] = fd
             adopt += ["--adopt", f"{fd}:{_familyOf(port)}"]
+        if self._scoreboard is not None:
+            # A new worker starts with nothing counted in its column: what
+            # the one before it counted closed with it.
+            self._scoreboard.clearColumn(index)
+            fd = self._scoreboard.fileno()
+            childFDs[fd] = fd
+            adopt += ["--scoreboard", str(fd)]
         worker = _WorkerProcess(self, index)
         argv = [self._executable, "-m", "popsrv.app.worker", "--index", str(index), *adopt, "--", *self.arguments]
         from popsrv.auth.scram import placeholderKeyEnvironment

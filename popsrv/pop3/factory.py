@@ -13,13 +13,18 @@ from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory
 
+from popsrv.auth.penalty import AuthPenalty
+from popsrv.auth.queue import LoginQueue
+from popsrv.pop3.limits import ConnectionLimits
 from popsrv.pop3.policy import LoginPolicy
 from popsrv.pop3.protocol import POP3Protocol
 from popsrv.tls import TLSSettings
 
-__all__ = ["AUTH_FAILURE_DELAY", "DEFAULT_TIMEOUT", "POP3Factory"]
+__all__ = ["AUTH_FAILURE_DELAY", "DEFAULT_LOGIN_TIMEOUT", "DEFAULT_TIMEOUT", "POP3Factory"]
 
+# RFC 1939's ten minutes, once logged in; before, a minute is plenty.
 DEFAULT_TIMEOUT = 600
+DEFAULT_LOGIN_TIMEOUT = 60
 AUTH_FAILURE_DELAY = 1.0
 _CHALLENGE_HOST = re.compile(rb"[^A-Za-z0-9.@_+/-]")
 
@@ -31,13 +36,21 @@ class POP3Factory(Factory):
 
     @ivar portal: the portal logins go through.
     @ivar hostname: the host name in the APOP challenge.
-    @ivar timeout: seconds of inactivity before a session is closed.
+    @ivar timeout: seconds of inactivity before a logged-in session is
+        closed.
+    @ivar loginTimeout: seconds of inactivity before a session that has not
+        logged in is closed.
     @ivar clock: where time comes from (and timers are set).
     @ivar authFailureDelay: seconds after a PASS or APOP command at which a
         failed login is answered.
     @ivar tls: the L{TLSSettings} of STLS, or C{None} to offer no STLS.
     @ivar policy: the L{LoginPolicy} (plaintext logins, login delay).
     @ivar expire: the EXPIRE capability's days, or C{None} for NEVER.
+    @ivar limits: the L{ConnectionLimits} new connections must fit, or
+        C{None} for none.
+    @ivar penalty: the L{AuthPenalty} that paces each address's failed
+        logins, or C{None} for none.
+    @ivar loginQueue: the L{LoginQueue} credential checks wait in.
     """
 
     protocol = POP3Protocol
@@ -54,6 +67,10 @@ class POP3Factory(Factory):
         tls: Optional[TLSSettings] = None,
         policy: Optional[LoginPolicy] = None,
         expire: Optional[int] = None,
+        loginTimeout: Optional[int] = DEFAULT_LOGIN_TIMEOUT,
+        limits: Optional[ConnectionLimits] = None,
+        penalty: Optional[AuthPenalty] = None,
+        loginQueue: Optional[LoginQueue] = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -64,6 +81,10 @@ class POP3Factory(Factory):
         host = (hostname or socket.gethostname()).encode("ascii", "replace")
         self.hostname = _CHALLENGE_HOST.sub(b"", host) or b"localhost"
         self.timeout = timeout
+        self.loginTimeout = timeout if loginTimeout is None else min(timeout, loginTimeout)
+        self.limits = limits
+        self.penalty = penalty
+        self.loginQueue = loginQueue or LoginQueue()
         self.authFailureDelay = authFailureDelay
         self.tls = tls
         self.policy = policy or LoginPolicy()

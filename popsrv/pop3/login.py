@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from popsrv.auth import sasl
+from popsrv.auth.queue import ClientGone
 from popsrv.errors import CredentialsUnavailable, MaildropLocked, MaildropUnusable
 from popsrv.interfaces import IMaildrop, IScramParameters
 from popsrv.messages import MessageInfo, MessageList
@@ -36,7 +37,11 @@ from popsrv.pop3.session import Session, decodeBase64
 if TYPE_CHECKING:  # pragma: no cover
     from popsrv.pop3.factory import POP3Factory
 
-__all__ = ["Accepted", "Conversation", "LoginAttempt", "Outcome", "Refused", "Rejected"]
+__all__ = ["MAX_FREE_ABORTS", "Accepted", "Conversation", "LoginAttempt", "Outcome", "Refused", "Rejected"]
+
+# Cancelled AUTH exchanges a session may have before each further one
+# counts as a failed login.
+MAX_FREE_ABORTS = 3
 
 
 class Conversation(Protocol):
@@ -77,6 +82,7 @@ class Rejected:
     user: bytes
     why: str
     started: float
+    penalized: bool = False
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -97,16 +103,21 @@ class LoginAttempt:
 
     @param log: the session's logger (its events keep one namespace).
     @param method: how the client logs in, for logs.
+    @param host: the client's address, which the penalty and the queue
+        know it by.
     """
 
     def __init__(
         self, factory: POP3Factory, session: Session, conversation: Conversation, log: Logger, peer: str,
-        method: str,
+        method: str, host: str = "",
     ) -> None:
         self._portal: Portal = factory.portal
         self._clock: IReactorTime = factory.clock
         self._policy: LoginPolicy = factory.policy
         self._failureDelay = factory.authFailureDelay
+        self._penalty = factory.penalty
+        self._queue = factory.loginQueue
+        self._host = host
         self._session = session
         self._challenge = session.challenge
         self._conversation = conversation
@@ -129,6 +140,8 @@ class LoginAttempt:
             return Reply(outcome.reply)
         if not isinstance(outcome, Rejected):
             return outcome
+        if self._penalty is not None and not outcome.penalized:
+            self._penalty.failed(self._host, self._clock.seconds(), reserved=False)
         reply = self._session.loginFailed()
         self._log.info(
             "login failed for {user} from {peer} with {mechanism}: {why}",
@@ -175,6 +188,11 @@ class LoginAttempt:
             if line is None:
                 return None
             if line == b"*":
+                self._session.abortedAuth += 1
+                if self._session.abortedAuth > MAX_FREE_ABORTS:
+                    # Aborting is free a few times: then it counts as the
+                    # failure it hides (a probe of salts, say).
+                    return Rejected(b"", f"{mechanism.name}: AUTH aborted {self._session.abortedAuth} times", started)
                 return Refused(replies.err(replies.AUTH_CANCELLED))
             if len(line) + 2 > MAX_AUTH_OCTETS:
                 # The AUTH command's own limit holds for its continuation
@@ -212,13 +230,66 @@ class LoginAttempt:
             self._log.failure("authentication backend failed for {user!r}", failure, user=user, peer=self._peer)
         return Refused(replies.AUTH_UNAVAILABLE)
 
-    async def _logIn(self, credentials: Any, user: bytes, started: float, exchange: Any) -> Outcome:
+    async def _waitForTurn(self) -> bool:
+        """
+        Wait for the penalty's slot of this address, then for a turn in the
+        queue of checks.
+
+        @return: whether the check may run now (not if the client left).
+        @raise CredentialsUnavailable: too many checks are waiting.
+        """
+        if self._penalty is not None:
+            now = self._clock.seconds()
+            slot = self._penalty.reserve(self._host, now)
+            if slot > now:
+                self._log.info(
+                    "login from {peer} waits {delay:.1f} s (penalty)", peer=self._peer, delay=slot - now,
+                    event="penalty",
+                )
+                await task.deferLater(self._clock, slot - now, lambda: None)
+        if self._conversation.gone():
+            return False
         try:
-            _, avatar, logout = await self._portal.login(credentials, None, IMaildrop)
-        except (UnauthorizedLogin, UnhandledCredentials, UnicodeError) as error:
-            return Rejected(user, str(error) or error.__class__.__name__, started)
-        except Exception:
-            return self._backendFailed(Failure(), user)
+            await self._queue.enter(self._host, self._conversation.gone)
+        except ClientGone:
+            return False
+        return True
+
+    def _settle(self, verdict: str) -> None:
+        """
+        Tell the penalty how a login that reserved its slot ended:
+        C{"failed"}, C{"succeeded"} or C{"abandoned"}.
+        """
+        if self._penalty is None:
+            return
+        now = self._clock.seconds()
+        if verdict == "failed":
+            self._penalty.failed(self._host, now)
+        elif verdict == "succeeded":
+            self._penalty.succeeded(self._host, now)
+        else:
+            self._penalty.abandoned(self._host, now)
+
+    async def _logIn(self, credentials: Any, user: bytes, started: float, exchange: Any) -> Outcome:
+        verdict = "abandoned"
+        try:
+            try:
+                if not await self._waitForTurn():
+                    return None
+            except Exception:
+                return self._backendFailed(Failure(), user)
+            try:
+                _, avatar, logout = await self._portal.login(credentials, None, IMaildrop)
+            except (UnauthorizedLogin, UnhandledCredentials, UnicodeError) as error:
+                verdict = "failed"
+                return Rejected(user, str(error) or error.__class__.__name__, started, penalized=True)
+            except Exception:
+                return self._backendFailed(Failure(), user)
+            finally:
+                self._queue.leave()
+            verdict = "succeeded"
+        finally:
+            self._settle(verdict)
         maildrop = IMaildrop(avatar)
         successData = exchange.successData() if exchange is not None else None
         if successData is not None:

@@ -86,6 +86,8 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self._opened: Optional[OpenedMaildrop] = None
         self._method = ""
         self._peer = ""
+        self._host = ""
+        self._admitted = False
         self._started = 0.0
         self._endReason = "connection lost"
 
@@ -110,12 +112,20 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         clock = self.factory.clock
         self._started = clock.seconds()
         peer = transport.getPeer()
+        self._host = str(getattr(peer, "host", ""))
         self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        limits = self.factory.limits
+        if limits is not None:
+            refusal = limits.admit(self._host, self._started)
+            if refusal is not None:
+                self._refuse(refusal)
+                return
+            self._admitted = True
         secure = ISSLTransport.providedBy(transport) or INegotiated.providedBy(transport)
         self.environment.connected(transport, secure)
         self._flush = tuneForPOP3(transport)
         self.gate = self.reading.gate = ReadGate(transport, self.reading.update, self.gone)  # type: ignore[arg-type]
-        self.setTimeout(self.factory.timeout)
+        self.setTimeout(self.factory.loginTimeout)
         if not secure:
             # Over TLS the gate waits for the handshake (handshakeCompleted).
             self.gate.attach()
@@ -130,6 +140,12 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         """
         self._lost = True
         self.setTimeout(None)
+        if self.session.state is State.GREETING:
+            return  # refused by a connection limit
+        if self._admitted:
+            self._admitted = False
+            assert self.factory.limits is not None
+            self.factory.limits.leave(self._host, self.factory.clock.seconds())
         if self._abortLater is not None and self._abortLater.active():
             self._abortLater.cancel()
         self.reading.connectionLost()
@@ -142,6 +158,21 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             peer=self._peer, reason=self._endReason, duration=self.factory.clock.seconds() - self._started,
             event="session-end", **self.session.summary(),
         )
+
+    def _refuse(self, why: str) -> None:
+        """
+        Turn away a connection over a limit (C{why}: C{"server"} or
+        C{"address"}) with one line, at once.
+        """
+        self.log.info(
+            "refused a connection from {peer}: too many connections from {limit}",
+            peer=self._peer, limit="this address" if why == "address" else "everyone", reason=why,
+            event="connection-refused",
+        )
+        transport = self.transport
+        assert transport is not None
+        transport.write(replies.TOO_MANY_CONNECTIONS)
+        transport.loseConnection()
 
     def handshakeCompleted(self) -> None:
         """
@@ -258,7 +289,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         if isinstance(effect, Update):
             return defer.ensureDeferred(self._update(effect))
         self._method = effect.method if isinstance(effect, LogIn) else f"SASL {effect.mechanism.name}"
-        attempt = LoginAttempt(self.factory, self.session, self, self.log, self._peer, self._method)
+        attempt = LoginAttempt(self.factory, self.session, self, self.log, self._peer, self._method, self._host)
         return defer.ensureDeferred(self._finishLogin(attempt.run(effect)))
 
     async def _finishLogin(self, attempt: Coroutine[Any, Any, Union[Accepted, Reply, None]]) -> None:
@@ -274,6 +305,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             self._endSession()
             return
         reply = self.session.loginSucceeded(maildrop.name, outcome.snapshot)
+        self.setTimeout(self.factory.timeout)
         count, octets = self.session.transaction.totals()
         self.log.info(
             "{user} logged in from {peer} with {mechanism}, {count} messages ({octets} octets)",

@@ -124,6 +124,7 @@ def tooManyArguments(name: str) -> str:
     return f"Too many arguments for the {name} command."
 
 
+TOO_MANY_CONNECTIONS = err("too many connections", Code.SYS_TEMP)
 TOO_MANY_BAD_COMMANDS = "too many bad commands, closing connection"
 INTERNAL_ERROR = err("internal server error", Code.SYS_TEMP)
 

@@ -108,6 +108,7 @@ class Session:
     @ivar challenge: the APOP challenge of the greeting.
     @ivar user: the maildrop's name once logged in, else C{"-"}.
     @ivar failures: failed logins so far.
+    @ivar abortedAuth: AUTH exchanges the client cancelled.
     @ivar badCommands: malformed command lines in a row (a command that
         succeeds resets the count); the L{MAX_BAD_COMMANDS}th closes the
         session.
@@ -128,6 +129,7 @@ class Session:
         self.user = "-"
         self.failures = 0
         self.badCommands = 0
+        self.abortedAuth = 0
         self._userName: Optional[bytes] = None
         self.transaction = Transaction(())
         self.deletedCount = 0

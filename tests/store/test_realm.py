@@ -297,7 +297,7 @@ def test_loginDelayCountsPerMaildrop(tmp_path):
     first = Session(portal, policy=LoginPolicy("always", 900))
     assert first.login("alice@Example.COM").startswith(b"+OK alice@example.com has 0 messages")
     assert first.send("QUIT").startswith(b"+OK")
-    second = Session(portal, clock=first.clock, policy=first.factory.policy)
+    second = Session(portal, clock=first.clock, policy=first.factory.policy, timeout=3600, loginTimeout=None)
     assert second.login("alice@example.com").startswith(b"-ERR [LOGIN-DELAY]")
     first.clock.advance(900)
     assert second.login("alice@example.com").startswith(b"+OK alice@example.com has 0 messages")

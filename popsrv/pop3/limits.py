@@ -1,0 +1,95 @@
+"""
+Connection limits: how many connections the server holds at once, in all,
+and from one client address (an IPv4 address, or an IPv6 /64).  The counts
+live in the L{Scoreboard}, so they hold across C{--workers} processes.
+"""
+
+from __future__ import annotations
+
+import resource
+from typing import Optional
+
+from popsrv.scoreboard import Row, Scoreboard, addressKey
+
+__all__ = ["DEFAULT_MAX_PER_ADDRESS", "ConnectionLimits", "defaultMaxConnections", "raiseDescriptorLimit"]
+
+DEFAULT_MAX_PER_ADDRESS = 10
+# Descriptors kept free for everything but sessions: listening sockets, log
+# files, the thread pool's work, passwd files, a database connection.
+RESERVED_DESCRIPTORS = 64
+# Descriptors one logged-in session may hold at once: its socket, its
+# Maildir's directories and lock, and the message it is sending.
+DESCRIPTORS_PER_SESSION = 6
+# The descriptor limit popsrv asks for at start, where the hard limit allows.
+WANTED_DESCRIPTORS = 65536
+
+
+def raiseDescriptorLimit(wanted: int = WANTED_DESCRIPTORS) -> int:
+    """
+    Raise this process's soft limit on open descriptors towards C{wanted},
+    as far as its hard limit allows; return the soft limit then in force.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return wanted if soft == resource.RLIM_INFINITY else soft
+
+
+def defaultMaxConnections(descriptors: int) -> int:
+    """
+    The default of C{--max-connections} for a process that may open
+    C{descriptors} files: as many sessions as fit, each holding
+    L{DESCRIPTORS_PER_SESSION}, after L{RESERVED_DESCRIPTORS}.
+    """
+    return max(1, (descriptors - RESERVED_DESCRIPTORS) // DESCRIPTORS_PER_SESSION)
+
+
+class ConnectionLimits:
+    """
+    Admits or refuses each new connection.
+
+    @ivar maxConnections: connections at once, in all (C{None}: no limit).
+    @ivar maxPerAddress: connections at once from one address (C{None}: no
+        limit).
+    """
+
+    def __init__(
+        self, scoreboard: Scoreboard, maxConnections: Optional[int], maxPerAddress: Optional[int],
+    ) -> None:
+        self.scoreboard = scoreboard
+        self.maxConnections = maxConnections
+        self.maxPerAddress = maxPerAddress
+
+    def admit(self, host: str, now: float) -> Optional[str]:
+        """
+        Count a new connection from C{host}, if the limits allow it.
+
+        @return: C{None} if admitted (then call L{leave} when it closes),
+            else why not: C{"server"} (the server is full) or C{"address"}
+            (that address holds its share).
+        """
+
+        def change(row: Row) -> Optional[str]:
+            if self.maxConnections is not None and row.everyone >= self.maxConnections:
+                return "server"
+            if self.maxPerAddress is not None and row.totalConnections >= self.maxPerAddress:
+                return "address"
+            row.connections[row.column] += 1
+            return None
+
+        return self.scoreboard.update(addressKey(host), now, change)
+
+    def leave(self, host: str, now: float) -> None:
+        """
+        An admitted connection from C{host} closed.
+        """
+
+        def change(row: Row) -> None:
+            row.connections[row.column] -= 1
+
+        self.scoreboard.update(addressKey(host), now, change)

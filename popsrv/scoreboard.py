@@ -1,0 +1,284 @@
+"""
+A small table of per-client-address figures shared by every process of one
+server: open connections (for the connection limits) and failed logins (for
+the authentication penalty).
+
+The table lives in a file mapped into memory (C{mmap}), so the C{--workers}
+processes share it: the parent makes it and hands its descriptor to each
+worker.  Every read-modify-write holds an C{fcntl} lock on the file for a
+few microseconds: no process ever sees half an update.
+
+It is bounded: rows are grouped in sets of L{WAYS}, and an address can live
+only in the set a keyed hash of it chooses (a set-associative cache, as in a
+CPU).  A new address takes a free row of its set, else the least recently
+seen row that holds no connection: so the table forgets the quiet addresses
+first, and an attacker cannot choose which set its addresses fall in.
+
+Connections are counted per process (one column each), so that a process
+that dies can have its column cleared (L{Scoreboard.clearColumn}) without
+disturbing the others' counts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import ipaddress
+import mmap
+import os
+import secrets
+import struct
+import tempfile
+from typing import Callable, Optional, TypeVar
+
+import attr
+
+__all__ = ["CAPACITY", "WAYS", "Row", "Scoreboard", "addressKey"]
+
+_T = TypeVar("_T")
+
+# Rows in the table, and rows per set.
+CAPACITY = 65536
+WAYS = 8
+
+_MAGIC = b"popsrv-scoreboard-1\0"
+# Header: magic, capacity, columns, hash key; then one total per column.
+_HEADER = struct.Struct("<20sII16s")
+# Row: key, last seen, penalty slot, last failure, failures; then per column
+# the connections and the logins pending.
+_ROW = struct.Struct("<16sdddI")
+_COLUMN = struct.Struct("<II")
+_TOTAL = struct.Struct("<I")
+_EMPTY_KEY = b"\0" * 16
+
+
+def addressKey(host: str) -> bytes:
+    """
+    The table key of a client's address: an IPv4 address (also when mapped
+    into IPv6), or the /64 network of an IPv6 address (one host usually
+    holds a whole /64); any other peer (a UNIX socket) shares one key.
+    """
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return b"\1" + b"\0" * 15
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        else:
+            return b"\6" + ip.packed[:8] + b"\0" * 7
+    return b"\4" + ip.packed + b"\0" * 11
+
+
+@attr.s(slots=True, auto_attribs=True)
+class Row:
+    """
+    The figures of one address, as an update sees and changes them.
+
+    @ivar connections: open connections, per process.
+    @ivar pending: logins being verified, per process.
+    @ivar column: this process's column.
+    @ivar everyone: connections open in every process, from every address.
+    """
+
+    lastSeen: float
+    slot: float
+    lastFailure: float
+    failures: int
+    connections: list[int]
+    pending: list[int]
+    column: int
+    everyone: int = 0
+
+    @property
+    def totalConnections(self) -> int:
+        """Connections from this address, in every process."""
+        return sum(self.connections)
+
+    @property
+    def totalPending(self) -> int:
+        """Logins being verified for this address, in every process."""
+        return sum(self.pending)
+
+    @property
+    def idle(self) -> bool:
+        """Whether the row holds nothing worth keeping."""
+        return not self.totalConnections and not self.totalPending and not self.failures
+
+
+class Scoreboard:
+    """
+    The shared table.  Make it with L{create} (in the process that starts
+    the others, or the only one), or L{attach} to one a parent made.
+
+    @ivar column: the column of this process's connections.
+    """
+
+    def __init__(self, fd: int, column: int) -> None:
+        self._fd = fd
+        self._map = mmap.mmap(fd, 0)
+        magic, capacity, columns, key = _HEADER.unpack_from(self._map, 0)
+        if magic != _MAGIC:
+            raise ValueError("not a popsrv scoreboard")
+        if not 0 <= column < columns:
+            raise ValueError(f"column {column} of a scoreboard of {columns}")
+        self.column = column
+        self.columns = columns
+        self._capacity: int = capacity
+        self._sets: int = capacity // WAYS
+        self._key: bytes = key
+        self._totals = _HEADER.size
+        self._rows = self._totals + _TOTAL.size * columns
+        self._rowSize = _ROW.size + _COLUMN.size * columns
+
+    @classmethod
+    def create(cls, columns: int = 1, capacity: int = CAPACITY, directory: Optional[str] = None) -> Scoreboard:
+        """
+        Make a new, empty table in an unlinked temporary file, for
+        C{columns} processes; this process uses column 0.
+        """
+        if capacity % WAYS or capacity & (capacity - 1):
+            raise ValueError(f"capacity must be a power of two and a multiple of {WAYS}")
+        fd, path = tempfile.mkstemp(prefix="popsrv-scoreboard-", dir=directory)
+        os.unlink(path)
+        size = _HEADER.size + _TOTAL.size * columns + (_ROW.size + _COLUMN.size * columns) * capacity
+        os.ftruncate(fd, size)
+        os.pwrite(fd, _HEADER.pack(_MAGIC, capacity, columns, secrets.token_bytes(16)), 0)
+        return cls(fd, 0)
+
+    @classmethod
+    def attach(cls, fd: int, column: int) -> Scoreboard:
+        """
+        Use the table behind C{fd} (inherited from the process that made
+        it), with column C{column}.
+        """
+        return cls(fd, column)
+
+    def fileno(self) -> int:
+        """The descriptor to hand to another process."""
+        return self._fd
+
+    def close(self) -> None:
+        """Unmap the table and close its descriptor."""
+        self._map.close()
+        os.close(self._fd)
+
+    def _lock(self) -> None:
+        fcntl.lockf(self._fd, fcntl.LOCK_EX)
+
+    def _unlock(self) -> None:
+        fcntl.lockf(self._fd, fcntl.LOCK_UN)
+
+    # Totals
+
+    def total(self) -> int:
+        """Connections open in every process."""
+        self._lock()
+        try:
+            return self._total()
+        finally:
+            self._unlock()
+
+    def _total(self) -> int:
+        return sum(_TOTAL.unpack_from(self._map, self._totals + _TOTAL.size * c)[0] for c in range(self.columns))
+
+    def _addTotal(self, change: int) -> None:
+        offset = self._totals + _TOTAL.size * self.column
+        (value,) = _TOTAL.unpack_from(self._map, offset)
+        _TOTAL.pack_into(self._map, offset, max(0, value + change))
+
+    # Rows
+
+    def _setOf(self, key: bytes) -> int:
+        digest = hashlib.blake2b(key, digest_size=8, key=self._key).digest()
+        sets: int = self._sets
+        return int.from_bytes(digest, "little") % sets
+
+    def _read(self, offset: int) -> tuple[bytes, Row]:
+        key, lastSeen, slot, lastFailure, failures = _ROW.unpack_from(self._map, offset)
+        connections, pending = [], []
+        for c in range(self.columns):
+            count, waiting = _COLUMN.unpack_from(self._map, offset + _ROW.size + _COLUMN.size * c)
+            connections.append(count)
+            pending.append(waiting)
+        return key, Row(lastSeen, slot, lastFailure, failures, connections, pending, self.column)
+
+    def _write(self, offset: int, key: bytes, row: Row) -> None:
+        _ROW.pack_into(self._map, offset, key, row.lastSeen, row.slot, row.lastFailure, row.failures)
+        for c in range(self.columns):
+            _COLUMN.pack_into(
+                self._map, offset + _ROW.size + _COLUMN.size * c, max(0, row.connections[c]), max(0, row.pending[c]),
+            )
+
+    def _find(self, key: bytes, create: bool) -> Optional[tuple[int, Row]]:
+        """
+        The offset and row of C{key}: its own, else (if C{create}) a free or
+        forgettable row of its set, made new; C{None} when there is none.
+        """
+        first = self._rows + self._setOf(key) * WAYS * self._rowSize
+        victim: Optional[int] = None
+        victimSeen = 0.0
+        for way in range(WAYS):
+            offset = first + way * self._rowSize
+            found, row = self._read(offset)
+            if found == key:
+                return offset, row
+            # An empty row is the best victim; else the quiet row seen
+            # least recently.
+            seen = -1.0 if found == _EMPTY_KEY else row.lastSeen
+            if row.totalConnections or row.totalPending:
+                continue
+            if victim is None or seen < victimSeen:
+                victim, victimSeen = offset, seen
+        if victim is None or not create:
+            return None
+        zeros = [0] * self.columns
+        return victim, Row(0.0, 0.0, 0.0, 0, list(zeros), list(zeros), self.column)
+
+    def update(self, key: bytes, now: float, change: Callable[[Row], _T]) -> Optional[_T]:
+        """
+        Apply C{change} to the row of C{key} under the lock, store what it
+        changed, and return what it returned; C{None} (and nothing changed)
+        when the address's set is full of live rows.
+        """
+        self._lock()
+        try:
+            found = self._find(key, create=True)
+            if found is None:
+                return None
+            offset, row = found
+            row.everyone = self._total()
+            mine = row.connections[self.column]
+            result = change(row)
+            row.lastSeen = now
+            self._write(offset, key, row)
+            self._addTotal(row.connections[self.column] - mine)
+            return result
+        finally:
+            self._unlock()
+
+    def peek(self, key: bytes) -> Optional[Row]:
+        """
+        The row of C{key}, if the table has one (a copy: changing it
+        changes nothing).
+        """
+        self._lock()
+        try:
+            found = self._find(key, create=False)
+            return None if found is None else found[1]
+        finally:
+            self._unlock()
+
+    def clearColumn(self, column: int) -> None:
+        """
+        Forget the connections and pending logins of the process of
+        C{column} (it ended: nothing it counted is open any more).
+        """
+        self._lock()
+        try:
+            _TOTAL.pack_into(self._map, self._totals + _TOTAL.size * column, 0)
+            for index in range(self._capacity):
+                offset = self._rows + index * self._rowSize + _ROW.size + _COLUMN.size * column
+                _COLUMN.pack_into(self._map, offset, 0, 0)
+        finally:
+            self._unlock()

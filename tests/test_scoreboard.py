@@ -1,0 +1,144 @@
+"""
+Tests for L{popsrv.scoreboard}: address keys, rows shared between
+processes through the mapped file, the bounded table's eviction, and
+clearing a process's column.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Iterator
+
+import pytest
+
+from popsrv.scoreboard import WAYS, Row, Scoreboard, addressKey
+from tests.support.servers import twistdEnvironment
+
+
+@pytest.fixture
+def board() -> Iterator[Scoreboard]:
+    scoreboard = Scoreboard.create(columns=2, capacity=64)
+    yield scoreboard
+    scoreboard.close()
+
+
+def connect(row: Row) -> int:
+    row.connections[row.column] += 1
+    return row.totalConnections
+
+
+def test_addressKeys() -> None:
+    """
+    IPv4 addresses are their own keys, also mapped into IPv6; IPv6
+    addresses are keyed by their /64; other peers share one key.
+    """
+    assert addressKey("192.0.2.1") == addressKey("::ffff:192.0.2.1")
+    assert addressKey("192.0.2.1") != addressKey("192.0.2.2")
+    assert addressKey("2001:db8:1:2::1") == addressKey("2001:db8:1:2:ffff::9")
+    assert addressKey("2001:db8:1:2::1") != addressKey("2001:db8:1:3::1")
+    assert addressKey("fe80::1%eth0") == addressKey("fe80::2")
+    assert addressKey("/run/popsrv.sock") == addressKey("") == addressKey("not an address")
+    assert len({len(addressKey(a)) for a in ["1.2.3.4", "::1", "x"]}) == 1
+
+
+def test_updatesAreKeptAndCounted(board: Scoreboard) -> None:
+    """
+    What an update changes stays; each column's connections add up to
+    the total.
+    """
+    assert board.update(addressKey("192.0.2.1"), 1.0, connect) == 1
+    assert board.update(addressKey("192.0.2.1"), 2.0, connect) == 2
+    assert board.update(addressKey("192.0.2.9"), 3.0, connect) == 1
+    assert board.total() == 3
+    row = board.peek(addressKey("192.0.2.1"))
+    assert row is not None and row.connections == [2, 0] and row.lastSeen == 2.0
+    assert board.peek(addressKey("192.0.2.2")) is None
+
+
+def test_sharedWithAnotherProcess(board: Scoreboard) -> None:
+    """
+    A process that attaches to the inherited descriptor sees and changes
+    the same rows, in its own column.
+    """
+    board.update(addressKey("192.0.2.1"), 1.0, connect)
+    script = (
+        "import sys\n"
+        "from popsrv.scoreboard import Scoreboard, addressKey\n"
+        "board = Scoreboard.attach(int(sys.argv[1]), 1)\n"
+        "def change(row):\n"
+        "    row.connections[row.column] += 5\n"
+        "    return row.totalConnections\n"
+        "print(board.update(addressKey('192.0.2.1'), 2.0, change), board.total())\n"
+    )
+    fd = board.fileno()
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(fd)], pass_fds=[fd], capture_output=True, env=twistdEnvironment(),
+        timeout=60, check=True,
+    )
+    assert result.stdout.split() == [b"6", b"6"]
+    row = board.peek(addressKey("192.0.2.1"))
+    assert row is not None and row.connections == [1, 5]
+    assert board.total() == 6
+    board.clearColumn(1)
+    row = board.peek(addressKey("192.0.2.1"))
+    assert row is not None and row.connections == [1, 0]
+    assert board.total() == 1
+
+
+def test_boundedTableForgetsQuietAddressesFirst() -> None:
+    """
+    A set full of addresses with open connections takes no more (the
+    update is not applied); otherwise the least recently seen address
+    without connections makes room.
+    """
+    board = Scoreboard.create(columns=1, capacity=WAYS)
+    try:
+        keys = [addressKey(f"192.0.2.{n}") for n in range(WAYS + 1)]
+        for n, key in enumerate(keys[:WAYS]):
+            assert board.update(key, float(n), connect) == 1
+        assert board.update(keys[WAYS], 100.0, connect) is None
+        assert board.total() == WAYS
+
+        def leave(row: Row) -> None:
+            row.connections[row.column] -= 1
+
+        board.update(keys[3], 101.0, leave)
+        board.update(keys[5], 102.0, leave)
+        assert board.update(keys[WAYS], 103.0, connect) == 1
+        assert board.peek(keys[3]) is None
+        assert board.peek(keys[5]) is not None
+    finally:
+        board.close()
+
+
+def test_hostileAddressesCannotOverfill(board: Scoreboard) -> None:
+    """
+    Many more addresses than rows: updates keep working, nothing grows,
+    and a live address is never evicted.
+    """
+    size = os.fstat(board.fileno()).st_size
+    board.update(addressKey("198.51.100.1"), 0.0, connect)
+    for n in range(2000):
+        board.update(addressKey(f"2001:db8:{n:x}::1"), float(n), lambda row: None)
+    assert os.fstat(board.fileno()).st_size == size
+    row = board.peek(addressKey("198.51.100.1"))
+    assert row is not None and row.totalConnections == 1
+
+
+def test_notAScoreboard(tmp_path) -> None:
+    """
+    Attaching to a file that is not a scoreboard, or to a column it does
+    not have, is refused.
+    """
+    path = tmp_path / "x"
+    path.write_bytes(b"\0" * 4096)
+    fd = os.open(path, os.O_RDWR)
+    with pytest.raises(ValueError, match="not a popsrv scoreboard"):
+        Scoreboard.attach(fd, 0)
+    os.close(fd)
+    board = Scoreboard.create(columns=1, capacity=WAYS)
+    with pytest.raises(ValueError, match="column 1"):
+        Scoreboard.attach(os.dup(board.fileno()), 1)
+    board.close()
