@@ -6,11 +6,16 @@ popsrv passwd} tool, run as a subprocess with the password on its stdin.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
+import selectors
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -268,7 +273,7 @@ def test_toolKeepsCommentsOtherLinesFieldsAndMode(tmp_path):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
     assert tool("del", str(path), "bob").returncode == 0
     assert path.read_text().endswith("# bob below\n")
-    assert [name for name in os.listdir(tmp_path)] == ["passwd"]
+    assert sorted(os.listdir(tmp_path)) == ["passwd", "passwd.lock"]
 
 
 def test_toolAppendsAfterALastLineWithoutNewline(tmp_path):
@@ -356,3 +361,254 @@ def test_toolSplitsLinesAsTheServerDoes(tmp_path):
     secrets, _ = parsePasswd(path.read_bytes())
     assert secrets == {"alice": "{PLAIN}new-password", "bob": "{PLAIN}hunter2"}
     assert path.read_text() == "alice:{PLAIN}new-password:extra\x0cfield\nbob:{PLAIN}hunter2\n"
+
+
+# The passwd tool: one change at a time, and the file's owner, group, mode and links
+
+
+# The tool run as python -m popsrv passwd runs it, but with a standard input
+# that first says on stdout that the password is being read: the test then
+# knows the run waits at its prompt.
+ANNOUNCING_TOOL = """
+import sys
+from popsrv.auth import passwdtool
+
+
+class Announcing:
+    def isatty(self):
+        return False
+
+    def readline(self):
+        sys.stdout.write("reading the password\\n")
+        sys.stdout.flush()
+        return sys.stdin.buffer.readline()
+
+
+sys.exit(passwdtool.main(sys.argv[1:], stdin=Announcing()))
+"""
+LINE_TIMEOUT = 60.0
+
+
+def readLine(stream, timeout: float = LINE_TIMEOUT) -> bytes:
+    """
+    One line from a child's pipe, waiting at most C{timeout} seconds; what
+    came before the end of the stream if it ends first.
+    """
+    deadline = time.monotonic() + timeout
+    line = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not selector.select(left):
+                raise AssertionError(f"no complete line within {timeout}s; so far {line!r}")
+            chunk = os.read(stream.fileno(), 1)
+            if not chunk:
+                break
+            line += chunk
+    return line
+
+
+def startTool(*args: str, script: str = "") -> subprocess.Popen:
+    """
+    Start the passwd tool (or C{script} with ARGS) with pipes for its
+    standard input, output and error.
+    """
+    command = [sys.executable, "-c", script, *args] if script else [sys.executable, "-m", "popsrv", "passwd", *args]
+    return subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=twistdEnvironment(),
+    )
+
+
+def finish(process: subprocess.Popen, stdin: bytes = b"") -> bytes:
+    """
+    Give a started tool the rest of its input; return its standard error
+    once it has exited, successfully.
+    """
+    _, err = process.communicate(stdin, timeout=60)
+    assert process.returncode == 0, err
+    return err
+
+
+@pytest.fixture
+def processes():
+    """
+    The child processes a test starts; any still running at its end are
+    killed.
+    """
+    started: list = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=60)
+
+
+def test_toolDelWhileASetWaitsAtItsPromptIsKept(tmp_path, processes):
+    """
+    A del that completes while a set waits at its password prompt is not
+    undone when the set goes on: the set reads the file only once it has
+    the password, under the lock.
+    """
+    path = tmp_path / "passwd"
+    path.write_text("alice:{PLAIN}old\nbob:{PLAIN}y\n")
+    setting = startTool("set", "--scheme", "PLAIN", str(path), "alice", script=ANNOUNCING_TOOL)
+    processes.append(setting)
+    assert readLine(setting.stdout) == b"reading the password\n"
+    deleting = tool("del", str(path), "bob")
+    assert deleting.returncode == 0, deleting.stderr
+    assert entries(path) == {"alice": "{PLAIN}old"}
+    finish(setting, b"new\n")
+    assert entries(path) == {"alice": "{PLAIN}new"}
+
+
+def test_toolWaitsForTheLock(tmp_path, processes):
+    """
+    A run waits, saying so, while another holds the lock of the file (an
+    flock on FILE.lock, across processes), and changes it afterwards.
+    """
+    path = tmp_path / "passwd"
+    path.write_text("alice:{PLAIN}x\nbob:{PLAIN}y\n")
+    lock = open(tmp_path / "passwd.lock", "a+b")
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        deleting = startTool("del", str(path), "bob")
+        processes.append(deleting)
+        waiting = readLine(deleting.stderr).decode()
+        assert waiting == f"popsrv passwd: waiting for {tmp_path / 'passwd.lock'} (another run is changing {path})\n"
+        assert list(entries(path)) == ["alice", "bob"]
+    finally:
+        lock.close()
+    assert finish(deleting) == b"popsrv passwd: removed bob\n"
+    assert list(entries(path)) == ["alice"]
+
+
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute", "relative"])
+def test_toolReplacesTheTargetOfASymlink(tmp_path, relative):
+    """
+    When FILE is a symbolic link, the file it points to is replaced (by a
+    new file in the target's directory) and the link stays a link.
+    """
+    shared, etc = tmp_path / "shared", tmp_path / "etc"
+    shared.mkdir()
+    etc.mkdir()
+    target = shared / "passwd"
+    target.write_text(PLAIN_ALICE)
+    link = etc / "passwd"
+    pointer = os.path.join("..", "shared", "passwd") if relative else str(target)
+    link.symlink_to(pointer)
+    for args, password in ((["add", "--scheme", "PLAIN", str(link), "bob"], "y"), (["del", str(link), "alice"], "")):
+        result = tool(*args, password=password)
+        assert result.returncode == 0, result.stderr
+        assert link.is_symlink() and os.readlink(link) == pointer
+    assert target.read_text() == "bob:{PLAIN}y\n"
+    assert os.listdir(etc) == ["passwd"]
+    assert sorted(os.listdir(shared)) == ["passwd", "passwd.lock"]
+
+
+needsRoot = pytest.mark.skipif(os.geteuid() != 0, reason="giving files to other users and groups needs root")
+# Users and groups that need not exist: only their numbers matter.
+OWNER, GROUP, OTHER_GROUP = 12345, 12346, 12347
+
+
+@needsRoot
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o2750], ids=oct)
+def test_toolKeepsOwnerGroupAndMode(tmp_path, mode):
+    """
+    The replacement gets the old file's owner, group and mode, set-group-ID
+    bit included (run as root, who may give it any).
+    """
+    path = tmp_path / "passwd"
+    path.write_text(PLAIN_ALICE)
+    os.chown(path, OWNER, GROUP)
+    os.chmod(path, mode)
+    result = tool("add", "--scheme", "PLAIN", str(path), "bob", password="y")
+    assert result.returncode == 0, result.stderr
+    status = os.stat(path)
+    assert (status.st_uid, status.st_gid, stat.S_IMODE(status.st_mode)) == (OWNER, GROUP, mode)
+    assert list(entries(path)) == ["alice", "bob"]
+
+
+@pytest.fixture
+def sharedDirectory():
+    """
+    A directory that user OWNER may write to, outside the test's root-only
+    temporary directory; removed afterwards.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="popsrv-passwd-"))
+    os.chmod(directory, 0o755)
+    os.chown(directory, OWNER, OWNER)
+    yield directory
+    shutil.rmtree(directory)
+
+
+# The tool run as user OWNER (group OWNER, and member of the groups given as
+# the first argument): it starts as root, whose interpreter user OWNER may not
+# be able to read, and gives up root once the tool is imported.
+UNPRIVILEGED_TOOL = f"""
+import os
+import sys
+from popsrv.auth import passwdtool
+
+os.setgroups([int(group) for group in sys.argv[1].split(",") if group])
+os.setgid({OWNER})
+os.setuid({OWNER})
+sys.exit(passwdtool.main(sys.argv[2:]))
+"""
+
+
+def toolAs(groups: list, *args: str, password: str = "") -> subprocess.CompletedProcess:
+    """
+    Run the passwd tool as user OWNER, whose group is OWNER, and who is a
+    member of C{groups}.
+    """
+    return subprocess.run(
+        [sys.executable, "-c", UNPRIVILEGED_TOOL, ",".join(map(str, groups)), *args], input=password.encode(),
+        capture_output=True, env=twistdEnvironment(), timeout=60,
+    )
+
+
+@needsRoot
+@pytest.mark.parametrize("owner, group, groups", [
+    (OWNER, GROUP, []),
+    (0, OWNER, []),
+    (0, GROUP, [GROUP]),
+])
+def test_toolRefusesToChangeTheOwnerOrGroup(sharedDirectory, owner, group, groups):
+    """
+    A user who cannot give the new file the old one's owner or group (not
+    root, not its owner, not a member of its group) is refused with a clear
+    message, and the file stays as it was, rather than have its owner or
+    group silently changed.
+    """
+    path = sharedDirectory / "passwd"
+    path.write_text(PLAIN_ALICE)
+    os.chown(path, owner, group)
+    os.chmod(path, 0o666)
+    result = toolAs(groups, "add", "--scheme", "PLAIN", str(path), "bob", password="y")
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        f"popsrv passwd: cannot replace {path}: the new file would not keep its owner {owner} and group {group} "
+        "(run this as root, or as its owner and a member of its group)\n"
+    )
+    assert path.read_text() == PLAIN_ALICE
+    status = os.stat(path)
+    assert (status.st_uid, status.st_gid) == (owner, group)
+    assert sorted(os.listdir(sharedDirectory)) == ["passwd", "passwd.lock"]
+
+
+@needsRoot
+def test_toolKeepsTheGroupOfAMember(sharedDirectory):
+    """
+    The owner may keep a group that is not their own if they are a member
+    of it.
+    """
+    path = sharedDirectory / "passwd"
+    path.write_text(PLAIN_ALICE)
+    os.chown(path, OWNER, GROUP)
+    os.chmod(path, 0o640)
+    result = toolAs([OTHER_GROUP, GROUP], "add", "--scheme", "PLAIN", str(path), "bob", password="y")
+    assert result.returncode == 0, result.stderr
+    status = os.stat(path)
+    assert (status.st_uid, status.st_gid, stat.S_IMODE(status.st_mode)) == (OWNER, GROUP, 0o640)
+    assert list(entries(path)) == ["alice", "bob"]

@@ -7,7 +7,9 @@ C{--maildir} option, on real temporary directories.
 from __future__ import annotations
 
 import os
+import poplib
 
+import idna
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,14 +19,18 @@ from zope.interface.verify import verifyObject
 
 from popsrv.app.service import Options, makeService
 from popsrv.interfaces import IMaildrop
+from popsrv.store.maildir import deliver
 from popsrv.store.realm import (
     BadMaildirTemplate,
     MaildirRealm,
     MaildirTemplate,
     UnsafeMailboxName,
+    canonicalDomain,
     canonicalLogin,
     splitLogin,
 )
+from tests.support.servers import HOST, LISTEN_LOCAL, writePasswordFile
+from tests.support.wire import SOCKET_TIMEOUT
 
 
 def parse(*args: str) -> Options:
@@ -127,11 +133,11 @@ def test_badTemplates(template, message):
     ("alice", "no @domain"),
     ("alice@", "no @domain"),
     ("@example.com", "local part .* empty"),
-    ("alice@.example.com", "domain .* not a plain file name"),
+    ("alice@.example.com", "domain .* empty label"),
     ("..@example.com", "local part .* not a plain file name"),
     (".alice@example.com", "local part .* not a plain file name"),
     ("alice@exa\\mple.com", "domain .* not a plain file name"),
-    ("alice@exa\x7fmple.com", "domain .* control character"),
+    ("alice@exa\x7fmple.com", r"domain .* control character \(U\+007F\)"),
     ("a" * 256 + "@example.com", "local part .* too long"),
 ])
 def test_unsafeOrMissingPartsAreRefused(login, why):
@@ -302,3 +308,230 @@ def test_loginDelayCountsPerMaildrop(tmp_path):
     first.clock.advance(900)
     assert second.login("alice@example.com").startswith(b"+OK alice@example.com has 0 messages")
     assert os.listdir(tmp_path) == ["example.com"]
+
+
+# Hostile names: look-alike domains, case mappings, invisible characters
+
+
+@pytest.mark.parametrize("domain, canonical", [
+    ("", ""),
+    ("example.com", "example.com"),
+    ("Example.COM", "example.com"),
+    ("under_score.Example", "under_score.example"),
+    ("bücher.example", "xn--bcher-kva.example"),
+    ("Bücher.EXAMPLE", "xn--bcher-kva.example"),
+    ("xn--bcher-kva.example", "xn--bcher-kva.example"),
+    ("XN--BCHER-KVA.example", "xn--bcher-kva.example"),
+    ("\u0131cloud.example", "xn--cloud-m4a.example"),
+    ("公司.example", "xn--55qx5d.example"),
+    ("a" * 63 + ".example", "a" * 63 + ".example"),
+    (".".join(["a" * 63] * 3 + ["b" * 61]), ".".join(["a" * 63] * 3 + ["b" * 61])),
+])
+def test_canonicalDomain(domain, canonical):
+    """
+    A domain's canonical form is ASCII: A to Z lower-cased and nothing else,
+    U-labels turned into their A-labels.  A dotless i is a letter of its
+    own, not an i.
+    """
+    assert canonicalDomain(domain) == canonical
+
+
+HOSTILE_DOMAINS = [
+    ("\u212aey.com", "IDNA.*U\\+212A"),
+    ("\u212aEY.COM", "IDNA.*U\\+212A"),
+    ("\u0130cloud.com", "IDNA.*U\\+0130"),
+    ("B\u00dcCHER.example", "IDNA.*U\\+00DC"),
+    ("\uff45xample.com", "IDNA.*U\\+FF45"),
+    ("\uff25\uff38\uff21\uff2d\uff30\uff2c\uff25.com", "IDNA.*U\\+FF25"),
+    ("example\uff0ecom", "IDNA.*U\\+FF0E"),
+    ("example\u3002com", "IDNA.*U\\+3002"),
+    ("e\u0301xample.com", "IDNA.*normalization form C"),
+    ("exa\u202emple.com", "bidirectional control character \\(U\\+202E\\)"),
+    ("exa\u200dmple.com", "format character \\(U\\+200D\\)"),
+    ("exa\u00admple.com", "format character \\(U\\+00AD\\)"),
+    ("exa\x00mple.com", "control character \\(U\\+0000\\)"),
+    ("exa\x1bmple.com", "control character \\(U\\+001B\\)"),
+    ("exa\udcffmple.com", "not UTF-8"),
+    ("xn--.com", "IDNA"),
+    ("xn--zz.com", "IDNA"),
+    ("xn--abc.com", "IDNA"),
+    ("xn--ls8h.com", "IDNA"),
+    ("xn--bcher-kva-.com", "IDNA"),
+    ("a" * 64 + ".com", "label longer than 63 octets"),
+    ("\u00fc" * 58 + ".com", "IDNA.*too long"),
+    (".".join(["a" * 63] * 4), "longer than 253 octets"),
+    ("example..com", "empty label"),
+    ("example.com.", "empty label"),
+]
+
+
+@pytest.mark.parametrize("domain, why", HOSTILE_DOMAINS, ids=ascii)
+def test_hostileDomainsAreRefused(domain, why):
+    """
+    A domain that is neither ASCII nor valid IDNA 2008 as given (no Unicode
+    case or look-alike mapping applied), or has an invisible or control
+    character, an invalid xn-- label, an empty label, or a label or length
+    too long for DNS, is refused, with the reason in plain ASCII; whatever
+    the template, as the maildrop's name needs the domain too.
+    """
+    with pytest.raises(UnsafeMailboxName, match="domain of the login name .*" + why) as caught:
+        canonicalDomain(domain)
+    assert str(caught.value).isascii()
+    login = "bob@" + domain
+    for refuse in (canonicalLogin, splitLogin, MaildirTemplate("/var/vmail/%d/%n").expand,
+                   MaildirTemplate.forRoot("/var/vmail").expand):
+        with pytest.raises(UnsafeMailboxName, match="domain of the login name"):
+            refuse(login)
+
+
+def test_aKelvinSignDomainDoesNotReachTheOtherDomainsMaildir(tmp_path):
+    """
+    bob@\u212aey.com (a Kelvin sign, which Unicode lower-cases to k) is not
+    bob@key.com: the realm refuses it, with either kind of template, and
+    creates nothing.
+    """
+    for realm in (MaildirRealm(template=str(tmp_path / "vmail" / "%d" / "%n")), MaildirRealm(str(tmp_path / "mail"))):
+        assert realm.maildropFor("bob@key.com").name == "bob@key.com"
+        for avatarId in ("bob@\u212aey.com", "bob@\u212aey.com".encode()):
+            with pytest.raises(UnsafeMailboxName, match="U\\+212A"):
+                realm.requestAvatar(avatarId, None, IMaildrop)
+    assert os.listdir(tmp_path) == []
+
+
+LOOK_ALIKE_LOCAL_PARTS = [
+    "Kate", "kate", "\u212aate", "\uff4bate", "\uff2bate",
+    "i", "I", "\u0131", "\u0130", "i\u0307",
+    "\u00df", "ss", "SS", "\u1e9e",
+    "\u00e9", "e\u0301",
+    "\ufb01le", "file",
+]
+
+
+def test_localPartsAreKeptAsGiven():
+    """
+    Local parts are never case-mapped or normalized: names that Unicode
+    case folding or normalization would make one (a Kelvin sign and a K,
+    full-width letters, dotless and dotted i, sharp s and ss, precomposed
+    and combining accents, ligatures) name distinct Maildirs, each its own
+    name octet for octet.
+    """
+    template = MaildirTemplate("/var/vmail/%d/%n")
+    paths = [template.expand(local + "@Example.com") for local in LOOK_ALIKE_LOCAL_PARTS]
+    assert paths == [f"/var/vmail/example.com/{local}" for local in LOOK_ALIKE_LOCAL_PARTS]
+    assert len(set(paths)) == len(paths)
+    names = [canonicalLogin(local + "@Example.com") for local in LOOK_ALIKE_LOCAL_PARTS]
+    assert names == [local + "@example.com" for local in LOOK_ALIKE_LOCAL_PARTS]
+    root = MaildirTemplate.forRoot("/var/mail")
+    assert len({root.expand(local) for local in LOOK_ALIKE_LOCAL_PARTS}) == len(LOOK_ALIKE_LOCAL_PARTS)
+
+
+REFUSED_CHARACTERS = [
+    ("\u202e", "bidirectional"), ("\u202a", "bidirectional"), ("\u202c", "bidirectional"),
+    ("\u2066", "bidirectional"), ("\u2069", "bidirectional"), ("\u200e", "bidirectional"),
+    ("\u200f", "bidirectional"), ("\u061c", "bidirectional"),
+    ("\u200d", "format"), ("\u200c", "format"), ("\u200b", "format"), ("\u00ad", "format"),
+    ("\u2060", "format"), ("\ufeff", "format"), ("\U000e0041", "format"),
+    ("\x00", "control"), ("\x01", "control"), ("\t", "control"), ("\n", "control"), ("\r", "control"),
+    ("\x1b", "control"), ("\x1f", "control"), ("\x7f", "control"), ("\x85", "control"), ("\x9f", "control"),
+]
+
+
+@pytest.mark.parametrize("char, kind", REFUSED_CHARACTERS, ids=ascii)
+def test_invisibleAndControlCharactersAreRefusedAnywhere(tmp_path, char, kind):
+    """
+    A bidirectional control, another format character (invisible: joiners,
+    soft hyphen, byte order mark, tags) or a control character anywhere in
+    a login name fails the login, whichever parts the template uses, names
+    the character, and creates nothing.
+    """
+    code = f"U\\+{ord(char):04X}"
+    logins = [f"{char}bob@example.com", f"bo{char}b@example.com", f"bob{char}@example.com",
+              f"bob@{char}example.com", f"bob@exam{char}ple.com", f"bob@example.com{char}", f"bo{char}b"]
+    realms = [MaildirRealm(template=str(tmp_path / "vmail" / "%d" / "%n")), MaildirRealm(str(tmp_path / "mail")),
+              MaildirRealm(template=str(tmp_path / "home" / "%n" / "Maildir"))]
+    for login in logins:
+        for realm in realms:
+            for avatarId in (login, login.encode("utf-8")):
+                with pytest.raises(UnsafeMailboxName, match=f"{kind}.* character \\({code}\\)"):
+                    realm.requestAvatar(avatarId, None, IMaildrop)
+            with pytest.raises(UnsafeMailboxName, match=code):
+                realm.template.expand(login)
+    assert os.listdir(tmp_path) == []
+
+
+LOOK_ALIKES = ["k", "K", "\u212a", "\uff4b", "i", "I", "\u0131", "\u0130", "\u0307", "\u00fc", "\u00dc", "u\u0308",
+               "s", "\u00df", "e", "\u0301", "\u00e9", "."]
+
+
+def _uLabels(domain: str) -> list:
+    """
+    A domain's labels, A-labels decoded.
+    """
+    return [idna.ulabel(label) if label.startswith("xn--") else label for label in domain.split(".")]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    local=st.lists(st.sampled_from(LOOK_ALIKES[:-1]), min_size=1, max_size=4).map("".join),
+    domain=st.lists(st.sampled_from(LOOK_ALIKES + ["xn--", "tda", "bcher-kva", "\uff0e"]), min_size=1, max_size=5)
+    .map("".join),
+)
+def test_onlyASCIICaseAndIDNAEncodingAreFolded(local, domain):
+    """
+    Whatever the login, the local part is kept as it is, and the domain is
+    either refused or changed only by lower-casing A to Z and by turning
+    U-labels into A-labels (decoded, it is the domain given, ASCII letters
+    lower-cased): two logins share a Maildir only if they are two spellings
+    of one login in those two ways.
+    """
+    template = MaildirTemplate("/var/vmail/%d/%n")
+    try:
+        path = template.expand(f"{local}@{domain}")
+    except UnsafeMailboxName:
+        return
+    canonical = canonicalDomain(domain)
+    assert path == f"/var/vmail/{canonical}/{local}"
+    assert canonical.isascii() and canonical == canonical.lower()
+    lowered = "".join(c.lower() if "A" <= c <= "Z" else c for c in domain)
+    assert _uLabels(canonical) == _uLabels(lowered)
+    assert not set(domain) & {"\u212a", "\uff4b", "\u0130", "\u00dc", "\uff0e"}
+
+
+def test_aKelvinSignDomainOverPOP3(launcher, tmp_path):
+    """
+    End to end: with --maildir vmail/%d/%n and a checker that knows both
+    bob@key.com and bob@\u212aey.com (a Kelvin sign), the second logs in with its
+    own right password and gets the same -ERR as a wrong password, never
+    bob@key.com's maildrop; the log says why; nothing is created.
+    """
+    users = {"bob@key.com": "bobs password", "bob@\u212aey.com": "kelvins password"}
+    vmail = tmp_path / "vmail"
+    deliver(str(vmail / "key.com" / "bob"), b"Subject: for bob@key.com only\r\n\r\nsecret\r\n")
+    before = sorted(str(path.relative_to(vmail)) for path in vmail.rglob("*"))
+    passwords = writePasswordFile(tmp_path / "passwd", users)
+    process = launcher.twistd(
+        ["--listen", LISTEN_LOCAL, "--maildir", f"{vmail}/%d/%n", "--auth", f"file:{passwords}"], tmp_path,
+    )
+    port = process.waitListening()
+
+    def refusal(user: str, password: str) -> str:
+        client = poplib.POP3(HOST, port, timeout=SOCKET_TIMEOUT)
+        try:
+            client.user(user)
+            with pytest.raises(poplib.error_proto) as caught:
+                client.pass_(password)
+            return caught.value.args[0]
+        finally:
+            client.close()
+
+    kelvin = refusal("bob@\u212aey.com", "kelvins password")
+    assert kelvin == refusal("bob@\u212aey.com", "wrong") == refusal("bob@key.com", "wrong")
+    assert kelvin == b"-ERR [AUTH] invalid user name or password"
+    process.waitFor(r"login failed for bob@\?\?\?ey\.com from 127\.0\.0\.1:\d+ with USER/PASS: .*U\+212A")
+    assert sorted(str(path.relative_to(vmail)) for path in vmail.rglob("*")) == before
+    client = poplib.POP3(HOST, port, timeout=SOCKET_TIMEOUT)
+    try:
+        client.user("bob@key.com")
+        assert client.pass_("bobs password").startswith(b"+OK bob@key.com has 1 message")
+    finally:
+        client.quit()
