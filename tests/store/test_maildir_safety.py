@@ -2,8 +2,8 @@
 Tests that a Maildir's owner cannot make popsrv read, serve, move or delete
 anything but the owner's own message files: its directories are used
 through the descriptors opened at login, whatever is renamed or linked in
-their place later; only regular files are served, and a FIFO blocks
-nothing.
+their place later; only regular files are served; nothing of unbounded
+cost (a FIFO, a huge file to measure) blocks the reactor thread.
 
 Every swap is made between two calls of the maildrop, on real temporary
 Maildirs, so the tests are deterministic.
@@ -24,8 +24,9 @@ from twisted.logger import LogLevel, capturedLogs
 
 from popsrv.errors import MaildropError, MaildropLocked, MaildropUnusable, MessageVanished
 from popsrv.store.maildir import LOCK_FILE, MaildirMaildrop, deliver, uidFor
-from tests.store.test_maildir import listOnce, sendResult, writeMessage
-from tests.support.servers import Launcher
+from popsrv.threads import threadRunner
+from tests.store.test_maildir import curNames, listOnce, sendResult, writeMessage
+from tests.support.servers import Launcher, ReactorThread
 
 DEADLINE = 10.0
 # How long a POP3 client of the end-to-end test waits for a reply.
@@ -392,7 +393,105 @@ def test_fifoInNewNotMeasuredAndLeftAlone(tmp_path: Path) -> None:
     assert os.listdir(alice / "new") == [fifo.name]
 
 
-# 3. Descriptors
+# 3. Measuring off the reactor thread
+
+
+def test_unsizedMessageMeasuredInThePool(
+    tmp_path: Path, reactorThread: ReactorThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A big (sparse) file in cur/ whose name records no size, in a small
+    Maildir without new mail, is measured in the thread pool, never in the
+    reactor's thread, and gets its sizes in its name.
+    """
+    from popsrv.store.maildir import newmail
+
+    alice, _ = twoUsers(tmp_path)
+    big = alice / "cur" / "1500.M1P1.big:2,"
+    with open(big, "wb") as f:
+        f.truncate(64 * 2**20)
+    threads = []
+    measure = newmail.measure
+
+    def recordingMeasure(*args: object, **kwargs: object) -> tuple[int, int]:
+        threads.append(threading.current_thread())
+        return measure(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(newmail, "measure", recordingMeasure)
+    maildrop = MaildirMaildrop(str(alice), "alice", runner=threadRunner(reactorThread.reactor))
+
+    def session() -> list[int]:
+        maildrop.lock()
+        try:
+            return [info.size for info in reactorThread.call(maildrop.listMessages)]
+        finally:
+            maildrop.release()
+
+    assert 64 * 2**20 + 2 in session()
+    assert len(threads) == 1
+    assert threads[0] is not threading.main_thread()
+    assert threads[0].name != "reactor"
+    assert "1500.M1P1.big,S=67108864,W=67108866:2," in curNames(alice)
+
+
+def test_retrOfRenamedMessageLocatesItThroughTheRunner(tmp_path: Path) -> None:
+    """
+    RETR of a message whose name changed since the snapshot looks for its
+    new name (a listing of cur/, of any size) through the runner.
+    """
+    from twisted.internet import defer
+
+    alice, _ = twoUsers(tmp_path)
+    calls = []
+
+    def runner(function, *args):  # type: ignore[no-untyped-def]
+        calls.append(function.__name__)
+        return defer.succeed(function(*args))
+
+    maildrop = MaildirMaildrop(str(alice), "alice", runner=runner)
+    maildrop.lock()
+    try:
+        maildrop.listMessages()
+        assert calls == []
+        name = messageName(0, ALICE[0])
+        os.rename(alice / "cur" / name, alice / "cur" / (name + "F"))
+        consumer, result = sendResult(maildrop, uidOf(0, ALICE))
+        assert result is None
+        assert b"".join(consumer.writes) == ALICE[0]
+        assert calls == ["_openRenamed"]
+    finally:
+        maildrop.release()
+
+
+def test_quickCommitNeedingAListingGoesThroughTheRunner(tmp_path: Path) -> None:
+    """
+    A commit of a few messages is done at once only while every message is
+    where the snapshot saw it; one renamed since (looking for it lists
+    cur/, of any size) sends the commit through the runner.
+    """
+    from twisted.internet import defer
+
+    alice, _ = twoUsers(tmp_path)
+    calls = []
+
+    def runner(function, *args):  # type: ignore[no-untyped-def]
+        calls.append(function.__name__)
+        return defer.succeed(function(*args))
+
+    maildrop = MaildirMaildrop(str(alice), "alice", runner=runner)
+    maildrop.lock()
+    try:
+        maildrop.listMessages()
+        name = messageName(0, ALICE[0])
+        os.rename(alice / "cur" / name, alice / "cur" / (name + "F"))
+        maildrop.commit(frozenset({uidOf(1, ALICE)}), frozenset({uidOf(0, ALICE)}))
+        assert calls == ["_apply"]
+    finally:
+        maildrop.release()
+    assert curNames(alice) == [name + "FS"]
+
+
+# 4. Descriptors
 
 
 def test_descriptorsDoNotLeak(tmp_path: Path) -> None:
@@ -474,7 +573,7 @@ def test_lockFileThatIsNotAFileRefused(tmp_path: Path, kind: str) -> None:
     assert not (tmp_path / "elsewhere").exists()
 
 
-# 4. End to end
+# 5. End to end
 
 
 def test_fifoInOneMaildirBlocksNoSession(launcher: Launcher) -> None:

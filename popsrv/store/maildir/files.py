@@ -1,7 +1,9 @@
 """
 The files of one snapshot's messages in C{cur/}: each is found by the
 name the snapshot saw, or, once another program renamed it (new flags), by
-its new name, looked for in a listing of C{cur/}.
+its new name, looked for in a listing of C{cur/}.  That listing is the one
+step of unbounded cost; a caller on the reactor thread forbids it, and
+does the work through its runner instead when it is needed.
 """
 
 from __future__ import annotations
@@ -12,7 +14,14 @@ from popsrv.errors import MaildropError, MessageVanished
 from popsrv.store.maildir.directory import Directory, NotAFile
 from popsrv.store.maildir.listing import splitName
 
-__all__ = ["MessageFiles"]
+__all__ = ["MessageFiles", "NeedsListing"]
+
+
+class NeedsListing(Exception):
+    """
+    Finding a message's file needs a listing of C{cur/}, which the caller
+    forbade.
+    """
 
 
 class MessageFiles:
@@ -41,16 +50,20 @@ class MessageFiles:
         """
         return self._renamed.get(uid) or self.names.get(uid)
 
-    def locate(self, uid: str) -> str:
+    def locate(self, uid: str, mayList: bool = True) -> str:
         """
         Return the current file name of a message, looking again if its
         flags were changed (and so its name) since the snapshot.
 
         @raise KeyError: if the message is gone.
+        @raise NeedsListing: if C{cur/} would have to be listed and
+            C{mayList} is false.
         """
         fileName = self._renamed.get(uid) or self.names[uid]
         if self._cur.exists(fileName):
             return fileName
+        if not mayList:
+            raise NeedsListing(uid)
         base, _ = splitName(fileName)
         names, _ = self._cur.listFiles(self._account)
         for candidate in names:
@@ -81,14 +94,15 @@ class MessageFiles:
         except OSError as error:
             raise MaildropError(f"cannot read message {uid}: {error.strerror}") from None
 
-    def markSeen(self, uid: str) -> None:
+    def markSeen(self, uid: str, mayList: bool = True) -> None:
         """
         Add the Maildir "seen" flag to a message's name.
 
         @raise KeyError: if the message is gone.
+        @raise NeedsListing: as L{locate} does.
         @raise OSError: if it cannot be renamed.
         """
-        fileName = self.locate(uid)
+        fileName = self.locate(uid, mayList)
         base, info = splitName(fileName)
         flags = info[2:] if info.startswith("2,") else ""
         if "S" in flags:
@@ -97,11 +111,12 @@ class MessageFiles:
         self._cur.rename(fileName, self._cur, newName)
         self._renamed[uid] = newName
 
-    def unlink(self, uid: str) -> None:
+    def unlink(self, uid: str, mayList: bool = True) -> None:
         """
         Remove one message, wherever its flags have put it; a message
         already gone is no error.
 
+        @raise NeedsListing: as L{locate} does.
         @raise OSError: if it cannot be removed.
         """
         fileName = self.known(uid)
@@ -113,7 +128,7 @@ class MessageFiles:
         except FileNotFoundError:
             pass
         try:
-            fileName = self.locate(uid)
+            fileName = self.locate(uid, mayList)
         except KeyError:
             return
         try:

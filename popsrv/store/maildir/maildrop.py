@@ -39,8 +39,8 @@ from popsrv.errors import MaildropError, MessageVanished
 from popsrv.interfaces import IMaildrop
 from popsrv.messages import MessageInfo, MessageList
 from popsrv.store.maildir.directory import LOCK_FILE, OpenedMaildir
-from popsrv.store.maildir.files import MessageFiles
-from popsrv.store.maildir.listing import ListingCache
+from popsrv.store.maildir.files import MessageFiles, NeedsListing
+from popsrv.store.maildir.listing import ListingCache, recordedSize, splitName
 from popsrv.store.maildir.newmail import NAME_WORK, GILPacer, recordSize
 from popsrv.store.maildir.newmail import deliverNew as takeNewMail
 from popsrv.threads import Runner, inline
@@ -77,6 +77,13 @@ _Snapshot = Tuple[MessageList, List[str]]
 LOGGED_NAMES = 20
 
 
+class _NeedsMeasuring(Exception):
+    """
+    A listing begun at once turned out to need messages measured (reading
+    files of any size): it is to be done by the runner.
+    """
+
+
 def _signature(status: os.stat_result) -> tuple[int, int, int, int]:
     """
     What identifies the state of a directory: device, inode, modification
@@ -98,12 +105,14 @@ class MaildirMaildrop:
     """
     One user's Maildir, used by one POP3 session.
 
-    Listing (which may read new messages whole to measure them) and
-    committing (which unlinks and renames many files) are blocking file
-    work: give a C{runner} such as L{threadRunner} to do them outside the
-    reactor thread.  Work that is certainly small (no new mail and a small
-    C{cur/}; a commit of a few files) is done at once all the same.  Without
-    a runner everything runs inline and returns its result directly.
+    Listing (which may read new messages whole to measure them), committing
+    (which unlinks and renames many files) and looking for a message renamed
+    by another program are blocking file work: give a C{runner} such as
+    L{threadRunner} to do them outside the reactor thread.  Work that is
+    certainly small (no new mail, a small C{cur/} and nothing to measure; a
+    commit of a few files still where the snapshot saw them) is done at
+    once all the same.  Without a runner everything runs inline and returns
+    its result directly.
     """
 
     def __init__(
@@ -150,16 +159,19 @@ class MaildirMaildrop:
     def listMessages(self) -> Union[Sequence[MessageInfo], Deferred[Sequence[MessageInfo]]]:
         """
         Move new mail to C{cur/} and snapshot C{cur/}: right away when that
-        is certainly quick (no new mail to measure, a small C{cur/}), else
-        through the runner.
+        is certainly quick (no new mail, a small C{cur/} with nothing to
+        measure), else through the runner.
         """
         maildir = self._maildir()
         if self._quickToList():
             # new/ was empty a moment ago: mail that lands there now waits
             # for the next session rather than being measured, perhaps
             # large, on this thread.
-            return self._published(self._snapshot(maildir, False, False))
-        snapshot = self._run(self._snapshot, maildir, True, self._run is not inline)
+            try:
+                return self._published(self._snapshot(maildir, False, False, False))
+            except _NeedsMeasuring:
+                pass
+        snapshot = self._run(self._snapshot, maildir, True, self._run is not inline, True)
         if isinstance(snapshot, Deferred):
             return snapshot.addCallback(self._published)
         return self._published(snapshot)
@@ -196,7 +208,9 @@ class MaildirMaildrop:
         except OSError:
             return False
 
-    def _snapshot(self, maildir: OpenedMaildir, deliverNew: bool = True, inThread: bool = False) -> _Snapshot:
+    def _snapshot(
+        self, maildir: OpenedMaildir, deliverNew: bool = True, inThread: bool = False, mayMeasure: bool = True
+    ) -> _Snapshot:
         """
         Move new mail to C{cur/} (unless told not to) and snapshot C{cur/},
         parsing only the names that the listing kept from an earlier
@@ -206,6 +220,8 @@ class MaildirMaildrop:
         @param inThread: whether this runs in a thread of its own (so it
             may wait, and should yield the GIL now and then), not the
             reactor's.
+        @param mayMeasure: whether messages may be measured here; if not,
+            and one must be, raise L{_NeedsMeasuring} (having changed nothing).
         """
         with maildir.using():
             self._inThread = inThread
@@ -225,6 +241,9 @@ class MaildirMaildrop:
                         before = maildir.cur.status()
                 started = _nowNS()
                 names, others = maildir.cur.listFiles(self._accountEntry)
+                if not mayMeasure and any(recordedSize(splitName(name)[0]) is None for name in names):
+                    LISTINGS.give(self._listingKey, listing)
+                    raise _NeedsMeasuring()
                 skipped += ["cur/" + name for name in others]
                 withSize = functools.partial(self._recordSizeInCur, maildir)
                 listing.update(names, withSize, self._accountName, None, self._pause)
@@ -259,26 +278,36 @@ class MaildirMaildrop:
         Stream one message file to the consumer.
         """
         try:
-            fileObject = self._openMessage(uid)
+            opening = self._openMessage(uid)
         except Exception:
             return fail()
-        return sendFile(fileObject, consumer, self._chunkSize)
+        if isinstance(opening, Deferred):
+            return opening.addCallback(sendFile, consumer, self._chunkSize)
+        return sendFile(opening, consumer, self._chunkSize)
 
-    def _openMessage(self, uid: str) -> BinaryIO:
+    def _openMessage(self, uid: str) -> Union[BinaryIO, Deferred[BinaryIO]]:
         """
         Open a message of the snapshot: by the name it was last known by,
-        or, if that is gone, by the name another program gave it since.
+        or, if that is gone, by the name another program gave it since
+        (through the runner: looking for it lists C{cur/}).
 
         @raise MessageVanished: if it is gone, or no longer a regular file.
         """
         maildir, files = self._maildir(), self._files
         if files is None:
             raise MessageVanished(uid)
-        with maildir.using():
-            try:
+        try:
+            with maildir.using():
                 return files.open(uid)
-            except FileNotFoundError:
-                pass
+        except FileNotFoundError:
+            pass
+        return self._run(self._openRenamed, maildir, files, uid)
+
+    def _openRenamed(self, maildir: OpenedMaildir, files: MessageFiles, uid: str) -> BinaryIO:
+        """
+        Open a message whose name changed since the snapshot.
+        """
+        with maildir.using():
             try:
                 return files.open(uid, files.locate(uid))
             except (KeyError, FileNotFoundError):
@@ -287,7 +316,8 @@ class MaildirMaildrop:
     def commit(self, deleted: AbstractSet[str], seen: AbstractSet[str]) -> Optional[Deferred[None]]:
         """
         Mark retrieved messages seen, then unlink the deleted ones (right
-        away for a few files, else through the runner).
+        away for a few files where the snapshot saw them, else through the
+        runner).
         """
         maildir = self._maildir()
         files = self._files
@@ -295,9 +325,14 @@ class MaildirMaildrop:
             return None
         result: Union[_Problems, Deferred[_Problems]]
         if len(deleted) + len(seen) <= QUICK_COMMIT_FILES:
-            result = self._apply(maildir, files, deleted, seen)
+            try:
+                result = self._apply(maildir, files, deleted, seen, False)
+            except NeedsListing:
+                # Some message has a new name: looking for it lists cur/.
+                # What was done already is found done.
+                result = self._run(self._apply, maildir, files, deleted, seen, True)
         else:
-            result = self._run(self._apply, maildir, files, deleted, seen)
+            result = self._run(self._apply, maildir, files, deleted, seen, True)
         if isinstance(result, Deferred):
             return result.addCallback(self._logUnmarked)
         self._logUnmarked(result)
@@ -317,6 +352,7 @@ class MaildirMaildrop:
         files: MessageFiles,
         deleted: AbstractSet[str],
         seen: AbstractSet[str],
+        mayList: bool = True,
     ) -> _Problems:
         """
         Mark retrieved messages seen, then unlink the deleted ones.
@@ -324,13 +360,14 @@ class MaildirMaildrop:
         Each removal is one C{unlink}, so a message is either intact or gone,
         whatever happens.  A message is unlinked by the name it had in the
         snapshot; only if that name is gone (its flags changed) is C{cur/}
-        searched for its new one.
+        searched for its new one (unless C{mayList} is false: then
+        L{NeedsListing} is raised).
         """
         problems: _Problems = []
         with maildir.using():
             for uid in seen - deleted:
                 try:
-                    files.markSeen(uid)
+                    files.markSeen(uid, mayList)
                 except (KeyError, OSError) as error:
                     problems.append((uid, error))
             failed = []
@@ -341,7 +378,7 @@ class MaildirMaildrop:
             # 1,000 files).
             for uid in sorted(deleted):
                 try:
-                    files.unlink(uid)
+                    files.unlink(uid, mayList)
                 except OSError as error:
                     failed.append(error)
         if failed:
