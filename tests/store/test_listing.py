@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from popsrv.messages import MessageInfo, MessageList
 from popsrv.store.maildir import MaildirMaildrop, deliver
 from popsrv.store.maildir import maildrop as maildir
+from popsrv.store.maildir.directory import Directory
 from popsrv.store.maildir.listing import CurListing, ListingCache
 
 
@@ -160,7 +161,7 @@ def session(path):
     maildrop = MaildirMaildrop(str(path), "alice")
     maildrop.lock()
     try:
-        return maildrop.listMessages(), dict(maildrop._names)
+        return maildrop.listMessages(), dict(maildrop._files.names)
     finally:
         maildrop.release()
 
@@ -238,14 +239,7 @@ def test_aSettledUnchangedCurIsNotListedAgain(tmp_path, keepEveryListing, monkey
     session(box)
     settle(box / "cur")
     first = session(box)
-    listed = []
-    realListdir = os.listdir
-
-    def listdir(path):
-        listed.append(path)
-        return realListdir(path)
-
-    monkeypatch.setattr(os, "listdir", listdir)
+    listed = countListings(monkeypatch)
     assert session(box) == first
     assert listed == []
 
@@ -290,20 +284,19 @@ def test_aFreshlyChangedCurIsListedEachTime(tmp_path, keepEveryListing, monkeypa
 
 
 def countListings(monkeypatch) -> list:
+    """
+    Record each listing of a Maildir's C{cur/} from now on (the backend
+    lists through the directory descriptors opened at lock time).
+    """
     listed = []
-    realListdir, realScandir = os.listdir, os.scandir
+    realListFiles = Directory.listFiles
 
-    def listdir(path):
-        listed.append(path)
-        return realListdir(path)
+    def listFiles(self, *args, **kwargs):
+        if self.label == "cur":
+            listed.append(self.label)
+        return realListFiles(self, *args, **kwargs)
 
-    def scandir(path):
-        if str(path).endswith("cur"):
-            listed.append(path)
-        return realScandir(path)
-
-    monkeypatch.setattr(os, "listdir", listdir)
-    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(Directory, "listFiles", listFiles)
     return listed
 
 

@@ -17,46 +17,44 @@ Layout and rules (the Maildir conventions of qmail, Courier and Dovecot):
       name), then name.
     - The maildrop lock is C{flock} on C{<maildir>/popsrv.lock}: exclusive
       across processes, and freed by the kernel when a process dies.
+    - The Maildir, C{cur/} and C{new/} are opened once, at lock time, and
+      every later file operation of the session is relative to them (see
+      L{popsrv.store.maildir.directory}); only regular files are messages.
     - RETR sets the Maildir "seen" flag (C{S}) at QUIT; DELE unlinks at QUIT.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
+import functools
 import os
-import stat
 import time
-from typing import AbstractSet, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import AbstractSet, BinaryIO, List, Optional, Sequence, Tuple, Union
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IConsumer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from popsrv.errors import MaildropError, MaildropLocked, MaildropUnusable, MessageVanished
+from popsrv.errors import MaildropError, MessageVanished
 from popsrv.interfaces import IMaildrop
 from popsrv.messages import MessageInfo, MessageList
-from popsrv.store.maildir.listing import ListingCache, splitName
-from popsrv.store.maildir.newmail import (
-    NAME_WORK,
-    GILPacer,
-    listMessageFiles,
-    openMessage,
-    recordSize,
-)
+from popsrv.store.maildir.directory import LOCK_FILE, OpenedMaildir
+from popsrv.store.maildir.files import MessageFiles, NeedsListing
+from popsrv.store.maildir.listing import ListingCache, recordedSize, splitName
+from popsrv.store.maildir.newmail import NAME_WORK, GILPacer, recordSize
 from popsrv.store.maildir.newmail import deliverNew as takeNewMail
 from popsrv.threads import Runner, inline
 from popsrv.wire.streaming import CHUNK_SIZE, sendFile
 
 __all__ = ["LOCK_FILE", "MaildirMaildrop"]
 
-LOCK_FILE = "popsrv.lock"
 # Below these, listing or committing is quicker done at once than handed to
 # a thread (measured: about 20 % more sessions per second for small
 # maildrops), and short enough not to hold up other sessions.
 QUICK_DIRECTORY_SIZE = 32 * 1024
 QUICK_COMMIT_FILES = 64
+# How many entries of new/ are looked at to tell that it is empty.
+QUICK_NEW_ENTRIES = 64
 # How long after cur/ last changed its modification time is sure to change
 # again with the next change: the timestamps of Linux's local file systems
 # are as coarse as the kernel's clock tick (10 ms at most), those in whole
@@ -73,6 +71,17 @@ LISTINGS = ListingCache()
 
 # The messages a commit could not mark seen, with why.
 _Problems = List[Tuple[str, Exception]]
+# A snapshot, and the entries of cur/ and new/ that are not regular files.
+_Snapshot = Tuple[MessageList, List[str]]
+# How many of those a warning names.
+LOGGED_NAMES = 20
+
+
+class _NeedsMeasuring(Exception):
+    """
+    A listing begun at once turned out to need messages measured (reading
+    files of any size): it is to be done by the runner.
+    """
 
 
 def _signature(status: os.stat_result) -> tuple[int, int, int, int]:
@@ -96,12 +105,14 @@ class MaildirMaildrop:
     """
     One user's Maildir, used by one POP3 session.
 
-    Listing (which may read new messages whole to measure them) and
-    committing (which unlinks and renames many files) are blocking file
-    work: give a C{runner} such as L{threadRunner} to do them outside the
-    reactor thread.  Work that is certainly small (no new mail and a small
-    C{cur/}; a commit of a few files) is done at once all the same.  Without
-    a runner everything runs inline and returns its result directly.
+    Listing (which may read new messages whole to measure them), committing
+    (which unlinks and renames many files) and looking for a message renamed
+    by another program are blocking file work: give a C{runner} such as
+    L{threadRunner} to do them outside the reactor thread.  Work that is
+    certainly small (no new mail, a small C{cur/} and nothing to measure; a
+    commit of a few files still where the snapshot saw them) is done at
+    once all the same.  Without a runner everything runs inline and returns
+    its result directly.
     """
 
     def __init__(
@@ -115,61 +126,71 @@ class MaildirMaildrop:
         self.name = name
         self._run = runner or inline
         self._chunkSize = chunkSize
-        self._cur = os.path.join(path, "cur")
-        self._new = os.path.join(path, "new")
-        self._lockFD: int | None = None
+        self._listingKey = os.path.join(path, "cur")
+        self._opened: Optional[OpenedMaildir] = None
         self._pacer = GILPacer()
-        # The file name of each message of the snapshot, by uid (shared
-        # with the kept listing: never changed here), and the new names of
-        # those renamed since.
-        self._names: Mapping[str, str] = {}
-        self._renamed: dict[str, str] = {}
+        # The files of the snapshot's messages (their names shared with the
+        # kept listing).
+        self._files: Optional[MessageFiles] = None
         self._inThread = False
 
     def lock(self) -> None:
         """
-        Create the Maildir if needed and lock it, or raise L{MaildropLocked}.
+        Create the Maildir if needed, open it and lock it, or raise
+        L{MaildropLocked}.
 
         The Maildir and its subdirectories must be real directories, not
-        symbolic links, so that a user who can write to a Maildir cannot
-        point it at another user's mail.
+        symbolic links; they are opened now, and the session uses them
+        through these descriptors only, so that a user who can write to a
+        Maildir cannot point it at another user's mail, now or later.
         """
-        for directory in (self.path, self._cur, self._new, os.path.join(self.path, "tmp")):
-            try:
-                mode = os.lstat(directory).st_mode
-            except FileNotFoundError:
-                os.makedirs(directory, mode=0o700, exist_ok=True)
-                mode = os.lstat(directory).st_mode
-            if not stat.S_ISDIR(mode):
-                raise MaildropUnusable(f"{directory} is not a directory (a symbolic link?)")
-        fd = os.open(
-            os.path.join(self.path, LOCK_FILE),
-            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-            0o600,
-        )
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            os.close(fd)
-            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise MaildropLocked(f"maildrop of {self.name} is in use") from None
-            raise
-        self._lockFD = fd
+        self._opened = OpenedMaildir.open(self.path, self.name)
+
+    def _maildir(self) -> OpenedMaildir:
+        """
+        The Maildir opened by L{lock}.
+
+        @raise MaildropError: if it is not locked.
+        """
+        if self._opened is None:
+            raise MaildropError(f"maildrop of {self.name} is not locked")
+        return self._opened
 
     def listMessages(self) -> Union[Sequence[MessageInfo], Deferred[Sequence[MessageInfo]]]:
         """
         Move new mail to C{cur/} and snapshot C{cur/}: right away when that
-        is certainly quick (no new mail to measure, a small C{cur/}), else
-        through the runner.
+        is certainly quick (no new mail, a small C{cur/} with nothing to
+        measure), else through the runner.
         """
+        maildir = self._maildir()
         if self._quickToList():
             # new/ was empty a moment ago: mail that lands there now waits
             # for the next session rather than being measured, perhaps
             # large, on this thread.
-            return self._snapshot(deliverNew=False, inThread=False)
-        listing: Union[Sequence[MessageInfo], Deferred[Sequence[MessageInfo]]]
-        listing = self._run(self._snapshot, True, self._run is not inline)
-        return listing
+            try:
+                return self._published(self._snapshot(maildir, False, False, False))
+            except _NeedsMeasuring:
+                pass
+        snapshot = self._run(self._snapshot, maildir, True, self._run is not inline, True)
+        if isinstance(snapshot, Deferred):
+            return snapshot.addCallback(self._published)
+        return self._published(snapshot)
+
+    def _published(self, snapshot: _Snapshot) -> MessageList:
+        """
+        Log, on the calling thread, the entries a snapshot skipped; return
+        its messages.
+        """
+        messages, skipped = snapshot
+        if skipped:
+            log.warn(
+                "skipped {count} entries of {path} that are not regular files: {names}",
+                count=len(skipped),
+                path=self.path,
+                names=skipped[:LOGGED_NAMES],
+                event="not-a-file",
+            )
+        return messages
 
     def _quickToList(self) -> bool:
         """
@@ -178,56 +199,68 @@ class MaildirMaildrop:
         entries; at most L{QUICK_DIRECTORY_SIZE} octets hold at most a few
         thousand names).
         """
+        maildir = self._maildir()
         try:
-            if os.stat(self._cur).st_size > QUICK_DIRECTORY_SIZE:
-                return False
-            with os.scandir(self._new) as entries:
-                return not any(not entry.name.startswith(".") for entry in entries)
+            with maildir.using():
+                if maildir.cur.status().st_size > QUICK_DIRECTORY_SIZE:
+                    return False
+                return maildir.new.looksEmpty(QUICK_NEW_ENTRIES)
         except OSError:
             return False
 
-    def _snapshot(self, deliverNew: bool = True, inThread: bool = False) -> MessageList:
+    def _snapshot(
+        self, maildir: OpenedMaildir, deliverNew: bool = True, inThread: bool = False, mayMeasure: bool = True
+    ) -> _Snapshot:
         """
         Move new mail to C{cur/} (unless told not to) and snapshot C{cur/},
         parsing only the names that the listing kept from an earlier
-        snapshot does not know.
+        snapshot does not know; return the snapshot and the names (such as
+        C{cur/x}) of the entries that are not regular files.
 
         @param inThread: whether this runs in a thread of its own (so it
             may wait, and should yield the GIL now and then), not the
             reactor's.
+        @param mayMeasure: whether messages may be measured here; if not,
+            and one must be, raise L{_NeedsMeasuring} (having changed nothing).
         """
-        self._inThread = inThread
-        if deliverNew:
-            takeNewMail(self._new, self._cur, self._pacer)
-        listing = LISTINGS.take(self._cur)
-        before = os.stat(self._cur)
-        if listing.isEmpty() or listing.signature != _signature(before):
-            if inThread:
-                # In a worker thread: let the clock tick of a change made a
-                # moment ago (by this very login, moving new mail) pass, so
-                # that the listing can be trusted by the next session.
-                left = before.st_mtime_ns + _settleTime(before.st_mtime_ns) - _nowNS()
-                if 0 < left <= SETTLED_NS:
-                    time.sleep(left / 1e9)
-                    before = os.stat(self._cur)
-            started = _nowNS()
-            if listing.isEmpty():
-                names, admit = listMessageFiles(self._cur, self._pacer), None
-            else:
-                names, admit = os.listdir(self._cur), self._isMessageFile
-            listing.update(names, self._recordSizeInCur, self._accountName, admit, self._pause)
-            # The listing is complete for this modification time of cur/ if
-            # that time's clock tick was over when the listing began: any
-            # later change of cur/ gives it a later one.
-            settled = started - before.st_mtime_ns > _settleTime(before.st_mtime_ns)
-            listing.signature = _signature(before) if settled else None
-        LISTINGS.give(self._cur, listing)
-        self._names = listing.fileNames
-        self._renamed = {}
-        return listing.messages
+        with maildir.using():
+            self._inThread = inThread
+            skipped = []
+            if deliverNew:
+                skipped = ["new/" + name for name in takeNewMail(maildir.new, maildir.cur, self._pacer)]
+            listing = LISTINGS.take(self._listingKey)
+            before = maildir.cur.status()
+            if listing.isEmpty() or listing.signature != _signature(before):
+                if inThread:
+                    # In a worker thread: let the clock tick of a change made
+                    # a moment ago (by this very login, moving new mail) pass,
+                    # so that the listing can be trusted by the next session.
+                    left = before.st_mtime_ns + _settleTime(before.st_mtime_ns) - _nowNS()
+                    if 0 < left <= SETTLED_NS:
+                        time.sleep(left / 1e9)
+                        before = maildir.cur.status()
+                started = _nowNS()
+                names, others = maildir.cur.listFiles(self._accountEntry)
+                if not mayMeasure and any(recordedSize(splitName(name)[0]) is None for name in names):
+                    LISTINGS.give(self._listingKey, listing)
+                    raise _NeedsMeasuring()
+                skipped += ["cur/" + name for name in others]
+                withSize = functools.partial(self._recordSizeInCur, maildir)
+                listing.update(names, withSize, self._accountName, None, self._pause)
+                # The listing is complete for this modification time of cur/
+                # if that time's clock tick was over when the listing began:
+                # any later change of cur/ gives it a later one.
+                settled = started - before.st_mtime_ns > _settleTime(before.st_mtime_ns)
+                listing.signature = _signature(before) if settled else None
+            LISTINGS.give(self._listingKey, listing)
+        self._files = MessageFiles(maildir.cur, listing.fileNames, self._accountEntry)
+        return listing.messages, skipped
 
     def _accountName(self) -> None:
         self._pacer.account(NAME_WORK)
+
+    def _accountEntry(self) -> None:
+        self._pacer.account(NAME_WORK // 4)
 
     def _pause(self) -> None:
         """
@@ -237,47 +270,69 @@ class MaildirMaildrop:
         if self._inThread:
             time.sleep(0)
 
-    def _recordSizeInCur(self, fileName: str) -> Optional[str]:
-        return recordSize(self._cur, fileName, fileName, self._cur, self._pacer)
-
-    def _isMessageFile(self, name: str) -> bool:
-        """
-        Whether a name of C{cur/} is a message: a regular file whose name
-        does not start with a dot.
-        """
-        if name.startswith("."):
-            return False
-        try:
-            return stat.S_ISREG(os.lstat(os.path.join(self._cur, name)).st_mode)
-        except FileNotFoundError:
-            return False
+    def _recordSizeInCur(self, maildir: OpenedMaildir, fileName: str) -> Optional[str]:
+        return recordSize(maildir.cur, fileName, fileName, maildir.cur, self._pacer)
 
     def sendMessage(self, uid: str, consumer: IConsumer) -> Deferred[None]:
         """
         Stream one message file to the consumer.
         """
         try:
+            opening = self._openMessage(uid)
+        except Exception:
+            return fail()
+        if isinstance(opening, Deferred):
+            return opening.addCallback(sendFile, consumer, self._chunkSize)
+        return sendFile(opening, consumer, self._chunkSize)
+
+    def _openMessage(self, uid: str) -> Union[BinaryIO, Deferred[BinaryIO]]:
+        """
+        Open a message of the snapshot: by the name it was last known by,
+        or, if that is gone, by the name another program gave it since
+        (through the runner: looking for it lists C{cur/}).
+
+        @raise MessageVanished: if it is gone, or no longer a regular file.
+        """
+        maildir, files = self._maildir(), self._files
+        if files is None:
+            raise MessageVanished(uid)
+        try:
+            with maildir.using():
+                return files.open(uid)
+        except FileNotFoundError:
+            pass
+        return self._run(self._openRenamed, maildir, files, uid)
+
+    def _openRenamed(self, maildir: OpenedMaildir, files: MessageFiles, uid: str) -> BinaryIO:
+        """
+        Open a message whose name changed since the snapshot.
+        """
+        with maildir.using():
             try:
-                fileObject = openMessage(os.path.join(self._cur, self._renamed.get(uid) or self._names[uid]))
-            except FileNotFoundError:
-                # Renamed (its flags changed) since the snapshot, or gone.
-                fileObject = openMessage(os.path.join(self._cur, self._locate(uid)))
-        except (KeyError, FileNotFoundError):
-            return fail(MessageVanished(uid))
-        except OSError as error:
-            return fail(MaildropError(f"cannot read message {uid}: {error.strerror}"))
-        return sendFile(fileObject, consumer, self._chunkSize)
+                return files.open(uid, files.locate(uid))
+            except (KeyError, FileNotFoundError):
+                raise MessageVanished(uid) from None
 
     def commit(self, deleted: AbstractSet[str], seen: AbstractSet[str]) -> Optional[Deferred[None]]:
         """
         Mark retrieved messages seen, then unlink the deleted ones (right
-        away for a few files, else through the runner).
+        away for a few files where the snapshot saw them, else through the
+        runner).
         """
+        maildir = self._maildir()
+        files = self._files
+        if files is None:
+            return None
         result: Union[_Problems, Deferred[_Problems]]
         if len(deleted) + len(seen) <= QUICK_COMMIT_FILES:
-            result = self._apply(deleted, seen)
+            try:
+                result = self._apply(maildir, files, deleted, seen, False)
+            except NeedsListing:
+                # Some message has a new name: looking for it lists cur/.
+                # What was done already is found done.
+                result = self._run(self._apply, maildir, files, deleted, seen, True)
         else:
-            result = self._run(self._apply, deleted, seen)
+            result = self._run(self._apply, maildir, files, deleted, seen, True)
         if isinstance(result, Deferred):
             return result.addCallback(self._logUnmarked)
         self._logUnmarked(result)
@@ -291,95 +346,51 @@ class MaildirMaildrop:
         for uid, error in problems:
             log.warn("could not mark {uid} seen in {path}: {error}", uid=uid, path=self.path, error=error)
 
-    def _apply(self, deleted: AbstractSet[str], seen: AbstractSet[str]) -> _Problems:
+    def _apply(
+        self,
+        maildir: OpenedMaildir,
+        files: MessageFiles,
+        deleted: AbstractSet[str],
+        seen: AbstractSet[str],
+        mayList: bool = True,
+    ) -> _Problems:
         """
         Mark retrieved messages seen, then unlink the deleted ones.
 
         Each removal is one C{unlink}, so a message is either intact or gone,
         whatever happens.  A message is unlinked by the name it had in the
         snapshot; only if that name is gone (its flags changed) is C{cur/}
-        searched for its new one.
+        searched for its new one (unless C{mayList} is false: then
+        L{NeedsListing} is raised).
         """
         problems: _Problems = []
-        for uid in seen - deleted:
-            try:
-                self._markSeen(uid)
-            except (KeyError, OSError) as error:
-                problems.append((uid, error))
-        failed = []
-        # In the order of the names, which is the order of delivery: files
-        # made one after the other have neighbouring inodes, and freeing
-        # them in that order touches each block of the inode table once
-        # (measured: a tenth faster than in hash order for 1,000 files).
-        for uid in sorted(deleted):
-            try:
-                self._unlink(uid)
-            except OSError as error:
-                failed.append(error)
+        with maildir.using():
+            for uid in seen - deleted:
+                try:
+                    files.markSeen(uid, mayList)
+                except (KeyError, OSError) as error:
+                    problems.append((uid, error))
+            failed = []
+            # In the order of the names, which is the order of delivery:
+            # files made one after the other have neighbouring inodes, and
+            # freeing them in that order touches each block of the inode
+            # table once (measured: a tenth faster than in hash order for
+            # 1,000 files).
+            for uid in sorted(deleted):
+                try:
+                    files.unlink(uid, mayList)
+                except OSError as error:
+                    failed.append(error)
         if failed:
             raise MaildropError(
                 f"{len(failed)} of {len(deleted)} messages could not be removed: {failed[0].strerror}"
             )
         return problems
 
-    def _unlink(self, uid: str) -> None:
-        """
-        Remove one message, wherever its flags have put it; a message already
-        gone is no error.
-        """
-        fileName = self._renamed.get(uid) or self._names.get(uid)
-        if fileName is None:
-            return
-        try:
-            os.unlink(os.path.join(self._cur, fileName))
-            return
-        except FileNotFoundError:
-            pass
-        try:
-            fileName = self._locate(uid)
-        except KeyError:
-            return
-        try:
-            os.unlink(os.path.join(self._cur, fileName))
-        except FileNotFoundError:
-            pass
-
     def release(self) -> None:
         """
-        Unlock the Maildir.
+        Unlock and close the Maildir (once work still using it is done).
         """
-        if self._lockFD is not None:
-            os.close(self._lockFD)
-            self._lockFD = None
-
-    def _locate(self, uid: str) -> str:
-        """
-        Return the current file name of a message in C{cur/}, looking again
-        if its flags were changed (and so its name) since the snapshot.
-
-        @raise KeyError: if the message is gone.
-        """
-        fileName = self._renamed.get(uid) or self._names[uid]
-        if os.path.exists(os.path.join(self._cur, fileName)):
-            return fileName
-        base, _ = splitName(fileName)
-        for candidate in listMessageFiles(self._cur, self._pacer):
-            if splitName(candidate)[0] == base:
-                self._renamed[uid] = candidate
-                return candidate
-        raise KeyError(uid)
-
-    def _markSeen(self, uid: str) -> None:
-        """
-        Add the Maildir "seen" flag to a message's name.
-
-        @raise KeyError: if the message is gone.
-        @raise OSError: if it cannot be renamed.
-        """
-        fileName = self._locate(uid)
-        base, info = splitName(fileName)
-        flags = info[2:] if info.startswith("2,") else ""
-        if "S" in flags:
-            return
-        flags = "".join(sorted(flags + "S"))
-        os.rename(os.path.join(self._cur, fileName), os.path.join(self._cur, f"{base}:2,{flags}"))
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            opened.close()

@@ -1,8 +1,8 @@
 """
-Taking new mail into C{cur/}: listing message files, measuring each
-message's POP3 size once, and recording it in the name (C{,S=} and C{,W=})
-as it moves from C{new/} to C{cur/}; with a pacer that lets the reactor
-thread have the GIL while this runs in a thread.
+Taking new mail into C{cur/}: measuring each message's POP3 size once, and
+recording it in the name (C{,S=} and C{,W=}) as it moves from C{new/} to
+C{cur/}, through the directories opened at lock time; with a pacer that
+lets the reactor thread have the GIL while this runs in a thread.
 """
 
 from __future__ import annotations
@@ -10,25 +10,19 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import BinaryIO, Iterator, Optional
+from typing import Iterator, List, Optional
 
+from popsrv.store.maildir.directory import Directory, NotAFile
 from popsrv.store.maildir.listing import recordedSize, splitName
 from popsrv.wire.framing import normalizedSize
 
-__all__ = ["NAME_WORK", "GILPacer", "deliverNew", "listMessageFiles", "measure", "openMessage", "recordSize"]
+__all__ = ["NAME_WORK", "GILPacer", "deliverNew", "measure", "recordSize"]
 
 MEASURE_CHUNK = 2**20
 # What handling one file name costs, in measured octets (about 1 µs of CPU
 # per 1 KiB measured, several µs per name): the pacer yields every ~250 names.
 NAME_WORK = 4096
 PHYSICAL_SIZE = re.compile(r",S=\d+")
-
-
-def openMessage(path: str) -> BinaryIO:
-    """
-    Open a message file for reading, refusing symbolic links.
-    """
-    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb", buffering=0)
 
 
 class GILPacer:
@@ -53,11 +47,14 @@ class GILPacer:
             time.sleep(0)
 
 
-def measure(path: str, pacer: GILPacer) -> tuple[int, int]:
+def measure(directory: Directory, fileName: str, pacer: GILPacer) -> tuple[int, int]:
     """
     Return a stored message's file size and POP3 size.
+
+    @raise NotAFile: if it is not a regular file.
+    @raise FileNotFoundError: if it is gone.
     """
-    with openMessage(path) as f:
+    with directory.openMessage(fileName) as f:
         physical = os.fstat(f.fileno()).st_size
 
         def chunks() -> Iterator[bytes]:
@@ -68,48 +65,38 @@ def measure(path: str, pacer: GILPacer) -> tuple[int, int]:
         return physical, normalizedSize(chunks())
 
 
-
-def listMessageFiles(path: str, pacer: GILPacer) -> list[str]:
+def deliverNew(new: Directory, cur: Directory, pacer: GILPacer) -> List[str]:
     """
-    List the message files of a Maildir subdirectory: regular files whose
-    names do not start with a dot.
+    Move every message in C{new/} to C{cur/}, recording its sizes; return
+    the names in C{new/} that are not regular files (left where they are).
     """
-    names = []
-    with os.scandir(path) as entries:
-        for entry in entries:
-            pacer.account(NAME_WORK // 4)
-            if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
-                names.append(entry.name)
-    return names
-
-def deliverNew(new: str, cur: str, pacer: GILPacer) -> None:
-    """
-    Move every message in C{new/} to C{cur/}, recording its sizes.
-    """
-    for fileName in listMessageFiles(new, pacer):
+    names, others = new.listFiles(lambda: pacer.account(NAME_WORK // 4))
+    for fileName in names:
         pacer.account(NAME_WORK)
         base, info = splitName(fileName)
         target = fileName if info else base + ":2,"
         recordSize(new, fileName, target, cur, pacer)
+    return others
 
-def recordSize(directory: str, fileName: str, target: str, cur: str, pacer: GILPacer) -> Optional[str]:
+
+def recordSize(directory: Directory, fileName: str, target: str, cur: Directory, pacer: GILPacer) -> Optional[str]:
     """
-    Measure a message in C{directory} and rename it into C{cur} as C{target} with its
-    sizes in the name; return the new name (C{None} if it vanished).
+    Measure a message in C{directory} and rename it into C{cur} as
+    C{target} with its sizes in the name; return the new name (C{None} if
+    it vanished or is not a regular file).
     """
-    source = os.path.join(directory, fileName)
     base, info = splitName(target)
     if recordedSize(base) is None:
         try:
-            physical, size = measure(source, pacer)
-        except FileNotFoundError:
+            physical, size = measure(directory, fileName, pacer)
+        except (FileNotFoundError, NotAFile):
             return None
         if not PHYSICAL_SIZE.search(base):
             base += f",S={physical}"
         base += f",W={size}"
     newName = f"{base}:{info}" if info or ":" in target else base
     try:
-        os.rename(source, os.path.join(cur, newName))
+        directory.rename(fileName, cur, newName)
     except FileNotFoundError:
         return None
     return newName

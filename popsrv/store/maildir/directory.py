@@ -1,0 +1,325 @@
+"""
+A Maildir opened for one session: the Maildir directory, C{cur/} and
+C{new/} are opened once, at lock time, without following symbolic links,
+and every later file operation (listing, stat, open, rename, unlink) is
+relative to those descriptors.
+
+A user who can write to the Maildir may rename or link anything in place
+of those directories during a session; the session goes on using the
+directories it opened, and never reaches another user's mail or a file
+outside the Maildir by a name resolved again.  Only regular files are
+opened as messages, without blocking (a FIFO would block an open for ever)
+and without following links.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+import threading
+from typing import BinaryIO, Callable, Iterator, List, Optional, Tuple
+
+from popsrv.errors import MaildropError, MaildropLocked, MaildropUnusable
+
+__all__ = ["LOCK_FILE", "Directory", "NotAFile", "OpenedMaildir"]
+
+LOCK_FILE = "popsrv.lock"
+OPEN_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+OPEN_MESSAGE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+OPEN_LOCK = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# What opening a name that is not a regular file (any more) fails with:
+# a symbolic link with O_NOFOLLOW, a socket, a device without a driver, a
+# directory opened for writing.
+_NOT_A_FILE_ERRORS = (errno.ELOOP, errno.EMLINK, errno.ENXIO, errno.ENODEV, errno.EISDIR)
+# What opening a directory that is not a directory fails with: a symbolic
+# link with O_NOFOLLOW | O_DIRECTORY (ELOOP on some systems), a file.
+_NOT_A_DIRECTORY_ERRORS = (errno.ENOTDIR, errno.ELOOP)
+
+
+class NotAFile(Exception):
+    """
+    A name that should be a message file is something else: a symbolic
+    link, a FIFO, a socket, a device or a directory.
+    """
+
+
+def _nothing() -> None:
+    """Do nothing (the default pacing of a listing)."""
+
+
+class Directory:
+    """
+    One directory of an opened Maildir (C{cur/} or C{new/}), used through
+    its descriptor only.
+
+    @ivar label: its name in the Maildir, for logs.
+    """
+
+    def __init__(self, fd: int, label: str) -> None:
+        self._fd = fd
+        self.label = label
+
+    def status(self) -> os.stat_result:
+        """
+        The directory's own status (C{fstat}).
+        """
+        return os.fstat(self._fd)
+
+    @contextlib.contextmanager
+    def _scan(self) -> Iterator[Iterator[os.DirEntry[str]]]:
+        """
+        Read the directory's entries, through a descriptor of its own, so
+        that the reading starts at the first entry whatever another reading
+        of this directory did.
+        """
+        fd = os.open(".", OPEN_DIRECTORY, dir_fd=self._fd)
+        try:
+            with os.scandir(fd) as entries:
+                yield entries
+        finally:
+            os.close(fd)
+
+    def listFiles(self, account: Callable[[], None] = _nothing) -> Tuple[List[str], List[str]]:
+        """
+        List the directory: the names of its regular files, and the names of
+        what else it holds (links, FIFOs, devices, directories); names that
+        start with a dot are neither.
+
+        @param account: called for each entry (to pace the work).
+        """
+        files: List[str] = []
+        others: List[str] = []
+        with self._scan() as entries:
+            for entry in entries:
+                account()
+                if entry.name.startswith("."):
+                    continue
+                (files if entry.is_file(follow_symlinks=False) else others).append(entry.name)
+        return files, others
+
+    def looksEmpty(self, limit: int) -> bool:
+        """
+        Whether the directory holds nothing but names that start with a dot,
+        looking at C{limit} entries at most (it is taken for not empty if
+        there are more).
+        """
+        with self._scan() as entries:
+            for looked, entry in enumerate(entries):
+                if looked >= limit or not entry.name.startswith("."):
+                    return False
+        return True
+
+    def exists(self, name: str) -> bool:
+        """
+        Whether the directory has an entry of this name (of any kind).
+        """
+        try:
+            os.stat(name, dir_fd=self._fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def openMessage(self, name: str) -> BinaryIO:
+        """
+        Open a regular file of the directory for reading.
+
+        It is opened only if it is a regular file, and then without
+        following a link and without blocking, and checked again once
+        open, so a name swapped for something else meanwhile is refused.
+
+        @raise NotAFile: if it is not a regular file.
+        @raise FileNotFoundError: if it is gone.
+        """
+        if not stat.S_ISREG(os.stat(name, dir_fd=self._fd, follow_symlinks=False).st_mode):
+            raise NotAFile(name)
+        try:
+            fd = os.open(name, OPEN_MESSAGE, dir_fd=self._fd)
+        except OSError as error:
+            if error.errno in _NOT_A_FILE_ERRORS:
+                raise NotAFile(name) from None
+            raise
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise NotAFile(name)
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb", buffering=0)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def rename(self, name: str, target: Directory, newName: str) -> None:
+        """
+        Rename an entry of this directory to C{newName} in C{target} (this
+        directory or another of the same Maildir).
+        """
+        os.rename(name, newName, src_dir_fd=self._fd, dst_dir_fd=target._fd)
+
+    def unlink(self, name: str) -> None:
+        """
+        Remove an entry of this directory (a link itself, never its target).
+        """
+        os.unlink(name, dir_fd=self._fd)
+
+    def close(self) -> None:
+        """
+        Close the descriptor.
+        """
+        os.close(self._fd)
+
+
+def _openExisting(name: str, shown: str, parent: Optional[int]) -> int:
+    """
+    Open a directory without following a link: C{name} relative to the
+    descriptor C{parent}, or, without one, a path.
+
+    @param shown: the directory's path, for errors.
+    @raise MaildropUnusable: if it is not a directory.
+    @raise FileNotFoundError: if it is missing.
+    """
+    try:
+        return os.open(name, OPEN_DIRECTORY, dir_fd=parent)
+    except OSError as error:
+        if error.errno in _NOT_A_DIRECTORY_ERRORS:
+            raise MaildropUnusable(f"{shown} is not a directory (a symbolic link?)") from None
+        raise
+
+
+def _openDirectory(name: str, shown: str, parent: Optional[int] = None) -> int:
+    """
+    Open a directory as L{_openExisting} does, creating it (mode 0700) if
+    it is missing, and, given a path, its missing parents too.
+    """
+    try:
+        return _openExisting(name, shown, parent)
+    except FileNotFoundError:
+        pass
+    if parent is None:
+        os.makedirs(name, mode=0o700, exist_ok=True)
+    else:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, mode=0o700, dir_fd=parent)
+    return _openExisting(name, shown, parent)
+
+
+def _lockExclusively(root: int, path: str, owner: str) -> int:
+    """
+    Open the lock file of the Maildir whose descriptor is C{root} and lock
+    it (C{flock}, exclusive); return its descriptor.
+
+    @raise MaildropLocked: if another session holds the lock.
+    @raise MaildropUnusable: if the lock file is not a regular file.
+    """
+    try:
+        fd = os.open(LOCK_FILE, OPEN_LOCK, 0o600, dir_fd=root)
+    except OSError as error:
+        if error.errno in _NOT_A_FILE_ERRORS:
+            raise MaildropUnusable(f"{os.path.join(path, LOCK_FILE)} is not a regular file") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise MaildropUnusable(f"{os.path.join(path, LOCK_FILE)} is not a regular file")
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException as error:
+        os.close(fd)
+        if isinstance(error, OSError) and error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise MaildropLocked(f"maildrop of {owner} is in use") from None
+        raise
+    return fd
+
+
+class OpenedMaildir:
+    """
+    A Maildir opened and locked for one session: descriptors of the
+    Maildir, C{cur/} and C{new/}, and of its lock file (C{flock} on
+    C{popsrv.lock}, exclusive across processes and freed by the kernel when
+    the process dies).
+
+    Work on it (possibly in a thread) runs within L{using}; L{close} closes
+    the descriptors once no such work is left, so that none is ever closed
+    (and its number reused) under work still using it.
+
+    @ivar cur: C{cur/}.
+    @ivar new: C{new/}.
+    """
+
+    def __init__(self, root: int, cur: Directory, new: Directory, lock: int) -> None:
+        self._root = root
+        self.cur = cur
+        self.new = new
+        self._lock = lock
+        self._mutex = threading.Lock()
+        self._users = 0
+        self._closing = False
+
+    @classmethod
+    def open(cls, path: str, owner: str) -> OpenedMaildir:
+        """
+        Open the Maildir at C{path}, creating it and its C{cur/}, C{new/}
+        and C{tmp/} if needed, and lock it.
+
+        @param owner: who the maildrop belongs to, for errors.
+        @raise MaildropUnusable: if the Maildir or one of its subdirectories
+            is not a directory (a symbolic link, say).
+        @raise MaildropLocked: if another session holds its lock.
+        """
+        opened: List[int] = []
+        try:
+            root = _openDirectory(path, path)
+            opened.append(root)
+            for name in ("cur", "new", "tmp"):
+                opened.append(_openDirectory(name, os.path.join(path, name), root))
+            # tmp/ is for delivery agents; it only has to be a directory.
+            os.close(opened.pop())
+            lock = _lockExclusively(root, path, owner)
+        except BaseException:
+            for fd in opened:
+                os.close(fd)
+            raise
+        _, cur, new = opened
+        return cls(root, Directory(cur, "cur"), Directory(new, "new"), lock)
+
+    @contextlib.contextmanager
+    def using(self) -> Iterator[OpenedMaildir]:
+        """
+        Use the Maildir for a piece of work: its descriptors stay open until
+        the work is done, even if L{close} is called meanwhile.
+
+        @raise MaildropError: if it was closed already.
+        """
+        with self._mutex:
+            if self._closing:
+                raise MaildropError("the maildrop was released")
+            self._users += 1
+        try:
+            yield self
+        finally:
+            with self._mutex:
+                self._users -= 1
+                last = self._closing and self._users == 0
+            if last:
+                self._closeDescriptors()
+
+    def close(self) -> None:
+        """
+        Unlock and close the Maildir: now, or when the last work using it
+        is done.  Closing it again does nothing.
+        """
+        with self._mutex:
+            if self._closing:
+                return
+            self._closing = True
+            idle = self._users == 0
+        if idle:
+            self._closeDescriptors()
+
+    def _closeDescriptors(self) -> None:
+        """
+        Close every descriptor (the lock file's last, which unlocks).
+        """
+        self.cur.close()
+        self.new.close()
+        os.close(self._root)
+        os.close(self._lock)

@@ -1,0 +1,620 @@
+"""
+Tests that a Maildir's owner cannot make popsrv read, serve, move or delete
+anything but the owner's own message files: its directories are used
+through the descriptors opened at login, whatever is renamed or linked in
+their place later; only regular files are served; nothing of unbounded
+cost (a FIFO, a huge file to measure) blocks the reactor thread.
+
+Every swap is made between two calls of the maildrop, on real temporary
+Maildirs, so the tests are deterministic.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import poplib
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterable, TypeVar
+
+import pytest
+from twisted.logger import LogLevel, capturedLogs
+
+from popsrv.errors import MaildropError, MaildropLocked, MaildropUnusable, MessageVanished
+from popsrv.store.maildir import LOCK_FILE, MaildirMaildrop, deliver, uidFor
+from popsrv.threads import threadRunner
+from tests.store.test_maildir import curNames, listOnce, sendResult, writeMessage
+from tests.support.servers import Launcher, ReactorThread
+
+DEADLINE = 10.0
+# How long a POP3 client of the end-to-end test waits for a reply.
+CLIENT_TIMEOUT = 10.0
+
+_T = TypeVar("_T")
+
+
+# Helpers
+
+
+def unblockReaders(fifo: Path) -> None:
+    """
+    Open a FIFO for writing and close it at once: a reader blocked opening
+    it goes on, and reads an end of file.
+    """
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as error:
+        if error.errno in (errno.ENXIO, errno.ENOENT):
+            return
+        raise
+    os.close(fd)
+
+
+def withinDeadline(function: Callable[[], _T], fifos: Iterable[Path] = ()) -> _T:
+    """
+    Call C{function} in a thread of its own and return what it returns (or
+    raise what it raises); fail if it is not done within L{DEADLINE}, after
+    unblocking whatever is stuck opening one of C{fifos}, so that the
+    thread ends.
+    """
+    outcome: list[tuple[bool, object]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, function()))
+        except BaseException as error:
+            outcome.append((False, error))
+
+    thread = threading.Thread(target=run, name="deadline", daemon=True)
+    thread.start()
+    thread.join(DEADLINE)
+    if thread.is_alive():
+        for fifo in fifos:
+            unblockReaders(fifo)
+        thread.join(DEADLINE)
+        pytest.fail(f"{function!r} did not return within {DEADLINE}s (blocked on a FIFO?)")
+    succeeded, value = outcome[0]
+    if not succeeded:
+        assert isinstance(value, BaseException)
+        raise value
+    return value  # type: ignore[return-value]
+
+
+def swapForLink(directory: Path, target: Path) -> Path:
+    """
+    Move a directory aside and put a symbolic link to C{target} in its
+    place, as a user who can write to the parent directory can; return
+    where the directory went.
+    """
+    moved = directory.with_name(directory.name + ".moved")
+    os.rename(directory, moved)
+    os.symlink(target, directory)
+    return moved
+
+
+def messageName(number: int, content: bytes, flags: str = "") -> str:
+    """
+    A cur/ name of a message with its sizes recorded (C{content} has CRLF
+    line ends).
+    """
+    return f"{1000 + number}.M1P1.host,S={len(content)},W={len(content)}:2,{flags}"
+
+
+ALICE = {0: b"alice's own 0\r\n", 1: b"alice's own 1\r\n"}
+BOB = {0: b"bob's secret 0\r\n", 1: b"bob's secret 1\r\n", 2: b"bob's secret 2\r\n"}
+
+
+def twoUsers(tmp_path: Path) -> tuple[Path, Path]:
+    """
+    Make alice's and bob's Maildirs, whose messages have the same file
+    names (bob has one more): a name resolved in the wrong Maildir finds
+    bob's message.
+    """
+    paths = []
+    for user, messages in (("alice", ALICE), ("bob", BOB)):
+        maildir = tmp_path / user
+        for sub in ("cur", "new", "tmp"):
+            (maildir / sub).mkdir(parents=True)
+        for number, content in messages.items():
+            writeMessage(maildir / "cur", messageName(number, content), content)
+        paths.append(maildir)
+    return paths[0], paths[1]
+
+
+def contentsOf(directory: Path) -> dict[str, bytes]:
+    """
+    Every file of a directory, name to content.
+    """
+    return {name: (directory / name).read_bytes() for name in os.listdir(directory)}
+
+
+def uidOf(number: int, messages: dict[int, bytes]) -> str:
+    """
+    The uid of message C{number} of L{twoUsers}' Maildirs.
+    """
+    return uidFor(messageName(number, messages[number]).partition(":")[0])
+
+
+def openDescriptors() -> int:
+    """
+    How many file descriptors this process has open.
+    """
+    return len(os.listdir("/proc/self/fd"))
+
+
+# 1. Directories replaced by links after lock()
+
+
+@pytest.mark.parametrize("swapped", ["cur", "maildir"])
+def test_swappedCurBeforeListingListsOwnMail(tmp_path: Path, swapped: str) -> None:
+    """
+    cur/ (or the whole Maildir) replaced by a link to another user's after
+    lock() and before listMessages(): the listing is still the locked
+    Maildir's, and RETR serves its own messages.
+    """
+    alice, bob = twoUsers(tmp_path)
+    maildrop = MaildirMaildrop(str(alice), "alice")
+    maildrop.lock()
+    try:
+        if swapped == "cur":
+            swapForLink(alice / "cur", bob / "cur")
+        else:
+            swapForLink(alice, bob)
+        snapshot = maildrop.listMessages()
+        assert sorted(info.uid for info in snapshot) == sorted(uidOf(n, ALICE) for n in ALICE)
+        consumer, result = sendResult(maildrop, uidOf(0, ALICE))
+        assert result is None
+        assert b"".join(consumer.writes) == ALICE[0]
+    finally:
+        maildrop.release()
+
+
+@pytest.mark.parametrize("swapped", ["cur", "maildir"])
+def test_swappedCurBeforeRetrServesOwnMail(tmp_path: Path, swapped: str) -> None:
+    """
+    cur/ (or the whole Maildir) replaced by a link to another user's after
+    the snapshot: RETR sends the locked Maildir's message, never the other
+    user's file of the same name.
+    """
+    alice, bob = twoUsers(tmp_path)
+    maildrop = MaildirMaildrop(str(alice), "alice")
+    maildrop.lock()
+    try:
+        maildrop.listMessages()
+        if swapped == "cur":
+            swapForLink(alice / "cur", bob / "cur")
+        else:
+            swapForLink(alice, bob)
+        for number in ALICE:
+            consumer, result = sendResult(maildrop, uidOf(number, ALICE))
+            assert result is None
+            assert b"".join(consumer.writes) == ALICE[number]
+    finally:
+        maildrop.release()
+
+
+@pytest.mark.parametrize("swapped", ["cur", "maildir"])
+def test_swappedCurBeforeCommitTouchesNoOtherMail(tmp_path: Path, swapped: str) -> None:
+    """
+    cur/ (or the whole Maildir) replaced by a link to another user's after
+    the snapshot: DELE and RETR then QUIT delete and mark seen the locked
+    Maildir's messages, and leave the other user's alone.
+    """
+    alice, bob = twoUsers(tmp_path)
+    bobBefore = contentsOf(bob / "cur")
+    maildrop = MaildirMaildrop(str(alice), "alice")
+    maildrop.lock()
+    try:
+        maildrop.listMessages()
+        if swapped == "cur":
+            moved = swapForLink(alice / "cur", bob / "cur")
+        else:
+            moved = swapForLink(alice, bob) / "cur"
+        maildrop.commit(frozenset({uidOf(0, ALICE)}), frozenset({uidOf(1, ALICE)}))
+    finally:
+        maildrop.release()
+    assert contentsOf(bob / "cur") == bobBefore
+    assert contentsOf(moved) == {messageName(1, ALICE[1], "S"): ALICE[1]}
+
+
+@pytest.mark.parametrize("swapped", ["new", "maildir"])
+def test_swappedNewBeforeListingTakesNoOtherMail(tmp_path: Path, swapped: str) -> None:
+    """
+    new/ (or the whole Maildir) replaced by a link to another directory
+    after lock(): listing takes only the locked Maildir's new mail, and
+    moves nothing out of the other directory (a server running as root
+    must not move a file it alone can read into the user's cur/).
+    """
+    alice, bob = twoUsers(tmp_path)
+    ownNew = deliver(str(alice), b"Subject: alice's new\n\nbody\n")
+    otherNew = deliver(str(bob), b"Subject: bob's new\n\nsecret\n")
+    bobBefore = {sub: contentsOf(bob / sub) for sub in ("cur", "new")}
+    maildrop = MaildirMaildrop(str(alice), "alice")
+    maildrop.lock()
+    try:
+        if swapped == "new":
+            swapForLink(alice / "new", bob / "new")
+        else:
+            swapForLink(alice, bob)
+        snapshot = maildrop.listMessages()
+        uids = sorted(info.uid for info in snapshot)
+    finally:
+        maildrop.release()
+    assert uids == sorted([ownNew] + [uidOf(n, ALICE) for n in ALICE])
+    assert otherNew not in uids
+    assert {sub: contentsOf(bob / sub) for sub in ("cur", "new")} == bobBefore
+
+
+def test_symlinkedMaildirRefusedAtLock(tmp_path: Path) -> None:
+    """
+    A Maildir that is itself a link (to another user's) is not served, and
+    nothing stays open.
+    """
+    _, bob = twoUsers(tmp_path)
+    os.symlink(bob, tmp_path / "mallory")
+    baseline = openDescriptors()
+    with pytest.raises(MaildropUnusable, match="not a directory"):
+        MaildirMaildrop(str(tmp_path / "mallory"), "mallory").lock()
+    assert openDescriptors() == baseline
+
+
+# 2. Message files that are not regular files
+
+
+def test_linkInPlaceOfListedMessageVanishes(tmp_path: Path) -> None:
+    """
+    A listed message replaced by a link to a file outside the Maildir is
+    never served: RETR finds it vanished.
+    """
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"root:the-password-hash\n")
+    alice, _ = twoUsers(tmp_path)
+    maildrop = MaildirMaildrop(str(alice), "alice")
+    maildrop.lock()
+    try:
+        maildrop.listMessages()
+        name = messageName(0, ALICE[0])
+        os.unlink(alice / "cur" / name)
+        os.symlink(secret, alice / "cur" / name)
+        consumer, result = sendResult(maildrop, uidOf(0, ALICE))
+        assert result.check(MessageVanished)
+        assert consumer.writes == []
+        assert consumer.registrations == 0
+    finally:
+        maildrop.release()
+
+
+def test_linkInPlaceOfKnownMessageNotListedNextSession(tmp_path: Path) -> None:
+    """
+    A message replaced, between two sessions, by a link of the same name is
+    not listed by the next session, though the process keeps the first
+    session's listing of cur/.
+    """
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"root:the-password-hash\n")
+    alice, _ = twoUsers(tmp_path)
+    assert len(listOnce(alice)) == 2
+    name = messageName(0, ALICE[0])
+    os.unlink(alice / "cur" / name)
+    os.symlink(secret, alice / "cur" / name)
+    assert [info.uid for info in listOnce(alice)] == [uidOf(1, ALICE)]
+
+
+def test_fifosAndOtherNonFilesSkippedAndLoggedOnce(tmp_path: Path) -> None:
+    """
+    FIFOs, links and directories in cur/ and new/ are skipped by the
+    listing, which completes at once; one warning event names them all.
+    """
+    alice, _ = twoUsers(tmp_path)
+    fifos = [alice / "cur" / messageName(7, b"x"), alice / "new" / "1700000000.M1P1.fifo"]
+    for fifo in fifos:
+        os.mkfifo(fifo)
+    os.symlink(tmp_path / "bob" / "cur" / messageName(2, BOB[2]), alice / "cur" / messageName(8, BOB[2]))
+    (alice / "new" / "1700000001.M1P1.directory").mkdir()
+    with capturedLogs() as events:
+        snapshot = withinDeadline(lambda: listOnce(alice), fifos)
+    assert sorted(info.uid for info in snapshot) == sorted(uidOf(n, ALICE) for n in ALICE)
+    warnings = [event for event in events if event["log_level"] == LogLevel.warn]
+    assert len(warnings) == 1, warnings
+    [warning] = warnings
+    assert warning["event"] == "not-a-file"
+    assert sorted(warning["names"]) == sorted([
+        "cur/" + fifos[0].name,
+        "new/" + fifos[1].name,
+        "cur/" + messageName(8, BOB[2]),
+        "new/1700000001.M1P1.directory",
+    ])
+    for fifo in fifos:
+        assert fifo.exists()
+
+
+def test_fifoInPlaceOfListedMessageDoesNotBlock(tmp_path: Path) -> None:
+    """
+    RETR of a message replaced by a FIFO after the snapshot returns at once
+    with MessageVanished, and the session goes on.
+    """
+    alice, _ = twoUsers(tmp_path)
+    maildrop = MaildirMaildrop(str(alice), "alice")
+    maildrop.lock()
+    fifo = alice / "cur" / messageName(0, ALICE[0])
+    try:
+        maildrop.listMessages()
+        os.unlink(fifo)
+        os.mkfifo(fifo)
+        consumer, result = withinDeadline(lambda: sendResult(maildrop, uidOf(0, ALICE)), [fifo])
+        assert result.check(MessageVanished)
+        assert consumer.registrations == 0
+        consumer, result = sendResult(maildrop, uidOf(1, ALICE))
+        assert b"".join(consumer.writes) == ALICE[1]
+    finally:
+        maildrop.release()
+
+
+def test_fifoInPlaceOfKnownMessageSkippedNextSession(tmp_path: Path) -> None:
+    """
+    A message replaced by a FIFO between two sessions (the process keeps
+    the first session's listing) is not listed, and nothing blocks.
+    """
+    alice, _ = twoUsers(tmp_path)
+    assert len(listOnce(alice)) == 2
+    fifo = alice / "cur" / messageName(0, ALICE[0])
+    os.unlink(fifo)
+    os.mkfifo(fifo)
+
+    def session() -> list[bytes]:
+        maildrop = MaildirMaildrop(str(alice), "alice")
+        maildrop.lock()
+        try:
+            sent = []
+            for info in maildrop.listMessages():
+                consumer, result = sendResult(maildrop, info.uid)
+                assert result is None
+                sent.append(b"".join(consumer.writes))
+            return sent
+        finally:
+            maildrop.release()
+
+    assert withinDeadline(session, [fifo]) == [ALICE[1]]
+
+
+def test_fifoInNewNotMeasuredAndLeftAlone(tmp_path: Path) -> None:
+    """
+    A FIFO in new/ with a name like a delivery's is neither measured (which
+    would block) nor moved to cur/.
+    """
+    alice, _ = twoUsers(tmp_path)
+    delivered = deliver(str(alice), b"Subject: real\n\nbody\n")
+    fifo = alice / "new" / "1700000000.M9P9.fifo"
+    os.mkfifo(fifo)
+    snapshot = withinDeadline(lambda: listOnce(alice), [fifo])
+    assert delivered in {info.uid for info in snapshot}
+    assert os.listdir(alice / "new") == [fifo.name]
+
+
+# 3. Measuring off the reactor thread
+
+
+def test_unsizedMessageMeasuredInThePool(
+    tmp_path: Path, reactorThread: ReactorThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A big (sparse) file in cur/ whose name records no size, in a small
+    Maildir without new mail, is measured in the thread pool, never in the
+    reactor's thread, and gets its sizes in its name.
+    """
+    from popsrv.store.maildir import newmail
+
+    alice, _ = twoUsers(tmp_path)
+    big = alice / "cur" / "1500.M1P1.big:2,"
+    with open(big, "wb") as f:
+        f.truncate(64 * 2**20)
+    threads = []
+    measure = newmail.measure
+
+    def recordingMeasure(*args: object, **kwargs: object) -> tuple[int, int]:
+        threads.append(threading.current_thread())
+        return measure(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(newmail, "measure", recordingMeasure)
+    maildrop = MaildirMaildrop(str(alice), "alice", runner=threadRunner(reactorThread.reactor))
+
+    def session() -> list[int]:
+        maildrop.lock()
+        try:
+            return [info.size for info in reactorThread.call(maildrop.listMessages)]
+        finally:
+            maildrop.release()
+
+    assert 64 * 2**20 + 2 in session()
+    assert len(threads) == 1
+    assert threads[0] is not threading.main_thread()
+    assert threads[0].name != "reactor"
+    assert "1500.M1P1.big,S=67108864,W=67108866:2," in curNames(alice)
+
+
+def test_retrOfRenamedMessageLocatesItThroughTheRunner(tmp_path: Path) -> None:
+    """
+    RETR of a message whose name changed since the snapshot looks for its
+    new name (a listing of cur/, of any size) through the runner.
+    """
+    from twisted.internet import defer
+
+    alice, _ = twoUsers(tmp_path)
+    calls = []
+
+    def runner(function, *args):  # type: ignore[no-untyped-def]
+        calls.append(function.__name__)
+        return defer.succeed(function(*args))
+
+    maildrop = MaildirMaildrop(str(alice), "alice", runner=runner)
+    maildrop.lock()
+    try:
+        maildrop.listMessages()
+        assert calls == []
+        name = messageName(0, ALICE[0])
+        os.rename(alice / "cur" / name, alice / "cur" / (name + "F"))
+        consumer, result = sendResult(maildrop, uidOf(0, ALICE))
+        assert result is None
+        assert b"".join(consumer.writes) == ALICE[0]
+        assert calls == ["_openRenamed"]
+    finally:
+        maildrop.release()
+
+
+def test_quickCommitNeedingAListingGoesThroughTheRunner(tmp_path: Path) -> None:
+    """
+    A commit of a few messages is done at once only while every message is
+    where the snapshot saw it; one renamed since (looking for it lists
+    cur/, of any size) sends the commit through the runner.
+    """
+    from twisted.internet import defer
+
+    alice, _ = twoUsers(tmp_path)
+    calls = []
+
+    def runner(function, *args):  # type: ignore[no-untyped-def]
+        calls.append(function.__name__)
+        return defer.succeed(function(*args))
+
+    maildrop = MaildirMaildrop(str(alice), "alice", runner=runner)
+    maildrop.lock()
+    try:
+        maildrop.listMessages()
+        name = messageName(0, ALICE[0])
+        os.rename(alice / "cur" / name, alice / "cur" / (name + "F"))
+        maildrop.commit(frozenset({uidOf(1, ALICE)}), frozenset({uidOf(0, ALICE)}))
+        assert calls == ["_apply"]
+    finally:
+        maildrop.release()
+    assert curNames(alice) == [name + "FS"]
+
+
+# 4. Descriptors
+
+
+def test_descriptorsDoNotLeak(tmp_path: Path) -> None:
+    """
+    Many sessions (listing, sending, committing), refused locks and
+    refused Maildirs leave the process with as many descriptors open as
+    before.
+    """
+    alice, bob = twoUsers(tmp_path)
+    os.symlink(bob / "cur", tmp_path / "linked")
+    (tmp_path / "broken").mkdir()
+    os.symlink(bob / "cur", tmp_path / "broken" / "cur")
+    fifo = alice / "cur" / messageName(9, b"fifo")
+    os.mkfifo(fifo)
+    baseline = openDescriptors()
+    for n in range(50):
+        deliver(str(alice), b"Subject: %d\n\nbody\n" % n)
+        maildrop = MaildirMaildrop(str(alice), "alice")
+        maildrop.lock()
+        with pytest.raises(MaildropUnusable):
+            MaildirMaildrop(str(tmp_path / "broken"), "broken").lock()
+        other = MaildirMaildrop(str(alice), "alice")
+        with pytest.raises(MaildropLocked):
+            other.lock()
+        snapshot = maildrop.listMessages()
+        for info in list(snapshot)[:3]:
+            sendResult(maildrop, info.uid)
+        consumer, result = sendResult(maildrop, "no such uid")
+        assert result.check(MessageVanished)
+        maildrop.commit(frozenset([snapshot[-1].uid]), frozenset([snapshot[0].uid]))
+        maildrop.release()
+        maildrop.release()
+    assert openDescriptors() == baseline
+
+
+def test_releaseDuringWorkClosesWhenTheWorkIsDone(tmp_path: Path) -> None:
+    """
+    Descriptors used by work still running (a listing in a thread, say) are
+    closed, and the lock freed, only when that work is done, never under
+    it; work begun after the release is refused.
+    """
+    from popsrv.store.maildir.directory import OpenedMaildir
+
+    alice, _ = twoUsers(tmp_path)
+    baseline = openDescriptors()
+    opened = OpenedMaildir.open(str(alice), "alice")
+    with opened.using():
+        opened.close()
+        assert len(opened.cur.listFiles()[0]) == 2
+        with pytest.raises(MaildropLocked):
+            OpenedMaildir.open(str(alice), "alice")
+    assert openDescriptors() == baseline
+    with pytest.raises(MaildropError, match="released"):
+        with opened.using():
+            pass
+    opened.close()
+    OpenedMaildir.open(str(alice), "alice").close()
+    assert openDescriptors() == baseline
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "directory"])
+def test_lockFileThatIsNotAFileRefused(tmp_path: Path, kind: str) -> None:
+    """
+    A lock file that is not a regular file makes the Maildir unusable; the
+    lock() returns at once and leaves nothing open.
+    """
+    alice, _ = twoUsers(tmp_path)
+    lockFile = alice / LOCK_FILE
+    if kind == "fifo":
+        os.mkfifo(lockFile)
+    elif kind == "symlink":
+        os.symlink(tmp_path / "elsewhere", lockFile)
+    else:
+        lockFile.mkdir()
+    baseline = openDescriptors()
+    with pytest.raises(MaildropUnusable):
+        withinDeadline(lambda: MaildirMaildrop(str(alice), "alice").lock(), [lockFile])
+    assert openDescriptors() == baseline
+    assert not (tmp_path / "elsewhere").exists()
+
+
+# 5. End to end
+
+
+def test_fifoInOneMaildirBlocksNoSession(launcher: Launcher) -> None:
+    """
+    With FIFOs in alice's new/ and cur/, and one in place of a message she
+    is about to retrieve, the real server answers her RETR with -ERR, serves
+    her other message, and greets and serves bob meanwhile.
+    """
+    server = launcher.popsrv()
+    alice, bob = Path(server.maildir("alice")), Path(server.maildir("bob"))
+    firstUid = deliver(str(alice), b"Subject: first\r\n\r\nfirst\r\n")
+    deliver(str(alice), b"Subject: second\r\n\r\nsecond\r\n")
+    deliver(str(bob), b"Subject: bob\r\n\r\nfor bob\r\n")
+    fifos = [alice / "new" / "1700000000.M1P1.fifo", alice / "cur" / "1700000001.M1P1.fifo,S=5,W=5:2,"]
+    for fifo in fifos:
+        os.mkfifo(fifo)
+    client = poplib.POP3(server.host, server.port, timeout=CLIENT_TIMEOUT)
+    try:
+        client.user("alice")
+        client.pass_("secret")
+        assert client.stat()[0] == 2
+        [first] = [name for name in os.listdir(alice / "cur") if name.startswith(firstUid + ",")]
+        os.unlink(alice / "cur" / first)
+        fifos.append(alice / "cur" / first)
+        os.mkfifo(fifos[-1])
+        started = time.monotonic()
+        with pytest.raises(poplib.error_proto, match="removed"):
+            client.retr(1)
+        assert time.monotonic() - started < CLIENT_TIMEOUT
+        other = poplib.POP3(server.host, server.port, timeout=CLIENT_TIMEOUT)
+        try:
+            assert other.getwelcome().startswith(b"+OK")
+            other.user("bob")
+            other.pass_("hunter2")
+            assert other.retr(1)[1] == [b"Subject: bob", b"", b"for bob"]
+            other.quit()
+        finally:
+            other.close()
+        assert client.retr(2)[1] == [b"Subject: second", b"", b"second"]
+        assert client.quit().startswith(b"+OK")
+    finally:
+        client.close()
+        for fifo in fifos:
+            unblockReaders(fifo)
