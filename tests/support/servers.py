@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+TWIST = os.path.join(os.path.dirname(sys.executable), "twist")
 LISTEN_LOCAL = "tcp:0:interface=127.0.0.1"
 HOST = "127.0.0.1"
 START_TIMEOUT = 20.0
@@ -58,6 +59,21 @@ def runTwistd(args: Sequence[str], cwd: Path, timeout: float = 30.0) -> subproce
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        timeout=timeout,
+    )
+
+
+def runTwist(args: Sequence[str], cwd: Path, timeout: float = 30.0) -> subprocess.CompletedProcess:
+    """
+    Run C{twist ARGS} (Twisted's other runner) to completion, with its
+    standard output and standard error kept apart.
+    """
+    return subprocess.run(
+        [TWIST, *args],
+        cwd=str(cwd),
+        env=twistdEnvironment(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
         timeout=timeout,
     )
 
@@ -283,10 +299,14 @@ class Launcher:
         *extra: str,
         users: Optional[Dict[str, str]] = None,
         root: Optional[Path] = None,
+        auth: Optional[str] = None,
     ) -> Popsrv:
         """
         Start popsrv on an ephemeral port of 127.0.0.1 with a fresh Maildir
         root and a password file, and wait until it listens.
+
+        @param auth: the C{--auth} checker instead of the C{file:} checker
+            of C{users} (popsrv takes one checker per kind of login).
         """
         self._count += 1
         workdir = self.base / f"server{self._count}"
@@ -298,7 +318,7 @@ class Launcher:
         args = [
             "--listen", LISTEN_LOCAL,
             "--maildir-root", str(root),
-            "--auth", f"file:{passwords}",
+            "--auth", auth or f"file:{passwords}",
             *extra,
         ]
         process = self.twistd(args, workdir)
