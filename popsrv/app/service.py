@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from popsrv.app.demo import prepareDemo
 from popsrv.app.listening import ListeningService
 from popsrv.app.options import DEMO_DIRECTORY, Options
+from popsrv.app.privileges import RootWarning
 from popsrv.pop3.factory import POP3Factory
 from popsrv.pop3.policy import LoginPolicy
 from popsrv.store.realm import MaildirRealm, MaildirTemplate
@@ -132,6 +133,9 @@ def makeService(
         expire=options["expire"],
     )
     service = MultiService()
+    if not worker:
+        # Workers have their parent's identity: the parent warns for them.
+        RootWarning().setServiceParent(service)
     if options["tls"] is not None:
         ReloadOnHangup(options["tls"], reactor).setServiceParent(service)
     for description in options["listen"]:
@@ -149,5 +153,6 @@ def _workerPool(
     from popsrv.app.workers import WorkerPool
 
     service = MultiService()
+    RootWarning(options["workers"]).setServiceParent(service)
     WorkerPool(reactor, options["listen"], options.arguments, options["workers"], announce).setServiceParent(service)
     return service

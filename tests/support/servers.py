@@ -90,9 +90,10 @@ class TwistdProcess:
         cwd: Path,
         application: Optional[Path] = None,
         env: Optional[Dict[str, str]] = None,
+        twistdArgs: Sequence[str] = (),
     ) -> None:
         run = ["-y", str(application)] if application is not None else ["popsrv", *popsrvArgs]
-        self.args = [TWISTD, "-n", "--pidfile=", "--logfile=-", *run]
+        self.args = [TWISTD, "-n", "--pidfile=", "--logfile=-", *twistdArgs, *run]
         self.cwd = cwd
         self._lines: List[str] = []
         self._eof = False
@@ -288,7 +289,8 @@ class Launcher:
     def twistd(self, popsrvArgs: Sequence[str], cwd: Path, **kwargs) -> TwistdProcess:
         """
         Start C{twistd -n popsrv ARGS} (or, given C{application}, C{twistd -n
-        -y APPLICATION}) in C{cwd}, without waiting for it.
+        -y APPLICATION}; given C{twistdArgs}, with those options of twistd's
+        own) in C{cwd}, without waiting for it.
         """
         process = TwistdProcess(popsrvArgs, cwd, **kwargs)
         self._started.append(process)
