@@ -188,7 +188,8 @@ both check USER/PASS (or both APOP) are refused."""
     def opt_listen(self, description: str) -> None:
         """Listen on a Twisted endpoint description; repeatable, e.g. tcp:110, \
 tcp:1110:interface=127.0.0.1, ssl:995:privateKey=key.pem:certKey=cert.pem, \
-systemd:domain=INET:index=0 [default: tcp:1110:interface=127.0.0.1]."""
+systemd:domain=INET:index=0 [default: tcp:1110:interface=127.0.0.1]. TCP \
+listeners queue up to 4096 connections unless backlog=N says otherwise."""
         try:
             endpoints.serverFromString(_NoReactor(), description)
         except Exception as error:

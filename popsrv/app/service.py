@@ -20,12 +20,11 @@ from typing import Any, Callable, Optional, Union
 from twisted.application.service import IService, MultiService, Service
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
-from twisted.internet import endpoints
 from twisted.internet.interfaces import IListeningPort, IReactorFromThreads, IStreamServerEndpoint
 from twisted.logger import Logger
 
 from popsrv.app.demo import prepareDemo
-from popsrv.app.listening import ListeningService
+from popsrv.app.listening import ListeningService, serverEndpoint
 from popsrv.app.options import DEMO_DIRECTORY, Options
 from popsrv.app.privileges import RootWarning
 from popsrv.pop3.factory import POP3Factory
@@ -76,7 +75,8 @@ def makeService(
     the parent of the worker processes (L{popsrv.app.workers.WorkerPool}).
 
     @param endpointFor: makes the endpoint of a C{--listen} description
-        (by default, C{endpoints.serverFromString}); a worker gives its own,
+        (by default, L{serverEndpoint}: Twisted's, with a larger listen
+        backlog for TCP); a worker gives its own,
         to adopt the sockets its parent bound.
     """
     if reactor is None:
@@ -90,8 +90,7 @@ def makeService(
     if endpointFor is None:
 
         def endpointFor(description: str) -> IStreamServerEndpoint:
-            endpoint: IStreamServerEndpoint = endpoints.serverFromString(reactor, description)
-            return endpoint
+            return serverEndpoint(reactor, description)
     checkers = list(options["credCheckers"])
     template = options["maildir-template"]
     announce: Optional[Callable[[IListeningPort], None]] = None
