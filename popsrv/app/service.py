@@ -132,13 +132,13 @@ def makeService(
         expire=options["expire"],
     )
     service = MultiService()
-    if not worker:
-        # Workers have their parent's identity: the parent warns for them.
-        RootWarning().setServiceParent(service)
     if options["tls"] is not None:
         ReloadOnHangup(options["tls"], reactor).setServiceParent(service)
     for description in options["listen"]:
         ListeningService(endpointFor(description), factory, announce).setServiceParent(service)
+    if not worker:
+        # Workers have their parent's identity: the parent warns for them.
+        RootWarning().setServiceParent(service)
     return service
 
 
@@ -152,6 +152,6 @@ def _workerPool(
     from popsrv.app.workers import WorkerPool
 
     service = MultiService()
-    RootWarning(options["workers"]).setServiceParent(service)
     WorkerPool(reactor, options["listen"], options.arguments, options["workers"], announce).setServiceParent(service)
+    RootWarning(options["workers"]).setServiceParent(service)
     return service
