@@ -1,22 +1,93 @@
 """
-Listening on the endpoints of C{--listen}: L{ListeningService}, and how a
-listening address is written in the log.
+Listening on the endpoints of C{--listen}: L{ListeningService}, the default
+listen backlog of TCP endpoints (L{withDefaultBacklog}), and how a listening
+address is written in the log.
 """
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 from twisted.application.service import Service
+from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["ListeningService", "describeAddress"]
+__all__ = ["DEFAULT_BACKLOG", "ListeningService", "describeAddress", "serverEndpoint", "withDefaultBacklog"]
+
+# The listen queue of a TCP listener whose description gives no backlog:
+# room for thousands of clients connecting at the same moment (Twisted's 50
+# overflows at a few hundred, and the connections beyond wait for SYN
+# retransmissions, seconds each, or hang). The kernel caps it at
+# net.core.somaxconn (4096 by default since Linux 5.4).
+DEFAULT_BACKLOG = 4096
+
+# Where each TCP endpoint type takes its backlog among its positional
+# arguments (after the type): tcp:PORT:INTERFACE:BACKLOG, tcp6:PORT:BACKLOG,
+# ssl:PORT:PRIVATEKEY:CERTKEY:SSLMETHOD:INTERFACE:BACKLOG.
+_BACKLOG_POSITIONS = {"tcp": 2, "tcp6": 1, "ssl": 5}
 
 log = Logger()
+
+
+def _fields(description: str) -> List[tuple[Optional[str], str]]:
+    """
+    Split an endpoint description as Twisted does: fields between
+    unescaped colons, each C{(name, value)} for C{name=value} or C{(None,
+    value)} for a positional one; a backslash escapes the next character.
+    """
+    fields: List[tuple[Optional[str], str]] = []
+    name: Optional[str] = None
+    current = ""
+    characters = iter(description)
+    for character in characters:
+        if character == "\\":
+            current += next(characters, "")
+        elif character == ":":
+            fields.append((name, current))
+            name, current = None, ""
+        elif character == "=" and name is None:
+            name, current = current, ""
+        else:
+            current += character
+    fields.append((name, current))
+    return fields
+
+
+def withDefaultBacklog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
+    """
+    Return a C{--listen} description with C{backlog=BACKLOG} added if it is
+    a TCP listener (C{tcp:}, C{tcp6:}, C{ssl:}, also behind C{haproxy:})
+    that does not set its backlog; any other description as it is.
+    """
+    fields = _fields(description)
+    # Twisted matches plugins' names (haproxy, tcp6) in any case, and its
+    # own types (tcp, ssl) only in lower case.
+    while len(fields) > 1 and fields[0][0] is None and fields[0][1].lower() == "haproxy":
+        fields = fields[1:]
+    name, kind = fields[0]
+    if name is not None:
+        return description
+    position = _BACKLOG_POSITIONS.get("tcp6" if kind.lower() == "tcp6" else kind)
+    if position is None:
+        return description
+    arguments = fields[1:]
+    positional = [value for name, value in arguments if name is None]
+    if any(name == "backlog" for name, _ in arguments) or len(positional) > position:
+        return description
+    return f"{description}:backlog={backlog}"
+
+
+def serverEndpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+    """
+    The endpoint of a C{--listen} description, with L{DEFAULT_BACKLOG} for
+    TCP listeners that do not set theirs.
+    """
+    endpoint: IStreamServerEndpoint = endpoints.serverFromString(reactor, withDefaultBacklog(description))
+    return endpoint
 
 
 def describeAddress(address: object) -> str:

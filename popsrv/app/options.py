@@ -73,6 +73,27 @@ def _listeningPort(description: str) -> Optional[str]:
     return None
 
 
+# What each supported kind of credentials is, in the words of a usage error.
+_CREDENTIAL_KINDS = (
+    (IUsernamePassword, "user names with passwords (USER/PASS, PLAIN, LOGIN)"),
+    (IUsernameHashedPassword, "APOP, CRAM-MD5 and SCRAM logins"),
+)
+# Checkers whose argument is a file name, which a message may repeat; other
+# arguments may hold passwords (memory:alice:secret).
+_PATH_CHECKERS = ("file", "passwd-file", "pgsql")
+
+
+def _checkerName(description: str) -> str:
+    """
+    An --auth description as a message may show it: the checker type, with
+    its argument only if that is a file name.
+    """
+    kind, colon, argument = description.partition(":")
+    if not colon or kind in _PATH_CHECKERS:
+        return description
+    return f"{kind}:..."
+
+
 class Options(usage.Options, strcred.AuthOptionMixin):
     """
     The options of C{twistd popsrv}.
@@ -149,6 +170,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         super().__init__()
         self["listen"] = []
         self.arguments: list[str] = []
+        self._checkerNames: dict[int, str] = {}
 
     def parseOptions(self, options: Optional[List[str]] = None) -> None:
         """
@@ -163,9 +185,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         sys.exit(0)
 
     def opt_auth(self, description: str) -> None:
-        """
-        Specify an authentication method for the server.
-        """
+        """Where users and their passwords come from, e.g. passwd-file:PATH \
+(--help-auth lists the checkers). One checker per kind of login: two that \
+both check USER/PASS (or both APOP) are refused."""
+        before = len(self.get("credCheckers", []))
         try:
             checker = strcred.makeChecker(description)
         except PasswdFileError as error:
@@ -173,14 +196,16 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         except Exception:
             # Twisted's own messages for unknown or unsuitable checkers.
             super().opt_auth(description)
-            return
-        self.addChecker(checker)
-        return None
+        else:
+            self.addChecker(checker)
+        for checker in self.get("credCheckers", [])[before:]:
+            self._checkerNames[id(checker)] = _checkerName(description)
 
     def opt_listen(self, description: str) -> None:
         """Listen on a Twisted endpoint description; repeatable, e.g. tcp:110, \
 tcp:1110:interface=127.0.0.1, ssl:995:privateKey=key.pem:certKey=cert.pem, \
-systemd:domain=INET:index=0 [default: tcp:1110:interface=127.0.0.1]."""
+systemd:domain=INET:index=0 [default: tcp:1110:interface=127.0.0.1]. TCP \
+listeners queue up to 4096 connections unless backlog=N says otherwise."""
         try:
             endpoints.serverFromString(_NoReactor(), description)
         except Exception as error:
@@ -210,6 +235,8 @@ systemd:domain=INET:index=0 [default: tcp:1110:interface=127.0.0.1]."""
                         f"--workers serves tcp:, tcp6: and ssl: listeners (also behind haproxy:), "
                         f"not {description!r}"
                     )
+        self._checkDemo()
+        self._checkOneCheckerPerCredential()
         self["maildir-template"] = self._maildirTemplate()
         if self["timeout"] <= 0:
             raise usage.UsageError("--timeout must be a positive number of seconds")
@@ -242,6 +269,38 @@ systemd:domain=INET:index=0 [default: tcp:1110:interface=127.0.0.1]."""
                 "--auth memory:alice:secret, or try --demo"
             )
 
+    def _checkDemo(self) -> None:
+        """
+        Refuse --demo with options it would override: the demo has its own
+        user and its own Maildir.
+        """
+        if not self["demo"]:
+            return
+        if self.get("credCheckers"):
+            raise usage.UsageError("--demo serves its own demo user: give --demo or --auth, not both")
+        for option in ("maildir-root", "maildir"):
+            if self[option] is not None:
+                raise usage.UsageError(
+                    f"--demo serves its own Maildir in ./{DEMO_DIRECTORY}/: give --demo or --{option}, not both"
+                )
+
+    def _checkOneCheckerPerCredential(self) -> None:
+        """
+        Refuse two --auth checkers for one kind of credentials: the portal
+        would silently use the last, so the same user could be checked
+        against one database for USER/PASS and another for APOP.
+
+        (Not chained, trying each checker in turn: a user in two databases
+        would have two passwords, an unknown user would cost a lookup in
+        every one, which a stranger could time, and a database that is down
+        would have to either end the chain or be skipped.)
+        """
+        byInterface = self.get("credInterfaces", {})
+        for interface, what in _CREDENTIAL_KINDS:
+            checkers = byInterface.get(interface, [])
+            if len(checkers) > 1:
+                first, second = (self._checkerNames.get(id(c), type(c).__name__) for c in checkers[:2])
+                raise usage.UsageError(f"--auth {first} and --auth {second} both check {what}; give one")
 
     def _maildirTemplate(self) -> MaildirTemplate:
         """

@@ -20,13 +20,13 @@ from typing import Any, Callable, Optional, Union
 from twisted.application.service import IService, MultiService, Service
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
-from twisted.internet import endpoints
 from twisted.internet.interfaces import IListeningPort, IReactorFromThreads, IStreamServerEndpoint
 from twisted.logger import Logger
 
 from popsrv.app.demo import prepareDemo
-from popsrv.app.listening import ListeningService
+from popsrv.app.listening import ListeningService, serverEndpoint
 from popsrv.app.options import DEMO_DIRECTORY, Options
+from popsrv.app.privileges import RootWarning
 from popsrv.auth.penalty import AuthPenalty
 from popsrv.pop3.factory import POP3Factory
 from popsrv.pop3.limits import ConnectionLimits, defaultMaxConnections, raiseDescriptorLimit
@@ -79,7 +79,8 @@ def makeService(
     the parent of the worker processes (L{popsrv.app.workers.WorkerPool}).
 
     @param endpointFor: makes the endpoint of a C{--listen} description
-        (by default, C{endpoints.serverFromString}); a worker gives its own,
+        (by default, L{serverEndpoint}: Twisted's, with a larger listen
+        backlog for TCP); a worker gives its own,
         to adopt the sockets its parent bound.
     @param scoreboard: the L{Scoreboard} of connections and failed logins
         (a worker's, shared with its parent and siblings); by default, a new
@@ -96,8 +97,7 @@ def makeService(
     if endpointFor is None:
 
         def endpointFor(description: str) -> IStreamServerEndpoint:
-            endpoint: IStreamServerEndpoint = endpoints.serverFromString(reactor, description)
-            return endpoint
+            return serverEndpoint(reactor, description)
     checkers = list(options["credCheckers"])
     template = options["maildir-template"]
     announce: Optional[Callable[[IListeningPort], None]] = None
@@ -156,6 +156,9 @@ def makeService(
         ReloadOnHangup(options["tls"], reactor).setServiceParent(service)
     for description in options["listen"]:
         ListeningService(endpointFor(description), factory, announce).setServiceParent(service)
+    if not worker:
+        # Workers have their parent's identity: the parent warns for them.
+        RootWarning().setServiceParent(service)
     return service
 
 
@@ -185,4 +188,5 @@ def _workerPool(
         reactor, options["listen"], options.arguments, options["workers"], announce, scoreboard=scoreboard,
     )
     pool.setServiceParent(service)
+    RootWarning(options["workers"]).setServiceParent(service)
     return service

@@ -38,7 +38,7 @@ from types import FrameType
 from typing import Any, Callable, List, Optional, Sequence, Union
 
 from twisted.application.service import Service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer
 from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
@@ -47,7 +47,7 @@ from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
-from popsrv.app.listening import describeAddress
+from popsrv.app.listening import describeAddress, serverEndpoint
 from popsrv.scoreboard import Scoreboard
 
 __all__ = ["STOP_GRACE", "USAGE_ERROR", "WorkerPool"]
@@ -200,7 +200,7 @@ class WorkerPool(Service):
         if self.ports:
             return
         for description in self.descriptions:
-            endpoint = endpoints.serverFromString(self.reactor, description)
+            endpoint = serverEndpoint(self.reactor, description)
             results: List[Any] = []
             endpoint.listen(_NoConnections()).addBoth(results.append)
             if not results or isinstance(results[0], Failure):

@@ -260,3 +260,120 @@ def test_versionIsPopsrvs(tmp_path):
     result = runTwistd(["popsrv", "--version"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"popsrv {popsrv.__version__}".encode()
+
+
+@pytest.mark.parametrize("first, second", [
+    ("file:{passwd}", "passwd-file:{passwd}"),
+    ("passwd-file:{passwd}", "unix"),
+    ("file:{passwd}", "file:{passwd}"),
+])
+def test_twoCheckersOfOneKindAreRefused(tmp_path, first, second):
+    """
+    Two --auth checkers that both check user names with passwords are a
+    usage error naming both and the kind of login, rather than the last
+    one silently checking them.
+    """
+    passwd = tmp_path / "passwd"
+    passwd.write_text("alice:{PLAIN}secret\n")
+    first, second = first.format(passwd=passwd), second.format(passwd=passwd)
+    with pytest.raises(usage.UsageError) as raised:
+        parse("--auth", first, "--auth", second)
+    assert str(raised.value) == (
+        f"--auth {first} and --auth {second} both check user names with passwords "
+        "(USER/PASS, PLAIN, LOGIN); give one"
+    )
+
+
+def test_checkersOfOnlyHashedLoginsConflictToo(monkeypatch):
+    """
+    Two checkers that share only APOP (and CRAM-MD5, SCRAM) are refused
+    too, naming that kind; a checker of USER/PASS alone beside one of APOP
+    alone is not ambiguous and is kept.
+    """
+    from twisted.cred import strcred
+    from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+    from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
+
+    class HashedOnly(InMemoryUsernamePasswordDatabaseDontUse):
+        credentialInterfaces = (IUsernameHashedPassword,)
+
+    class PlainOnly(InMemoryUsernamePasswordDatabaseDontUse):
+        credentialInterfaces = (IUsernamePassword,)
+
+    kinds = {"hashed": HashedOnly, "plain": PlainOnly}
+    monkeypatch.setattr(strcred, "makeChecker", lambda description: kinds[description.partition(":")[0]]())
+    with pytest.raises(usage.UsageError, match=r"^--auth hashed:\.\.\. and --auth hashed:\.\.\. both check "
+                                               r"APOP, CRAM-MD5 and SCRAM logins; give one$"):
+        parse("--auth", "hashed:a", "--auth", "hashed:b")
+    options = parse("--auth", "plain:a", "--auth", "hashed:b")
+    assert [type(c) for c in options["credCheckers"]] == [PlainOnly, HashedOnly]
+
+
+def test_refusedCheckersKeepTheirPasswordsOutOfTheMessage():
+    """
+    The usage error names a memory: checker without the passwords written
+    in its argument.
+    """
+    with pytest.raises(usage.UsageError) as raised:
+        parse("--auth", "memory:alice:hunter2", "--auth", "memory:bob:letmein")
+    message = str(raised.value)
+    assert message.startswith("--auth memory:... and --auth memory:... both check")
+    assert "hunter2" not in message and "letmein" not in message
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--auth", "memory:a:b"], "--demo serves its own demo user: give --demo or --auth, not both"),
+    (["--maildir-root", "mail"],
+     "--demo serves its own Maildir in ./popsrv-demo/: give --demo or --maildir-root, not both"),
+    (["--maildir", "/srv/%u"],
+     "--demo serves its own Maildir in ./popsrv-demo/: give --demo or --maildir, not both"),
+])
+def test_demoRefusesUsersAndMaildirsOfItsOwn(args, message):
+    """
+    --demo with --auth, --maildir-root or --maildir is a usage error (the
+    demo would silently replace them).
+    """
+    with pytest.raises(usage.UsageError) as raised:
+        parse("--demo", *args)
+    assert str(raised.value) == message
+
+
+AMBIGUOUS = "--auth file:{0} and --auth passwd-file:{0} both check user names with passwords (USER/PASS, PLAIN, LOGIN)"
+
+
+def test_twistdRefusesAmbiguousCheckers(tmp_path):
+    """
+    Under twistd, two checkers of one kind stop the start with a non-zero
+    status and the one-line reason (which twistd prints after the usage,
+    on standard output); nothing listens.
+    """
+    from tests.support.servers import runTwistd
+
+    passwd = tmp_path / "passwd"
+    passwd.write_text("alice:{PLAIN}secret\n")
+    result = runTwistd(["-n", "--pidfile=", "--logfile=-", "popsrv", "--listen", "tcp:0:interface=127.0.0.1",
+                        "--auth", f"file:{passwd}", "--auth", f"passwd-file:{passwd}"], tmp_path)
+    text = result.stdout.decode()
+    assert result.returncode != 0
+    assert text.splitlines()[-1].endswith(": " + AMBIGUOUS.format(passwd) + "; give one"), text
+    assert "popsrv listening" not in text and "Traceback" not in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--auth", "file:{passwd}", "--auth", "passwd-file:{passwd}"], AMBIGUOUS + "; give one"),
+    (["--demo", "--auth", "file:{passwd}"], "--demo serves its own demo user: give --demo or --auth, not both"),
+])
+def test_twistRefusesAmbiguousCheckersOnStandardError(tmp_path, args, message):
+    """
+    Under twist, the reason is the first line of standard error, and the
+    status is non-zero.
+    """
+    from tests.support.servers import runTwist
+
+    passwd = tmp_path / "passwd"
+    passwd.write_text("alice:{PLAIN}secret\n")
+    args = [arg.format(passwd=passwd) for arg in args]
+    result = runTwist(["popsrv", "--listen", "tcp:0:interface=127.0.0.1", *args], tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.decode().splitlines()[0] == "Error: " + message.format(passwd), result.stderr
+    assert os.listdir(tmp_path) == ["passwd"]

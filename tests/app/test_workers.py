@@ -257,7 +257,7 @@ def test_everyWorkerGivesAnUnknownUserTheSameSalt(launcher: Launcher, tmp_path: 
     """
     passwd = tmp_path / "passwd"
     passwd.write_text("alice:{PLAIN}secret\n")
-    server = launcher.popsrv("--workers", "2", "--auth", f"passwd-file:{passwd}")
+    server = launcher.popsrv("--workers", "2", auth=f"passwd-file:{passwd}", users={"alice": "secret"})
     pids = workerPids(server, 2)
     salts = {}
     for stopped, serving in ((0, 1), (1, 0)):

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+TWIST = os.path.join(os.path.dirname(sys.executable), "twist")
 LISTEN_LOCAL = "tcp:0:interface=127.0.0.1"
 HOST = "127.0.0.1"
 START_TIMEOUT = 20.0
@@ -62,6 +63,21 @@ def runTwistd(args: Sequence[str], cwd: Path, timeout: float = 30.0) -> subproce
     )
 
 
+def runTwist(args: Sequence[str], cwd: Path, timeout: float = 30.0) -> subprocess.CompletedProcess:
+    """
+    Run C{twist ARGS} (Twisted's other runner) to completion, with its
+    standard output and standard error kept apart.
+    """
+    return subprocess.run(
+        [TWIST, *args],
+        cwd=str(cwd),
+        env=twistdEnvironment(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=timeout,
+    )
+
+
 class TwistdProcess:
     """
     A running C{twistd -n ... popsrv ...} whose output is collected, line by
@@ -74,9 +90,10 @@ class TwistdProcess:
         cwd: Path,
         application: Optional[Path] = None,
         env: Optional[Dict[str, str]] = None,
+        twistdArgs: Sequence[str] = (),
     ) -> None:
         run = ["-y", str(application)] if application is not None else ["popsrv", *popsrvArgs]
-        self.args = [TWISTD, "-n", "--pidfile=", "--logfile=-", *run]
+        self.args = [TWISTD, "-n", "--pidfile=", "--logfile=-", *twistdArgs, *run]
         self.cwd = cwd
         self._lines: List[str] = []
         self._eof = False
@@ -272,7 +289,8 @@ class Launcher:
     def twistd(self, popsrvArgs: Sequence[str], cwd: Path, **kwargs) -> TwistdProcess:
         """
         Start C{twistd -n popsrv ARGS} (or, given C{application}, C{twistd -n
-        -y APPLICATION}) in C{cwd}, without waiting for it.
+        -y APPLICATION}; given C{twistdArgs}, with those options of twistd's
+        own) in C{cwd}, without waiting for it.
         """
         process = TwistdProcess(popsrvArgs, cwd, **kwargs)
         self._started.append(process)
@@ -283,10 +301,14 @@ class Launcher:
         *extra: str,
         users: Optional[Dict[str, str]] = None,
         root: Optional[Path] = None,
+        auth: Optional[str] = None,
     ) -> Popsrv:
         """
         Start popsrv on an ephemeral port of 127.0.0.1 with a fresh Maildir
         root and a password file, and wait until it listens.
+
+        @param auth: the C{--auth} checker instead of the C{file:} checker
+            of C{users} (popsrv takes one checker per kind of login).
         """
         self._count += 1
         workdir = self.base / f"server{self._count}"
@@ -298,7 +320,7 @@ class Launcher:
         args = [
             "--listen", LISTEN_LOCAL,
             "--maildir-root", str(root),
-            "--auth", f"file:{passwords}",
+            "--auth", auth or f"file:{passwords}",
             *extra,
         ]
         process = self.twistd(args, workdir)

@@ -1,0 +1,153 @@
+"""
+Tests of the listen backlog popsrv gives TCP listeners (L{popsrv.app.listening}):
+the descriptions, the ports makeService and the worker pool bind, and a real
+server greeting hundreds of clients that connect at the same moment.
+"""
+
+from __future__ import annotations
+
+import errno
+import selectors
+import socket
+import time
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock
+
+from popsrv.app.listening import DEFAULT_BACKLOG, withDefaultBacklog
+from popsrv.app.options import Options
+from popsrv.app.service import makeService
+from tests.support.servers import HOST, Launcher
+
+
+@pytest.mark.parametrize("description, expected", [
+    ("tcp:1110", "tcp:1110:backlog=4096"),
+    ("tcp:1110:interface=127.0.0.1", "tcp:1110:interface=127.0.0.1:backlog=4096"),
+    ("tcp:port=1110", "tcp:port=1110:backlog=4096"),
+    (r"tcp6:110:interface=\:\:1", r"tcp6:110:interface=\:\:1:backlog=4096"),
+    ("TCP6:110", "TCP6:110:backlog=4096"),
+    ("ssl:995:privateKey=k.pem:certKey=c.pem", "ssl:995:privateKey=k.pem:certKey=c.pem:backlog=4096"),
+    ("haproxy:tcp:110", "haproxy:tcp:110:backlog=4096"),
+    ("haproxy:ssl:995:privateKey=k.pem", "haproxy:ssl:995:privateKey=k.pem:backlog=4096"),
+    # An escaped = is part of a value, not a name.
+    (r"tcp:interface=a\=b:1110", r"tcp:interface=a\=b:1110:backlog=4096"),
+])
+def test_tcpListenersGetTheDefaultBacklog(description: str, expected: str) -> None:
+    """
+    A TCP listener (tcp:, tcp6:, ssl:, also behind haproxy:) that does not
+    set its backlog gets the default.
+    """
+    assert DEFAULT_BACKLOG == 4096
+    assert withDefaultBacklog(description) == expected
+
+
+@pytest.mark.parametrize("description", [
+    "tcp:1110:backlog=2048",
+    "haproxy:tcp:110:backlog=16",
+    "tcp:1110:127.0.0.1:64",  # port, interface, backlog
+    "tcp6:110:64",  # port, backlog
+    "ssl:995:k.pem:c.pem:SSLv23_METHOD:127.0.0.1:64",  # ... interface, backlog
+    "unix:/run/popsrv.sock",
+    "haproxy:unix:/run/popsrv.sock",
+    "systemd:domain=INET:index=0",
+    r"tcp\:1110",
+])
+def test_otherDescriptionsAreKept(description: str) -> None:
+    """
+    A backlog given by name or by position is kept, and listeners other
+    than TCP's are left as they are.
+    """
+    assert withDefaultBacklog(description) == description
+
+
+def test_makeServiceListensWithTheDefaultBacklog(tmp_path) -> None:
+    """
+    The ports makeService binds have the default backlog unless their
+    description sets one; UNIX listeners keep Twisted's.
+    """
+    from tests.support.certificates import makePKI
+
+    pki = makePKI(tmp_path / "pki")
+    options = Options()
+    options.parseOptions([
+        "--auth", "memory:a:b", "--maildir-root", str(tmp_path),
+        "--listen", "tcp:1110:interface=127.0.0.1", "--listen", "tcp:1111:backlog=2048",
+        "--listen", "haproxy:tcp:1112", "--listen", f"ssl:1995:privateKey={pki.key}:certKey={pki.chain}",
+        "--listen", f"unix:{tmp_path / 'popsrv.sock'}",
+    ])
+    reactor = MemoryReactorClock()
+    service = makeService(options, reactor=reactor)
+    service.privilegedStartService()
+    assert [(port, backlog) for port, _, backlog, _ in reactor.tcpServers] == [
+        (1110, DEFAULT_BACKLOG), (1111, 2048), (1112, DEFAULT_BACKLOG),
+    ]
+    assert [(port, backlog) for port, _, _, backlog, _ in reactor.sslServers] == [(1995, DEFAULT_BACKLOG)]
+    assert [backlog for _, _, backlog, _, _ in reactor.unixServers] == [50]
+    service.stopService()
+
+
+def test_theWorkerPoolBindsWithTheDefaultBacklog() -> None:
+    """
+    With --workers, the parent binds the sockets the workers share with
+    the default backlog, or the one the description sets.
+    """
+    from popsrv.app.workers import WorkerPool
+
+    class Port:
+        def __init__(self, port: int) -> None:
+            self.port = port
+
+        def stopReading(self) -> None:
+            pass
+
+        def getHost(self) -> object:
+            return self
+
+    class Reactor(MemoryReactorClock):
+        def listenTCP(self, port, factory, backlog=50, interface=""):
+            super().listenTCP(port, factory, backlog, interface)
+            return Port(port)
+
+    reactor = Reactor()
+    pool = WorkerPool(reactor, ["tcp:1110", "tcp:1111:backlog=128"], [], 2)
+    pool.privilegedStartService()
+    assert [(port, backlog) for port, _, backlog, _ in reactor.tcpServers] == [(1110, DEFAULT_BACKLOG), (1111, 128)]
+
+
+CLIENTS = 300
+DEADLINE = 10.0
+
+
+def test_hundredsOfClientsConnectingAtOnceAreAllGreeted(launcher: Launcher) -> None:
+    """
+    300 clients that connect at the same moment are all greeted, quickly:
+    none is left waiting on a full listen queue.
+    """
+    server = launcher.popsrv()
+    selector = selectors.DefaultSelector()
+    received: dict[socket.socket, bytes] = {}
+    greeted = 0
+    started = time.monotonic()
+    try:
+        for _ in range(CLIENTS):
+            client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            client.setblocking(False)
+            assert client.connect_ex((HOST, server.port)) in (0, errno.EINPROGRESS)
+            received[client] = b""
+            selector.register(client, selectors.EVENT_READ)
+        while greeted < CLIENTS:
+            left = started + DEADLINE - time.monotonic()
+            assert left > 0, f"{greeted} of {CLIENTS} clients greeted within {DEADLINE} s"
+            for key, _ in selector.select(left):
+                client = key.fileobj
+                data = client.recv(1024)
+                assert data, "a connection was closed before its greeting"
+                received[client] += data
+                if received[client].endswith(b"\r\n"):
+                    assert received[client].startswith(b"+OK ")
+                    selector.unregister(client)
+                    greeted += 1
+    finally:
+        selector.close()
+        for client in received:
+            client.close()

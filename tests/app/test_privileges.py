@@ -1,0 +1,129 @@
+"""
+Tests of the warning popsrv logs when it serves as root (L{popsrv.app.privileges}):
+the predicate and the service directly, and real twistd servers started with and
+without C{--uid}.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import poplib
+import pwd
+from pathlib import Path
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
+
+from popsrv.app.options import Options
+from popsrv.app.privileges import RootWarning, runningAsRoot
+from popsrv.app.service import makeService
+from tests.support.servers import HOST, Launcher, TwistdProcess
+
+ROOT_WARNING = r"\[popsrv\.app\.privileges#warn\] popsrv (and its \d+ workers serve|serves) as root"
+needsRoot = pytest.mark.skipif(os.geteuid() != 0, reason="needs to run as root")
+
+
+def test_runningAsRootIsEffectiveUserZero() -> None:
+    """
+    The predicate looks at the effective user id, by default the
+    process's own.
+    """
+    assert runningAsRoot(lambda: 0)
+    assert not runningAsRoot(lambda: 65534)
+    assert runningAsRoot() == (os.geteuid() == 0)
+
+
+def test_theWarningIsAStableEvent() -> None:
+    """
+    Started as root, the service logs one warning, event
+    C{running-as-root}, telling how to run unprivileged; started as
+    another user, nothing.
+    """
+    with capturedLogs() as events:
+        RootWarning(geteuid=lambda: 0).startService()
+        RootWarning(workers=2, geteuid=lambda: 0).startService()
+        RootWarning(geteuid=lambda: 1000).startService()
+    warnings = [e for e in events if e.get("event") == "running-as-root"]
+    assert len(warnings) == 2
+    assert all(e["log_level"].name == "warn" for e in warnings)
+    assert [e["workers"] for e in warnings] == [0, 2]
+    text = warnings[1]["log_format"].format(**warnings[1])
+    assert text.startswith("popsrv and its 2 workers serve as root,")
+    assert "--uid and --gid" in text and "User=" in text
+
+
+@pytest.mark.parametrize("args, workers", [([], 0), (["--workers", "3"], 3)])
+def test_makeServiceWarnsOnceInTheParent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args, workers) -> None:
+    """
+    The service twistd runs warns as it starts (the worker pool's parent
+    for its workers, which have its identity); a worker's own service
+    does not.
+    """
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    options = Options()
+    options.parseOptions(["--auth", "memory:a:b", "--maildir-root", str(tmp_path), *args])
+    warnings = [s for s in makeService(options, MemoryReactorClock()) if isinstance(s, RootWarning)]
+    assert [w.workers for w in warnings] == [workers]
+    inWorker = makeService(options, MemoryReactorClock(), endpointFor=lambda description: None)
+    assert not [s for s in inWorker if isinstance(s, RootWarning)]
+
+
+def greeted(port: int) -> bytes:
+    """
+    The greeting of a server, which it sends once it has started.
+    """
+    client = poplib.POP3(HOST, port, timeout=20)
+    try:
+        return client.getwelcome()
+    finally:
+        client.quit()
+
+
+@needsRoot
+def test_aServerStartedAsRootWarns(launcher: Launcher) -> None:
+    """
+    twistd without --uid serves as root: the log says so, once.
+    """
+    server = launcher.popsrv()
+    server.twistd.waitFor(ROOT_WARNING)
+    assert greeted(server.port).startswith(b"+OK")
+    server.twistd.stop()
+    assert len([line for line in server.twistd.lines if "serves as root" in line]) == 1
+
+
+@needsRoot
+def test_workersAreWarnedAboutOnceByTheParent(launcher: Launcher) -> None:
+    """
+    With --workers, which inherit the parent's identity, the parent warns
+    once for all of them.
+    """
+    server = launcher.popsrv("--workers", "2")
+    for index in range(2):
+        server.twistd.waitFor(rf"worker {index}\] worker ready")
+    assert greeted(server.port).startswith(b"+OK")
+    server.twistd.stop()
+    warnings = [line for line in server.twistd.lines if "as root" in line]
+    assert len(warnings) == 1 and "popsrv and its 2 workers serve as root" in warnings[0]
+
+
+@needsRoot
+def test_aServerThatDroppedRootDoesNotWarn(launcher: Launcher, tmp_path: Path) -> None:
+    """
+    twistd -u nobody -g nogroup binds as root, then serves as nobody:
+    no warning.
+    """
+    try:
+        user, group = pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid
+    except KeyError:
+        pytest.skip("no user nobody or group nogroup here")
+    process: TwistdProcess = launcher.twistd(
+        ["--listen", "tcp:0:interface=127.0.0.1", "--auth", "memory:alice:secret", "--maildir-root", str(tmp_path)],
+        tmp_path, twistdArgs=["-u", str(user), "-g", str(group)],
+    )
+    port = process.waitListening()
+    process.waitFor(rf"set uid/gid {user}/{group}")
+    assert greeted(port).startswith(b"+OK")
+    process.stop()
+    assert "as root" not in process.output
