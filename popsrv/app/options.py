@@ -15,6 +15,7 @@ from twisted.internet import endpoints
 from twisted.python import usage
 
 from popsrv import __version__
+from popsrv.app.secret import SecretError, defaultSecretPath, loadSecret
 from popsrv.auth.passwdfile import PasswdFileError
 from popsrv.pop3.factory import DEFAULT_LOGIN_TIMEOUT, DEFAULT_TIMEOUT
 from popsrv.pop3.limits import DEFAULT_MAX_PER_ADDRESS
@@ -155,6 +156,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             int,
         ],
         [
+            "secret-file", None, None,
+            "File of the server's persistent secret, made at the first start (keeps what unknown users "
+            "are told the same across restarts) [default: /var/lib/popsrv/secret for root, else "
+            "~/.local/state/popsrv/secret].",
+        ],
+        [
             "max-connections", None, None,
             "Connections served at once, in all (with --workers, by all the workers together); more are "
             "turned away with [SYS/TEMP] [default: as many as the open-file limit allows].",
@@ -165,6 +172,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "0 for no limit.",
         ],
     ]
+
+    # A worker process parses its parent's options: what only the parent
+    # needs (the secret) is left to it.
+    worker = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -240,6 +251,12 @@ listeners queue up to 4096 connections unless backlog=N says otherwise."""
         self["maildir-template"] = self._maildirTemplate()
         if self["timeout"] <= 0:
             raise usage.UsageError("--timeout must be a positive number of seconds")
+        self["secret"] = None
+        if not self.worker:
+            try:
+                self["secret"] = loadSecret(self["secret-file"] or defaultSecretPath())
+            except SecretError as error:
+                raise usage.UsageError(f"--secret-file: {error}")
         if self["login-timeout"] <= 0:
             raise usage.UsageError("--login-timeout must be a positive number of seconds")
         if self["max-connections"] is not None:

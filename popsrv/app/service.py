@@ -27,7 +27,9 @@ from popsrv.app.demo import prepareDemo
 from popsrv.app.listening import ListeningService, serverEndpoint
 from popsrv.app.options import DEMO_DIRECTORY, Options
 from popsrv.app.privileges import RootWarning
+from popsrv.app.secret import deriveKey
 from popsrv.auth.penalty import AuthPenalty
+from popsrv.auth.scram import setPlaceholderKey
 from popsrv.pop3.factory import POP3Factory
 from popsrv.pop3.limits import ConnectionLimits, defaultMaxConnections, raiseDescriptorLimit
 from popsrv.pop3.policy import LoginPolicy
@@ -126,6 +128,9 @@ def makeService(
 
         if worker:
             announce = None
+    if options.get("secret") is not None:
+        # (Workers get the key from their parent, through the environment.)
+        setPlaceholderKey(deriveKey(options["secret"], "scram-placeholder-salts"))
     descriptors = raiseDescriptorLimit()
     maxConnections = options["max-connections"] or defaultMaxConnections(descriptors)
     if scoreboard is None:

@@ -105,6 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     # end the worker.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     options = Options()
+    options.worker = True
     try:
         options.parseOptions(arguments.options)
     except usage.UsageError as error:

@@ -28,6 +28,7 @@ __all__ = [
     "ScramCredentials",
     "ScramExchange",
     "placeholderKeyEnvironment",
+    "setPlaceholderKey",
     "placeholderSalt",
 ]
 
@@ -37,10 +38,12 @@ SCRAM_SALT_OCTETS = 16
 # scramp's shortest salt: stored keys with a shorter one cannot be used in
 # an exchange (Dovecot's salts have 16 octets).
 SCRAM_MIN_SALT_OCTETS = 12
-# The key of the placeholder salts.  Worker processes get their parent's
-# (through the environment), so that every process of a server gives an
-# unknown user the same salt: salts that differ from one connection to the
-# next would tell unknown users from users with stored keys.
+# The key of the placeholder salts.  A server sets it from its persistent
+# secret (setPlaceholderKey) so that an unknown user's salt stays the same
+# across restarts, as a real user's does; worker processes get their
+# parent's through the environment, so that every process gives an unknown
+# user the same salt: salts that change would tell unknown users from users
+# with stored keys.
 PLACEHOLDER_KEY_VARIABLE = "POPSRV_SCRAM_SALT_KEY"
 
 
@@ -54,6 +57,17 @@ def _placeholderKey() -> bytes:
 
 
 _PLACEHOLDER_KEY = _placeholderKey()
+
+
+def setPlaceholderKey(key: bytes) -> None:
+    """
+    Key the placeholder salts with C{key} (at least 32 octets), derived
+    from a secret that outlives the process.
+    """
+    global _PLACEHOLDER_KEY
+    if len(key) < 32:
+        raise ValueError("the key of placeholder salts needs at least 32 octets")
+    _PLACEHOLDER_KEY = key
 
 
 def placeholderKeyEnvironment() -> dict[str, str]:

@@ -123,7 +123,7 @@ def test_hundredsOfClientsConnectingAtOnceAreAllGreeted(launcher: Launcher) -> N
     300 clients that connect at the same moment are all greeted, quickly:
     none is left waiting on a full listen queue.
     """
-    server = launcher.popsrv()
+    server = launcher.popsrv("--max-connections-per-ip", "0")
     selector = selectors.DefaultSelector()
     received: dict[socket.socket, bytes] = {}
     greeted = 0
