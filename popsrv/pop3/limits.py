@@ -9,6 +9,10 @@ from __future__ import annotations
 import resource
 from typing import Optional
 
+from twisted.internet.interfaces import ITransport
+from twisted.logger import Logger
+
+from popsrv.pop3 import replies
 from popsrv.scoreboard import Row, Scoreboard, addressKey
 
 __all__ = ["DEFAULT_MAX_PER_ADDRESS", "ConnectionLimits", "defaultMaxConnections", "raiseDescriptorLimit"]
@@ -22,6 +26,8 @@ RESERVED_DESCRIPTORS = 64
 DESCRIPTORS_PER_SESSION = 6
 # The descriptor limit popsrv asks for at start, where the hard limit allows.
 WANTED_DESCRIPTORS = 65536
+
+log = Logger()
 
 
 def raiseDescriptorLimit(wanted: int = WANTED_DESCRIPTORS) -> int:
@@ -83,6 +89,25 @@ class ConnectionLimits:
             return None
 
         return self.scoreboard.update(addressKey(host), now, change)
+
+    def enter(self, transport: ITransport, host: str, peer: str, now: float) -> bool:
+        """
+        Admit the connection of C{transport} from C{host} (C{peer}, for
+        logs), or turn it away at once with one C{[SYS/TEMP]} line.
+
+        @return: whether it was admitted (then call L{leave} when it closes).
+        """
+        refusal = self.admit(host, now)
+        if refusal is None:
+            return True
+        log.info(
+            "refused a connection from {peer}: too many connections from {limit}",
+            peer=peer, limit="this address" if refusal == "address" else "everyone", reason=refusal,
+            event="connection-refused",
+        )
+        transport.write(replies.TOO_MANY_CONNECTIONS)
+        transport.loseConnection()
+        return False
 
     def leave(self, host: str, now: float) -> None:
         """

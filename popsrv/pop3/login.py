@@ -331,6 +331,8 @@ class LoginAttempt:
         try:
             listing = maildrop.listMessages()
             snapshot = await listing if isinstance(listing, defer.Deferred) else listing
+            # The login delay counts from here: a login that got its maildrop.
+            self._policy.loggedIn(name, self._clock.seconds())
             return snapshot if isinstance(snapshot, MessageList) else list(snapshot)
         except Exception:
             maildrop.release()

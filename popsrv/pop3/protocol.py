@@ -116,11 +116,9 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         limits = self.factory.limits
         if limits is not None:
-            refusal = limits.admit(self._host, self._started)
-            if refusal is not None:
-                self._refuse(refusal)
+            self._admitted = limits.enter(transport, self._host, self._peer, self._started)
+            if not self._admitted:
                 return
-            self._admitted = True
         secure = ISSLTransport.providedBy(transport) or INegotiated.providedBy(transport)
         self.environment.connected(transport, secure)
         self._flush = tuneForPOP3(transport)
@@ -142,9 +140,8 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self.setTimeout(None)
         if self.session.state is State.GREETING:
             return  # refused by a connection limit
-        if self._admitted:
+        if self._admitted and self.factory.limits is not None:
             self._admitted = False
-            assert self.factory.limits is not None
             self.factory.limits.leave(self._host, self.factory.clock.seconds())
         if self._abortLater is not None and self._abortLater.active():
             self._abortLater.cancel()
@@ -158,21 +155,6 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             peer=self._peer, reason=self._endReason, duration=self.factory.clock.seconds() - self._started,
             event="session-end", **self.session.summary(),
         )
-
-    def _refuse(self, why: str) -> None:
-        """
-        Turn away a connection over a limit (C{why}: C{"server"} or
-        C{"address"}) with one line, at once.
-        """
-        self.log.info(
-            "refused a connection from {peer}: too many connections from {limit}",
-            peer=self._peer, limit="this address" if why == "address" else "everyone", reason=why,
-            event="connection-refused",
-        )
-        transport = self.transport
-        assert transport is not None
-        transport.write(replies.TOO_MANY_CONNECTIONS)
-        transport.loseConnection()
 
     def handshakeCompleted(self) -> None:
         """
@@ -300,7 +282,6 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             return
         maildrop = outcome.maildrop
         self._opened = OpenedMaildrop(maildrop, outcome.logout, self.log, self._peer)
-        self.factory.policy.loggedIn(maildrop.name, self.factory.clock.seconds())
         if self._lost:
             self._endSession()
             return
@@ -341,14 +322,8 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         framer = MessageFramer(bodyLines=effect.bodyLines)
         consumer = MessageConsumer(self.transport, self.gate, framer, effect.status, self.resetTimeout)  # type: ignore
 
-        def sent(reply: Optional[bytes]) -> None:
-            if self.gone():
-                return
-            if reply is not None:
-                self._write(reply)
-                return
-            consumer.finish()
-            if effect.bodyLines is None:
+        def sent(refusal: Optional[bytes]) -> None:
+            if not self.gone() and consumer.ended(refusal) and effect.bodyLines is None:
                 self.session.transaction.retrieved(effect.number, effect.message)
 
         def broken(failure: Failure) -> None:

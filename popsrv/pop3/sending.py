@@ -149,6 +149,20 @@ class MessageConsumer:
         self.start()
         self._transport.write(self._framer.finish())
 
+    def ended(self, refusal: Optional[bytes]) -> bool:
+        """
+        The maildrop is done with the message: it sent all of it (C{refusal}
+        is C{None}: send the end of the reply), or could not start it (send
+        its C{refusal} instead).
+
+        @return: whether the whole message was sent.
+        """
+        if refusal is not None:
+            self._transport.write(refusal)
+            return False
+        self.finish()
+        return True
+
 
 @implementer(IPullProducer)
 class ListingProducer:
