@@ -12,7 +12,7 @@ C{None} when there is nothing left to say (the connection is gone).
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Tuple, Union
 
 import attr
 from twisted.cred.credentials import IUsernameHashedPassword
@@ -270,26 +270,43 @@ class LoginAttempt:
         else:
             self._penalty.abandoned(self._host, now)
 
-    async def _logIn(self, credentials: Any, user: bytes, started: float, exchange: Any) -> Outcome:
-        verdict = "abandoned"
+    async def _check(
+        self, credentials: Any, user: bytes, started: float,
+    ) -> Union[Tuple[Any, Callable[[], None]], Outcome]:
+        """
+        Check the credentials in their turn, and tell the penalty how it
+        went.
+
+        @return: the avatar and its logout, or the outcome that ends the
+            attempt.
+        """
         try:
-            try:
-                if not await self._waitForTurn():
-                    return None
-            except Exception:
-                return self._backendFailed(Failure(), user)
-            try:
-                _, avatar, logout = await self._portal.login(credentials, None, IMaildrop)
-            except (UnauthorizedLogin, UnhandledCredentials, UnicodeError) as error:
-                verdict = "failed"
-                return Rejected(user, str(error) or error.__class__.__name__, started, penalized=True)
-            except Exception:
-                return self._backendFailed(Failure(), user)
-            finally:
-                self._queue.leave()
-            verdict = "succeeded"
+            if not await self._waitForTurn():
+                self._settle("abandoned")
+                return None
+        except Exception:
+            failure = Failure()
+            self._settle("abandoned")
+            return self._backendFailed(failure, user)
+        try:
+            _, avatar, logout = await self._portal.login(credentials, None, IMaildrop)
+        except (UnauthorizedLogin, UnhandledCredentials, UnicodeError) as error:
+            self._settle("failed")
+            return Rejected(user, str(error) or error.__class__.__name__, started, penalized=True)
+        except Exception:
+            failure = Failure()
+            self._settle("abandoned")
+            return self._backendFailed(failure, user)
         finally:
-            self._settle(verdict)
+            self._queue.leave()
+        self._settle("succeeded")
+        return avatar, logout
+
+    async def _logIn(self, credentials: Any, user: bytes, started: float, exchange: Any) -> Outcome:
+        checked = await self._check(credentials, user, started)
+        if not isinstance(checked, tuple):
+            return checked
+        avatar, logout = checked
         maildrop = IMaildrop(avatar)
         successData = exchange.successData() if exchange is not None else None
         if successData is not None:
