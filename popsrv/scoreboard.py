@@ -33,7 +33,7 @@ from typing import Callable, Optional, TypeVar
 
 import attr
 
-__all__ = ["CAPACITY", "WAYS", "Row", "Scoreboard", "addressKey"]
+__all__ = ["CAPACITY", "WAYS", "Row", "Scoreboard", "TableFull", "addressKey"]
 
 _T = TypeVar("_T")
 
@@ -68,6 +68,12 @@ def addressKey(host: str) -> bytes:
         else:
             return b"\6" + ip.packed[:8] + b"\0" * 7
     return b"\4" + ip.packed + b"\0" * 11
+
+
+class TableFull(Exception):
+    """
+    The rows an address may use all hold live connections or logins.
+    """
 
 
 @attr.s(slots=True, auto_attribs=True)
@@ -185,7 +191,7 @@ class Scoreboard:
     def _addTotal(self, change: int) -> None:
         offset = self._totals + _TOTAL.size * self.column
         (value,) = _TOTAL.unpack_from(self._map, offset)
-        _TOTAL.pack_into(self._map, offset, max(0, value + change))
+        _TOTAL.pack_into(self._map, offset, value + change)
 
     # Rows
 
@@ -206,9 +212,7 @@ class Scoreboard:
     def _write(self, offset: int, key: bytes, row: Row) -> None:
         _ROW.pack_into(self._map, offset, key, row.lastSeen, row.slot, row.lastFailure, row.failures)
         for c in range(self.columns):
-            _COLUMN.pack_into(
-                self._map, offset + _ROW.size + _COLUMN.size * c, max(0, row.connections[c]), max(0, row.pending[c]),
-            )
+            _COLUMN.pack_into(self._map, offset + _ROW.size + _COLUMN.size * c, row.connections[c], row.pending[c])
 
     def _find(self, key: bytes, create: bool) -> Optional[tuple[int, Row]]:
         """
@@ -235,22 +239,26 @@ class Scoreboard:
         zeros = [0] * self.columns
         return victim, Row(0.0, 0.0, 0.0, 0, list(zeros), list(zeros), self.column)
 
-    def update(self, key: bytes, now: float, change: Callable[[Row], _T]) -> Optional[_T]:
+    def update(self, key: bytes, now: float, change: Callable[[Row], _T]) -> _T:
         """
         Apply C{change} to the row of C{key} under the lock, store what it
-        changed, and return what it returned; C{None} (and nothing changed)
-        when the address's set is full of live rows.
+        changed, and return what it returned.
+
+        @raise TableFull: every row the address may use holds live
+            connections or logins (nothing is changed).
         """
         self._lock()
         try:
             found = self._find(key, create=True)
             if found is None:
-                return None
+                raise TableFull(f"no row free for {key.hex()}")
             offset, row = found
             row.everyone = self._total()
             mine = row.connections[self.column]
             result = change(row)
             row.lastSeen = now
+            row.connections = [max(0, count) for count in row.connections]
+            row.pending = [max(0, count) for count in row.pending]
             self._write(offset, key, row)
             self._addTotal(row.connections[self.column] - mine)
             return result

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from popsrv.scoreboard import WAYS, Row, Scoreboard, addressKey
+from popsrv.scoreboard import WAYS, Row, Scoreboard, TableFull, addressKey
 from tests.support.servers import twistdEnvironment
 
 
@@ -90,7 +90,7 @@ def test_sharedWithAnotherProcess(board: Scoreboard) -> None:
 def test_boundedTableForgetsQuietAddressesFirst() -> None:
     """
     A set full of addresses with open connections takes no more (the
-    update is not applied); otherwise the least recently seen address
+    update is refused, nothing changed); otherwise the least recently seen address
     without connections makes room.
     """
     board = Scoreboard.create(columns=1, capacity=WAYS)
@@ -98,7 +98,8 @@ def test_boundedTableForgetsQuietAddressesFirst() -> None:
         keys = [addressKey(f"192.0.2.{n}") for n in range(WAYS + 1)]
         for n, key in enumerate(keys[:WAYS]):
             assert board.update(key, float(n), connect) == 1
-        assert board.update(keys[WAYS], 100.0, connect) is None
+        with pytest.raises(TableFull):
+            board.update(keys[WAYS], 100.0, connect)
         assert board.total() == WAYS
 
         def leave(row: Row) -> None:

@@ -15,9 +15,9 @@ every process of the server; waiting blocks nothing but that login.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable
 
-from popsrv.scoreboard import Row, Scoreboard, addressKey
+from popsrv.scoreboard import Row, Scoreboard, TableFull, addressKey
 
 __all__ = ["DEFAULT_CAP", "DEFAULT_FORGET_AFTER", "DEFAULT_FREE", "AuthPenalty"]
 
@@ -52,6 +52,15 @@ class AuthPenalty:
         self.free = free
         self.forgetAfter = forgetAfter
 
+    def _update(self, host: str, now: float, change: Callable[[Row], None]) -> None:
+        """
+        Apply a change to C{host}'s row, if it has or can get one.
+        """
+        try:
+            self.scoreboard.update(addressKey(host), now, change)
+        except TableFull:
+            pass
+
     def delay(self, count: int) -> float:
         """
         The spacing of verdicts after C{count} failures: none for none,
@@ -77,8 +86,12 @@ class AuthPenalty:
             row.pending[row.column] += 1
             return slot
 
-        slot: Optional[float] = self.scoreboard.update(addressKey(host), now, change)
-        return now if slot is None else slot
+        try:
+            return self.scoreboard.update(addressKey(host), now, change)
+        except TableFull:
+            # Every row of its set is busy (a server near its connection
+            # limit): this login goes unpaced rather than refused.
+            return now
 
     def failed(self, host: str, now: float, reserved: bool = True) -> None:
         """
@@ -92,7 +105,7 @@ class AuthPenalty:
             row.failures += 1
             row.lastFailure = now
 
-        self.scoreboard.update(addressKey(host), now, change)
+        self._update(host, now, change)
 
     def succeeded(self, host: str, now: float) -> None:
         """
@@ -104,7 +117,7 @@ class AuthPenalty:
             row.failures = 0
             row.slot = min(row.slot, now)
 
-        self.scoreboard.update(addressKey(host), now, change)
+        self._update(host, now, change)
 
     def abandoned(self, host: str, now: float) -> None:
         """
@@ -115,4 +128,4 @@ class AuthPenalty:
         def change(row: Row) -> None:
             row.pending[row.column] -= 1
 
-        self.scoreboard.update(addressKey(host), now, change)
+        self._update(host, now, change)

@@ -13,7 +13,7 @@ from twisted.internet.interfaces import ITransport
 from twisted.logger import Logger
 
 from popsrv.pop3 import replies
-from popsrv.scoreboard import Row, Scoreboard, addressKey
+from popsrv.scoreboard import Row, Scoreboard, TableFull, addressKey
 
 __all__ = ["DEFAULT_MAX_PER_ADDRESS", "ConnectionLimits", "defaultMaxConnections", "raiseDescriptorLimit"]
 
@@ -88,7 +88,12 @@ class ConnectionLimits:
             row.connections[row.column] += 1
             return None
 
-        return self.scoreboard.update(addressKey(host), now, change)
+        try:
+            return self.scoreboard.update(addressKey(host), now, change)
+        except TableFull:
+            # With four rows a connection, only near a full server: what
+            # cannot be counted is not admitted.
+            return "server"
 
     def enter(self, transport: ITransport, host: str, peer: str, now: float) -> bool:
         """
@@ -117,4 +122,7 @@ class ConnectionLimits:
         def change(row: Row) -> None:
             row.connections[row.column] -= 1
 
-        self.scoreboard.update(addressKey(host), now, change)
+        try:
+            self.scoreboard.update(addressKey(host), now, change)
+        except TableFull:  # pragma: no cover - its row holds this connection
+            pass

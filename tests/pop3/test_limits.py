@@ -15,7 +15,7 @@ from popsrv.auth.penalty import AuthPenalty
 from popsrv.auth.queue import LoginQueue
 from popsrv.pop3.limits import ConnectionLimits, defaultMaxConnections
 from popsrv.pop3.policy import LoginPolicy
-from popsrv.scoreboard import Scoreboard
+from popsrv.scoreboard import WAYS, Scoreboard
 from tests.support.session import Session, makePortal
 
 REFUSED = b"-ERR [AUTH] invalid user name or password\r\n"
@@ -58,6 +58,26 @@ def test_connectionsPerAddressAndInAll(board: Scoreboard) -> None:
     assert board.total() == 5
     assert connect("203.0.113.9").greeting == FULL
     assert connect("2001:db8::1").greeting == FULL
+
+
+def test_aFullTableAdmitsNoMoreAndPacesNothing() -> None:
+    """
+    When every row an address may use holds live connections, its new
+    connection is refused rather than left uncounted, and its logins go
+    unpaced; a connection counted before still leaves cleanly.
+    """
+    board = Scoreboard.create(columns=1, capacity=WAYS)
+    limits = ConnectionLimits(board, maxConnections=None, maxPerAddress=None)
+    hosts = [f"192.0.2.{n}" for n in range(WAYS)]
+    for host in hosts:
+        assert limits.admit(host, 0.0) is None
+    assert limits.admit("198.51.100.1", 0.0) == "server"
+    assert board.total() == WAYS
+    assert AuthPenalty(board).reserve("198.51.100.1", 5.0) == 5.0
+    limits.leave(hosts[0], 1.0)
+    assert board.total() == WAYS - 1
+    assert limits.admit("198.51.100.1", 2.0) is None
+    board.close()
 
 
 def test_refusedConnectionsIgnoreCommands(board: Scoreboard) -> None:
