@@ -6,7 +6,7 @@ as it is parsed, so a mistake stops the start with one clear line.
 from __future__ import annotations
 
 import sys
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 from twisted.cred import strcred
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
@@ -95,6 +95,23 @@ def _checkerName(description: str) -> str:
     return f"{kind}:..."
 
 
+def _wholeNumber(option: str) -> Callable[[str], int]:
+    """
+    The coercer of an option that takes a whole number: its error names
+    the option (Twisted prefixes it with "Parameter type enforcement
+    failed").
+    """
+
+    def coerce(value: str) -> int:
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"{option} takes a whole number, not {value!r}") from None
+
+    coerce.coerceDoc = "A whole number."  # type: ignore[attr-defined]
+    return coerce
+
+
 class Options(usage.Options, strcred.AuthOptionMixin):
     """
     The options of C{twistd popsrv}.
@@ -148,12 +165,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "timeout", None, DEFAULT_TIMEOUT,
             "Seconds of inactivity before a logged-in session is closed without deleting anything "
             "(RFC 1939 asks for at least 600).",
-            int,
+            _wholeNumber("--timeout"),
         ],
         [
             "login-timeout", None, DEFAULT_LOGIN_TIMEOUT,
             "Seconds of inactivity before a connection that has not logged in is closed.",
-            int,
+            _wholeNumber("--login-timeout"),
         ],
         [
             "secret-file", None, None,

@@ -96,6 +96,9 @@ def test_makeServiceListens(tmp_path):
     ]
     factory = reactor.tcpServers[0][1]
     assert factory.timeout == 900 and factory.hostname == b"pop.example"
+    assert factory.loginTimeout == 60
+    assert factory.limits.maxPerAddress == 10 and factory.limits.maxConnections >= 1
+    assert factory.penalty is not None
     assert isinstance(factory.portal.realm, MaildirRealm)
     assert factory.portal.realm.root == str(tmp_path)
     service.stopService()
@@ -178,6 +181,14 @@ def test_extensionOptions(tmp_path):
     (["--expire", "-1"], "--expire"),
     (["--expire", "soon"], "--expire"),
     (["--login-delay", "x"], "--login-delay"),
+    (["--max-connections", "0"], "--max-connections must be at least 1"),
+    (["--max-connections", "-5"], "--max-connections takes a whole number"),
+    (["--max-connections", "1e9"], "--max-connections takes a whole number"),
+    (["--max-connections-per-ip", "-1"], "--max-connections-per-ip takes a whole number"),
+    (["--max-connections-per-ip", "ten"], "--max-connections-per-ip takes a whole number"),
+    (["--login-timeout", "0"], "--login-timeout must be a positive number"),
+    (["--login-timeout", "-60"], "--login-timeout must be a positive number"),
+    (["--login-timeout", "soon"], "login-timeout"),
 ])
 def test_badExtensionOptions(args, message):
     """
@@ -185,6 +196,24 @@ def test_badExtensionOptions(args, message):
     """
     with pytest.raises(usage.UsageError, match=message):
         parse("--auth", "memory:a:b", *args)
+
+
+def test_limitOptionsReachTheFactory(tmp_path):
+    """
+    --max-connections, --max-connections-per-ip (0: none) and
+    --login-timeout configure the factory; the login timeout never exceeds
+    the session's.
+    """
+    reactor = MemoryReactorClock()
+    options = parse("--auth", "memory:a:b", "--maildir-root", str(tmp_path), "--max-connections", "7",
+                    "--max-connections-per-ip", "0", "--login-timeout", "5000")
+    service = makeService(options, reactor=reactor)
+    service.privilegedStartService()
+    service.startService()
+    factory = reactor.tcpServers[0][1]
+    assert factory.limits.maxConnections == 7 and factory.limits.maxPerAddress is None
+    assert factory.loginTimeout == factory.timeout == 600
+    service.stopService()
 
 
 def test_mismatchedKeyRefused(tmp_path):
