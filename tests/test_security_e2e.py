@@ -308,3 +308,49 @@ def test_penalty_slows_guessers_not_the_owner(server: Server) -> None:
     inWindow = [t for t in verdicts if t - started <= 30]
     assert 4 <= len(inWindow) <= 10, inWindow
     assert max(timings) < 2.0, timings
+
+
+def flood(server: Server, source: str, connections: int) -> int:
+    """
+    Connect from C{source}, send USER and a wrong PASS for the hashed user,
+    and leave without waiting for the verdict, C{connections} times; return
+    how many were turned away by a limit instead.
+    """
+    refused = 0
+    for _ in range(connections):
+        line = server.open(source)
+        try:
+            if line.read() == FULL:
+                refused += 1
+                continue
+            line.sock.sendall(b"USER crypt\r\nPASS wrong\r\n")
+        finally:
+            line.close()
+    return refused
+
+
+def test_a_flood_of_abandoned_logins_is_not_checked(server: Server) -> None:
+    """
+    Clients from four addresses that send a password and leave at once get
+    few of their passwords checked (those whose clients left while waiting
+    for their turn are dropped), and a login from another address meanwhile
+    succeeds without [SYS/TEMP], promptly.
+    """
+    mark = server.twistd.mark()
+    floods = [threading.Thread(target=flood, args=(server, f"127.0.0.{n}", 100)) for n in range(10, 14)]
+    for thread in floods:
+        thread.start()
+    try:
+        owner = server.connect("127.0.0.2")
+        begun = time.monotonic()
+        assert owner.ask(b"USER crypt").startswith(b"+OK")
+        assert owner.ask(b"PASS " + PASSWORD.encode()).startswith(b"+OK crypt has")
+        elapsed = time.monotonic() - begun
+        assert owner.ask(b"QUIT").startswith(b"+OK")
+        owner.close()
+    finally:
+        for thread in floods:
+            thread.join(timeout=120)
+    assert elapsed < 2.0, elapsed
+    checked = [line for line in server.twistd.lines[mark:] if "login failed for crypt" in line]
+    assert len(checked) < 100, len(checked)
