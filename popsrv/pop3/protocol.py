@@ -207,6 +207,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         """
         Answer the commands in C{data}, and send the replies at once.
         """
+        self.reading.received(len(data))
         super().dataReceived(data)
         self._flush()
 

@@ -1,10 +1,17 @@
 """
 L{ReadControl}: when a POP3 connection reads from its client.
 
-The next command is read only when the last one is done and the client
+The next command is taken only when the last one is done and the client
 reads its replies; a command in progress (an AUTH exchange) may ask for the
 client's next line itself.  So any number of pipelined commands get complete
 replies in order, and a client that does not read cannot grow our memory.
+
+While a command is in progress (a login waiting for its turn, a message
+being read), the client's next lines are held but the socket is still read,
+up to L{HOLD_OCTETS}: so a client that leaves is noticed at once (its login
+is dropped unchecked, its place within the connection limits freed), not
+when the command ends.  Past that, and whenever the client does not read
+its replies, the socket is not read at all.
 """
 
 from __future__ import annotations
@@ -18,15 +25,17 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from popsrv.pop3.sending import ReadGate
 
-__all__ = ["ReadControl"]
+__all__ = ["HOLD_OCTETS", "ReadControl"]
+
+HOLD_OCTETS = 16384
 
 
 class ReadControl:
     """
     Pauses and resumes reading from the client as the session requires.
 
-    @param receiver: the protocol that reads lines (its C{pauseProducing},
-        C{resumeProducing} and C{paused} are LineReceiver's public API).
+    @param receiver: the protocol that reads lines (its C{paused} flag,
+        C{dataReceived} and C{transport} are LineReceiver's public API).
     @param gone: whether the connection is closed or closing.
     @ivar gate: the connection's read gate once it has one: while it is
         blocked (the client's replies pile up), nothing is read.
@@ -38,6 +47,18 @@ class ReadControl:
         self.gate: Optional[ReadGate] = None
         self._waiting = False
         self._lineWaiter: Optional[defer.Deferred[Optional[bytes]]] = None
+        self._held = 0
+        self._socketPaused = False
+
+    def received(self, octets: int) -> None:
+        """
+        The client sent C{octets} more: while lines are held, count them,
+        and stop reading once too many wait.
+        """
+        if self._receiver.paused:
+            self._held += octets
+            if self._held > HOLD_OCTETS and not self._socketPaused:
+                self.update()
 
     def update(self) -> None:
         """
@@ -47,12 +68,23 @@ class ReadControl:
         if self._gone():
             return
         gate = self.gate
-        stop = self._waiting or (gate is not None and gate.blocked)
+        blocked = gate is not None and gate.blocked
+        hold = self._waiting or blocked
+        pauseSocket = blocked or (self._waiting and self._held > HOLD_OCTETS)
         receiver = self._receiver
-        if stop and not receiver.paused:
-            receiver.pauseProducing()
-        elif not stop and receiver.paused:
-            receiver.resumeProducing()
+        transport = receiver.transport
+        if pauseSocket != self._socketPaused and transport is not None:
+            self._socketPaused = pauseSocket
+            if pauseSocket:
+                transport.pauseProducing()  # type: ignore[attr-defined]
+            else:
+                transport.resumeProducing()  # type: ignore[attr-defined]
+        if hold and not receiver.paused:
+            receiver.paused = True
+        elif not hold and receiver.paused:
+            receiver.paused = False
+            self._held = 0
+            receiver.dataReceived(b"")
 
     def commandStarted(self, result: defer.Deferred[Any]) -> None:
         """

@@ -6,16 +6,21 @@ and the queue of checks.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, List
 
 import pytest
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.portal import Portal
+from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from popsrv.auth.penalty import AuthPenalty
 from popsrv.auth.queue import LoginQueue
 from popsrv.pop3.limits import ConnectionLimits, defaultMaxConnections
 from popsrv.pop3.policy import LoginPolicy
+from popsrv.pop3.reading import HOLD_OCTETS
 from popsrv.scoreboard import WAYS, Scoreboard
+from popsrv.store.memory import MemoryRealm
 from tests.support.session import Session, makePortal
 
 REFUSED = b"-ERR [AUTH] invalid user name or password\r\n"
@@ -215,3 +220,65 @@ def test_queuedChecksOfClientsThatLeftAreDropped() -> None:
     staying.pump()
     assert staying.output().startswith(b"+OK alice has")
     assert queue.stats() == {"running": 0, "waiting": 0}
+
+
+class _Waiting:
+    """A checker whose verdicts wait until the test gives them."""
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self) -> None:
+        self.verdicts: List[defer.Deferred[bytes]] = []
+
+    def requestAvatarId(self, credentials: object) -> defer.Deferred[bytes]:
+        verdict: defer.Deferred[bytes] = defer.Deferred()
+        self.verdicts.append(verdict)
+        return verdict
+
+
+def test_whileALoginWaitsTheSocketIsReadUpToALimit() -> None:
+    """
+    While a login waits for its verdict, the client's next lines are held
+    but its socket is still read (so its leaving is noticed), until more
+    than HOLD_OCTETS wait; the held lines are answered, in order, once the
+    login is done.
+    """
+    checker = _Waiting()
+    realm = MemoryRealm()
+    realm.maildrop("alice").add(b"Subject: x\r\n\r\ny\r\n")
+    portal = Portal(realm, [checker])
+    s = Session(portal)
+    assert s.send("USER alice").startswith(b"+OK")
+    assert s.send("PASS secret") == b""
+    noops = b"NOOP\r\n" * (HOLD_OCTETS // 6)
+    assert s.feed(noops) == b""
+    assert s.transport.producerState == "producing"
+    assert s.feed(b"STAT\r\n" * 10) == b""
+    assert s.transport.producerState == "paused"
+    checker.verdicts[0].callback(b"alice")
+    s.pump()
+    out = s.output()
+    assert out.startswith(b"+OK alice has 1 message")
+    assert out.count(b"+OK\r\n") == HOLD_OCTETS // 6
+    assert out.endswith(b"+OK 1 17\r\n" * 10)
+    assert s.transport.producerState == "producing"
+
+
+def test_aClientLeavingWhileItsLoginWaitsIsNoticed(board: Scoreboard) -> None:
+    """
+    A client that leaves while its login waits frees its place within the
+    limits at once, and its credentials are never checked.
+    """
+    checker = _Waiting()
+    portal = Portal(MemoryRealm(), [checker])
+    queue = LoginQueue(concurrency=1)
+    limits = ConnectionLimits(board, maxConnections=None, maxPerAddress=2)
+    queue.enter("203.0.113.1", lambda: False)
+    s = Session(portal, loginQueue=queue, limits=limits)
+    s.login()
+    assert s.transport.producerState == "producing"
+    assert board.total() == 1
+    s.lose()
+    assert board.total() == 0
+    queue.leave()
+    assert checker.verdicts == []
