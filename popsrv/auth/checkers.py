@@ -11,7 +11,9 @@ and at most C{concurrency} at a time: a flood of logins then queues for the
 hashing threads and never holds up the reactor, the sessions already logged
 in, or the thread pool's other work (Maildir listings).  A queue longer than
 C{maxWaiting} is refused with L{CredentialsUnavailable}, which tells the
-client to try again later.
+client to try again later.  Cheap checks (a C{{PLAIN}} secret, stored SCRAM
+keys) run at once, in this thread, but wait in the same queue: under load a
+reply's time does not tell how a user's secret is stored.
 """
 
 from __future__ import annotations
@@ -138,7 +140,7 @@ class StoredSecretChecker:
             matched = await self._checkPassword(stored, credentials.password)
         elif IUsernameHashedPassword.providedBy(credentials):
             secret = schemes.plaintext(stored) if stored is not None else None
-            matched = secret is not None and bool(credentials.checkPassword(secret))
+            matched = secret is not None and bool(await self._inTurn(credentials.checkPassword, secret))
         else:
             raise UnauthorizedLogin("unsupported credentials")
         if not matched:
@@ -156,7 +158,7 @@ class StoredSecretChecker:
         if passwordTooLong(password):
             return False
         if stored is not None and schemes.plaintext(stored) is not None:
-            return schemes.verify(stored, password)
+            return bool(await self._inTurn(schemes.verify, stored, password))
         if stored is None or not schemes.isSlow(stored):
             await self._slow(self._verifyDummy, password)
             return False
@@ -173,7 +175,7 @@ class StoredSecretChecker:
         if keys is not None:
             if keys.salt != credentials.salt or keys.iterations != credentials.iterations:
                 return False
-            return bool(credentials.checkKeys(keys.storedKey, keys.serverKey))
+            return bool(await self._inTurn(credentials.checkKeys, keys.storedKey, keys.serverKey))
         secret = schemes.plaintext(stored) if stored is not None else None
         if secret is None:
             return False
@@ -190,14 +192,22 @@ class StoredSecretChecker:
 
     def _slow(self, function: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         """
-        Run a slow check in the runner, when one of the C{concurrency} slots
-        is free.
+        Run a slow check in the runner, in its turn (see L{_inTurn}).
+        """
+        if self._runner is None:
+            self._runner = _reactorRunner()
+        return self._inTurn(self._runner, function, *args)
+
+    def _inTurn(self, function: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        """
+        Run a check when one of the C{concurrency} slots is free: cheap
+        checks (a C{{PLAIN}} secret, stored SCRAM keys) wait their turn as
+        slow ones do, so that under load the time of a reply does not tell
+        how a user's secret is stored.
 
         @raise CredentialsUnavailable: (as a failure) if C{maxWaiting}
             checks already wait.
         """
         if self._slots.tokens == 0 and len(self._slots.waiting) >= self.maxWaiting:
             return defer.fail(CredentialsUnavailable(f"{self.maxWaiting} password checks are already waiting"))
-        if self._runner is None:
-            self._runner = _reactorRunner()
-        return self._slots.run(self._runner, function, *args)
+        return self._slots.run(function, *args)

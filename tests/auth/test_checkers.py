@@ -453,3 +453,19 @@ def test_scramSha1AgainstStoredKeys(runner):
     client.set_server_final(exchange.successData().decode())
     _, _, _, result = scramLogin(checker, runner, "alice", PASSWORD, "SCRAM-SHA-256")
     assert result.check(UnauthorizedLogin)
+
+
+def test_cheapChecksWaitTheirTurn(runner):
+    """
+    While slow hashes fill every slot, a {PLAIN} user's check waits in the
+    same queue (it runs inline once its turn comes): its reply time does
+    not tell how the secret is stored.
+    """
+    checker = StoredSecretChecker(DictSource({"alice": stored("SHA512-CRYPT"), "bob": stored("PLAIN")}), runner,
+                                  concurrency=1)
+    slow = checker.requestAvatarId(UsernamePassword(b"alice", PASSWORD.encode()))
+    cheap = checker.requestAvatarId(UsernamePassword(b"bob", PASSWORD.encode()))
+    assert not cheap.called and checker.waiting == 1
+    assert outcome(slow, runner) == b"alice"
+    assert outcome(cheap) == b"bob"
+    assert checker.busy == 0 and checker.waiting == 0
