@@ -354,3 +354,43 @@ def test_a_flood_of_abandoned_logins_is_not_checked(server: Server) -> None:
     assert elapsed < 2.0, elapsed
     checked = [line for line in server.twistd.lines[mark:] if "login failed for crypt" in line]
     assert len(checked) < 100, len(checked)
+
+
+def test_only_malformed_commands_in_a_row_close(server: Server) -> None:
+    """
+    A long session with many ordinary refusals stays open; nineteen
+    malformed lines, a good command, nineteen more do not close it; the
+    twentieth in a row gets exactly one line and the connection closes.
+    """
+    line = server.connect("127.0.0.20")
+    assert line.ask(b"USER plain").startswith(b"+OK")
+    assert line.ask(b"PASS " + PASSWORD.encode()).startswith(b"+OK plain has")
+    for _ in range(40):
+        assert line.ask(b"RETR 99").startswith(b"-ERR no such message")
+    for _ in range(19):
+        assert line.ask(b"XYZZY \x00\xff").startswith(b"-ERR unknown command")
+    assert line.ask(b"NOOP") == b"+OK"
+    for _ in range(19):
+        assert line.ask(b"RETR one").startswith(b"-ERR")
+    assert line.ask(b"LIST 1 2 3") == b"-ERR too many bad commands, closing connection"
+    assert line.read() == b""
+    line.close()
+
+
+def test_repeated_aborted_auth_counts_as_failures(server: Server) -> None:
+    """
+    AUTH cancelled with "*" three times is answered as cancelled; then
+    each cancel is a failed login, and the third such closes the session.
+    """
+    line = server.connect("127.0.0.21")
+    first = base64.b64encode(b"n,,n=nobody,r=abcdefghijklmnop")
+    for _ in range(3):
+        assert line.ask(b"AUTH SCRAM-SHA-256 " + first).startswith(b"+ ")
+        assert line.ask(b"*") == b"-ERR authentication cancelled"
+    for _ in range(2):
+        assert line.ask(b"AUTH SCRAM-SHA-256 " + first).startswith(b"+ ")
+        assert line.ask(b"*") == REFUSED
+    assert line.ask(b"AUTH SCRAM-SHA-256 " + first).startswith(b"+ ")
+    assert line.ask(b"*").startswith(b"-ERR [AUTH]")
+    assert line.read() == b""
+    line.close()
