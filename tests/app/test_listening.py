@@ -13,9 +13,10 @@ import time
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
 
-from popsrv.app.listening import DEFAULT_BACKLOG, withDefaultBacklog
-from popsrv.app.options import Options
+from popsrv.app.listening import DEFAULT_BACKLOG, tcpArgument, withDefaultBacklog
+from popsrv.app.options import MAX_BACKLOG, Options
 from popsrv.app.service import makeService
 from tests.support.servers import HOST, Launcher
 
@@ -58,6 +59,67 @@ def test_otherDescriptionsAreKept(description: str) -> None:
     than TCP's are left as they are.
     """
     assert withDefaultBacklog(description) == description
+
+
+@pytest.mark.parametrize("description, port, backlog", [
+    ("tcp:1110", "1110", None),
+    ("tcp:port=1110:backlog=64", "1110", "64"),
+    ("tcp:1110:127.0.0.1:64", "1110", "64"),
+    (r"tcp6:interface=\:\:1:port=1110", "1110", None),
+    (r"tcp6:interface=\:\:1:1110:64", "1110", "64"),
+    ("HAPROXY:haproxy:ssl:995:k.pem:c.pem:SSLv23_METHOD:127.0.0.1:64", "995", "64"),
+    ("unix:/run/popsrv.sock:backlog=64", None, None),
+    ("systemd:domain=INET:index=0", None, None),
+])
+def test_tcpArgumentsByNameOrPosition(description: str, port: str | None, backlog: str | None) -> None:
+    """
+    The port and the backlog of a TCP listener are found by name or by
+    position, past escaped colons and haproxy: in any case; other
+    listeners have none.
+    """
+    assert (tcpArgument(description, "port"), tcpArgument(description, "backlog")) == (port, backlog)
+
+
+@pytest.mark.parametrize("description", [
+    "tcp:0:backlog=99999999999999999999",
+    f"tcp:0:backlog={MAX_BACKLOG + 1}",
+    "tcp:0:backlog=-1",
+    "tcp:0:127.0.0.1:99999999999999999999",
+    "haproxy:tcp6:0:99999999999999999999",
+])
+def test_aBacklogASocketCannotTakeIsAUsageError(description: str) -> None:
+    """
+    A backlog below 0 or beyond what listen() takes (a C int) stops the
+    start with one line, not a traceback when the port is bound.
+    """
+    with pytest.raises(usage.UsageError, match=r"backlog -?\d+ is not between 0 and 2147483647$"):
+        Options().parseOptions(["--auth", "memory:a:b", "--listen", description])
+
+
+@pytest.mark.parametrize("description", ["tcp:0:backlog=0", f"tcp:0:backlog={MAX_BACKLOG}"])
+def test_theLimitsOfTheBacklogAreAccepted(tmp_path, description: str) -> None:
+    """
+    0 and the largest C int are backlogs listen() takes.
+    """
+    options = Options()
+    options.parseOptions([
+        "--auth", "memory:a:b", "--maildir-root", str(tmp_path), "--secret-file", str(tmp_path / "secret"),
+        "--listen", description,
+    ])
+    assert options["listen"] == [description]
+
+
+@pytest.mark.parametrize("description", [
+    r"tcp6:interface=\:\:1:port=99999",
+    "HAPROXY:tcp:99999",
+])
+def test_thePortIsCheckedPastEscapesAndCase(description: str) -> None:
+    """
+    The port of a description with escaped colons, or behind HAPROXY:, is
+    checked too.
+    """
+    with pytest.raises(usage.UsageError, match=r"port 99999 is not between 0 and 65535$"):
+        Options().parseOptions(["--auth", "memory:a:b", "--listen", description])
 
 
 def test_makeServiceListensWithTheDefaultBacklog(tmp_path) -> None:
