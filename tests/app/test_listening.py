@@ -12,6 +12,10 @@ import socket
 import time
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from twisted.internet.endpoints import quoteStringArgument, serverFromString
+from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
@@ -59,6 +63,69 @@ def test_otherDescriptionsAreKept(description: str) -> None:
     than TCP's are left as they are.
     """
     assert withDefaultBacklog(description) == description
+
+
+def _escaped(value: str) -> str:
+    """
+    A positional value as a description writes it: colons, backslashes
+    and equals signs escaped.
+    """
+    return quoteStringArgument(value).replace("=", "\\=")
+
+
+@st.composite
+def _tcpDescriptions(draw: st.DrawFn) -> tuple[str, str | None]:
+    """
+    A tcp: or tcp6: description (maybe behind haproxy:) with its arguments
+    by name or by position in any order, an interface full of colons,
+    backslashes and equals signs, and maybe a backlog; and that backlog.
+    """
+    kind = draw(st.sampled_from(["tcp", "tcp6", "TCP6"]))
+    # Positional order: tcp:PORT:INTERFACE:BACKLOG, tcp6:PORT:BACKLOG
+    # (its interface only by name).
+    names = ["port", "interface", "backlog"] if kind == "tcp" else ["port", "backlog"]
+    byNameOnly = [] if kind == "tcp" else ["interface"]
+    values = {
+        "port": str(draw(st.integers(0, 65535))),
+        "interface": draw(st.text(alphabet="a1.:=\\", max_size=8)),
+        "backlog": draw(st.one_of(st.none(), st.integers(0, 100000).map(str))),
+    }
+    if values["backlog"] is None:
+        names.remove("backlog")
+    count = draw(st.integers(0, len(names)))
+    fields = [_escaped(values[name]) for name in names[:count]]
+    for name in names[count:] + byNameOnly:
+        fields.insert(draw(st.integers(0, len(fields))), f"{name}={quoteStringArgument(values[name])}")
+    prefix = draw(st.sampled_from(["", "haproxy:", "HAPROXY:haproxy:"]))
+    return prefix + ":".join([kind, *fields]), values["backlog"]
+
+
+def _listenedWith(description: str) -> tuple[int, int, str]:
+    """
+    The port, backlog and interface with which Twisted's endpoint of a
+    description listens.
+    """
+    reactor = MemoryReactorClock()
+    serverFromString(reactor, description).listen(Factory())
+    [(port, _, backlog, interface)] = reactor.tcpServers
+    return port, backlog, interface
+
+
+@given(_tcpDescriptions())
+def test_theDefaultBacklogChangesNothingElse(drawn: tuple[str, str | None]) -> None:
+    """
+    Whatever the escapes and the order of its arguments, a description
+    with the default backlog added listens on the same port and interface
+    as the description itself, with its own backlog if it gives one.
+    """
+    description, backlog = drawn
+    try:
+        port, given, interface = _listenedWith(description)
+    except (TypeError, ValueError):
+        assume(False)  # Not a description Twisted takes (say, a positional after its name).
+    assert _listenedWith(withDefaultBacklog(description)) == (
+        port, DEFAULT_BACKLOG if backlog is None else given, interface,
+    )
 
 
 @pytest.mark.parametrize("description, port, backlog", [
