@@ -185,17 +185,16 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         """Where users and their passwords come from, e.g. passwd-file:PATH \
 (--help-auth lists the checkers). One checker per kind of login: two that \
 both check USER/PASS (or both APOP) are refused."""
-        before = len(self.get("credCheckers", []))
         try:
             checker = strcred.makeChecker(description)
+            self.addChecker(checker)
         except PasswdFileError as error:
             raise usage.UsageError(f"--auth {description.partition(':')[0]}: {error}")
         except Exception:
-            # Twisted's own messages for unknown or unsuitable checkers.
+            # Twisted's own messages for unknown or unsuitable checkers
+            # (such as anonymous, which checks no kind of login popsrv takes).
             super().opt_auth(description)
         else:
-            self.addChecker(checker)
-        for checker in self.get("credCheckers", [])[before:]:
             self._checkerNames[id(checker)] = _checkerName(description)
 
     def opt_listen(self, description: str) -> None:
