@@ -16,7 +16,9 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["DEFAULT_BACKLOG", "ListeningService", "describeAddress", "serverEndpoint", "withDefaultBacklog"]
+__all__ = [
+    "DEFAULT_BACKLOG", "ListeningService", "describeAddress", "serverEndpoint", "tcpArgument", "withDefaultBacklog",
+]
 
 # The listen queue of a TCP listener whose description gives no backlog:
 # room for thousands of clients connecting at the same moment (Twisted's 50
@@ -25,10 +27,14 @@ __all__ = ["DEFAULT_BACKLOG", "ListeningService", "describeAddress", "serverEndp
 # net.core.somaxconn (4096 by default since Linux 5.4).
 DEFAULT_BACKLOG = 4096
 
-# Where each TCP endpoint type takes its backlog among its positional
-# arguments (after the type): tcp:PORT:INTERFACE:BACKLOG, tcp6:PORT:BACKLOG,
-# ssl:PORT:PRIVATEKEY:CERTKEY:SSLMETHOD:INTERFACE:BACKLOG.
-_BACKLOG_POSITIONS = {"tcp": 2, "tcp6": 1, "ssl": 5}
+# Where each TCP endpoint type takes its port and its backlog among its
+# positional arguments (after the type): tcp:PORT:INTERFACE:BACKLOG,
+# tcp6:PORT:BACKLOG, ssl:PORT:PRIVATEKEY:CERTKEY:SSLMETHOD:INTERFACE:BACKLOG.
+_POSITIONS = {
+    "tcp": {"port": 0, "backlog": 2},
+    "tcp6": {"port": 0, "backlog": 1},
+    "ssl": {"port": 0, "backlog": 5},
+}
 
 log = Logger()
 
@@ -57,11 +63,10 @@ def _fields(description: str) -> List[tuple[Optional[str], str]]:
     return fields
 
 
-def withDefaultBacklog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
+def _tcpListener(description: str) -> Optional[tuple[str, List[tuple[Optional[str], str]]]]:
     """
-    Return a C{--listen} description with C{backlog=BACKLOG} added if it is
-    a TCP listener (C{tcp:}, C{tcp6:}, C{ssl:}, also behind C{haproxy:})
-    that does not set its backlog; any other description as it is.
+    The type (C{tcp}, C{tcp6} or C{ssl}) and the arguments of a TCP
+    listener's description, also behind C{haproxy:}; C{None} for any other.
     """
     fields = _fields(description)
     # Twisted matches plugins' names (haproxy, tcp6) in any case, and its
@@ -69,14 +74,38 @@ def withDefaultBacklog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
     while len(fields) > 1 and fields[0][0] is None and fields[0][1].lower() == "haproxy":
         fields = fields[1:]
     name, kind = fields[0]
-    if name is not None:
-        return description
-    position = _BACKLOG_POSITIONS.get("tcp6" if kind.lower() == "tcp6" else kind)
-    if position is None:
-        return description
-    arguments = fields[1:]
+    if kind.lower() == "tcp6":
+        kind = "tcp6"
+    if name is not None or kind not in _POSITIONS:
+        return None
+    return kind, fields[1:]
+
+
+def tcpArgument(description: str, argument: str) -> Optional[str]:
+    """
+    The C{port} or C{backlog} that a TCP listener's description (C{tcp:},
+    C{tcp6:}, C{ssl:}, also behind C{haproxy:}) gives by name or by
+    position, unescaped; C{None} if it gives none or is another listener.
+    """
+    listener = _tcpListener(description)
+    if listener is None:
+        return None
+    kind, arguments = listener
+    for name, value in arguments:
+        if name == argument:
+            return value
     positional = [value for name, value in arguments if name is None]
-    if any(name == "backlog" for name, _ in arguments) or len(positional) > position:
+    position = _POSITIONS[kind][argument]
+    return positional[position] if len(positional) > position else None
+
+
+def withDefaultBacklog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
+    """
+    Return a C{--listen} description with C{backlog=BACKLOG} added if it is
+    a TCP listener (C{tcp:}, C{tcp6:}, C{ssl:}, also behind C{haproxy:})
+    that does not set its backlog; any other description as it is.
+    """
+    if _tcpListener(description) is None or tcpArgument(description, "backlog") is not None:
         return description
     return f"{description}:backlog={backlog}"
 

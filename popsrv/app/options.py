@@ -15,6 +15,7 @@ from twisted.internet import endpoints
 from twisted.python import usage
 
 from popsrv import __version__
+from popsrv.app.listening import tcpArgument
 from popsrv.app.secret import SecretError, defaultSecretPath, loadSecret
 from popsrv.auth.passwdfile import PasswdFileError
 from popsrv.pop3.factory import DEFAULT_LOGIN_TIMEOUT, DEFAULT_TIMEOUT
@@ -29,6 +30,9 @@ DEFAULT_LISTEN = "tcp:1110:interface=127.0.0.1"
 DEFAULT_MAILDIR_ROOT = "mail"
 DEMO_DIRECTORY = "popsrv-demo"
 MAX_WORKERS = 256
+# The largest listen backlog a socket takes (the kernel caps it further,
+# at net.core.somaxconn).
+MAX_BACKLOG = 2**31 - 1
 # The listeners whose sockets worker processes can adopt as they are
 # (a UNIX socket's file is removed by whichever worker stops first, and
 # systemd's sockets are for the process it started).
@@ -54,24 +58,6 @@ class _NoReactor:
     endpoint only keeps its reactor until it listens, which it never does
     here.
     """
-
-
-def _listeningPort(description: str) -> Optional[str]:
-    """
-    The port field of a C{tcp:}, C{tcp6:} or C{ssl:} description (also
-    behind C{haproxy:}), or C{None}.
-    """
-    fields = description.split(":")
-    while fields and fields[0] == "haproxy":
-        fields = fields[1:]
-    if not fields or fields[0] not in ("tcp", "tcp6", "ssl"):
-        return None
-    for field in fields[1:]:
-        if field.startswith("port="):
-            return field[len("port="):]
-        if "=" not in field:
-            return field
-    return None
 
 
 # What each supported kind of credentials is, in the words of a usage error.
@@ -216,17 +202,16 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         """Where users and their passwords come from, e.g. passwd-file:PATH \
 (--help-auth lists the checkers). One checker per kind of login: two that \
 both check USER/PASS (or both APOP) are refused."""
-        before = len(self.get("credCheckers", []))
         try:
             checker = strcred.makeChecker(description)
+            self.addChecker(checker)
         except PasswdFileError as error:
             raise usage.UsageError(f"--auth {description.partition(':')[0]}: {error}")
         except Exception:
-            # Twisted's own messages for unknown or unsuitable checkers.
+            # Twisted's own messages for unknown or unsuitable checkers
+            # (such as anonymous, which checks no kind of login popsrv takes).
             super().opt_auth(description)
         else:
-            self.addChecker(checker)
-        for checker in self.get("credCheckers", [])[before:]:
             self._checkerNames[id(checker)] = _checkerName(description)
 
     def opt_listen(self, description: str) -> None:
@@ -239,10 +224,15 @@ listeners queue up to 4096 connections unless backlog=N says otherwise."""
         except Exception as error:
             reason = str(error) or type(error).__name__
             raise usage.UsageError(f"--listen {description!r} is not a usable endpoint: {reason}")
-        field = _listeningPort(description)
+        field = tcpArgument(description, "port")
         port = int(field) if field is not None and field.isdigit() else 0
         if not 0 <= port <= 65535:
             raise usage.UsageError(f"--listen {description!r}: port {port} is not between 0 and 65535")
+        # Twisted has checked that it is a number; the socket's listen()
+        # takes a C int, and a larger one would end the start in a traceback.
+        backlog = tcpArgument(description, "backlog")
+        if backlog is not None and not 0 <= int(backlog) <= MAX_BACKLOG:
+            raise usage.UsageError(f"--listen {description!r}: backlog {backlog} is not between 0 and {MAX_BACKLOG}")
         self["listen"].append(description)
 
     def postOptions(self) -> None:

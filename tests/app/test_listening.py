@@ -12,10 +12,15 @@ import socket
 import time
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from twisted.internet.endpoints import quoteStringArgument, serverFromString
+from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
 
-from popsrv.app.listening import DEFAULT_BACKLOG, withDefaultBacklog
-from popsrv.app.options import Options
+from popsrv.app.listening import DEFAULT_BACKLOG, tcpArgument, withDefaultBacklog
+from popsrv.app.options import MAX_BACKLOG, Options
 from popsrv.app.service import makeService
 from tests.support.servers import HOST, Launcher
 
@@ -58,6 +63,130 @@ def test_otherDescriptionsAreKept(description: str) -> None:
     than TCP's are left as they are.
     """
     assert withDefaultBacklog(description) == description
+
+
+def _escaped(value: str) -> str:
+    """
+    A positional value as a description writes it: colons, backslashes
+    and equals signs escaped.
+    """
+    return quoteStringArgument(value).replace("=", "\\=")
+
+
+@st.composite
+def _tcpDescriptions(draw: st.DrawFn) -> tuple[str, str | None]:
+    """
+    A tcp: or tcp6: description (maybe behind haproxy:) with its arguments
+    by name or by position in any order, an interface full of colons,
+    backslashes and equals signs, and maybe a backlog; and that backlog.
+    """
+    kind = draw(st.sampled_from(["tcp", "tcp6", "TCP6"]))
+    # Positional order: tcp:PORT:INTERFACE:BACKLOG, tcp6:PORT:BACKLOG
+    # (its interface only by name).
+    names = ["port", "interface", "backlog"] if kind == "tcp" else ["port", "backlog"]
+    byNameOnly = [] if kind == "tcp" else ["interface"]
+    values = {
+        "port": str(draw(st.integers(0, 65535))),
+        "interface": draw(st.text(alphabet="a1.:=\\", max_size=8)),
+        "backlog": draw(st.one_of(st.none(), st.integers(0, 100000).map(str))),
+    }
+    if values["backlog"] is None:
+        names.remove("backlog")
+    count = draw(st.integers(0, len(names)))
+    fields = [_escaped(values[name]) for name in names[:count]]
+    for name in names[count:] + byNameOnly:
+        fields.insert(draw(st.integers(0, len(fields))), f"{name}={quoteStringArgument(values[name])}")
+    prefix = draw(st.sampled_from(["", "haproxy:", "HAPROXY:haproxy:"]))
+    return prefix + ":".join([kind, *fields]), values["backlog"]
+
+
+def _listenedWith(description: str) -> tuple[int, int, str]:
+    """
+    The port, backlog and interface with which Twisted's endpoint of a
+    description listens.
+    """
+    reactor = MemoryReactorClock()
+    serverFromString(reactor, description).listen(Factory())
+    [(port, _, backlog, interface)] = reactor.tcpServers
+    return port, backlog, interface
+
+
+@given(_tcpDescriptions())
+def test_theDefaultBacklogChangesNothingElse(drawn: tuple[str, str | None]) -> None:
+    """
+    Whatever the escapes and the order of its arguments, a description
+    with the default backlog added listens on the same port and interface
+    as the description itself, with its own backlog if it gives one.
+    """
+    description, backlog = drawn
+    try:
+        port, given, interface = _listenedWith(description)
+    except (TypeError, ValueError):
+        assume(False)  # Not a description Twisted takes (say, a positional after its name).
+    assert _listenedWith(withDefaultBacklog(description)) == (
+        port, DEFAULT_BACKLOG if backlog is None else given, interface,
+    )
+
+
+@pytest.mark.parametrize("description, port, backlog", [
+    ("tcp:1110", "1110", None),
+    ("tcp:port=1110:backlog=64", "1110", "64"),
+    ("tcp:1110:127.0.0.1:64", "1110", "64"),
+    (r"tcp6:interface=\:\:1:port=1110", "1110", None),
+    (r"tcp6:interface=\:\:1:1110:64", "1110", "64"),
+    ("HAPROXY:haproxy:ssl:995:k.pem:c.pem:SSLv23_METHOD:127.0.0.1:64", "995", "64"),
+    ("unix:/run/popsrv.sock:backlog=64", None, None),
+    ("systemd:domain=INET:index=0", None, None),
+])
+def test_tcpArgumentsByNameOrPosition(description: str, port: str | None, backlog: str | None) -> None:
+    """
+    The port and the backlog of a TCP listener are found by name or by
+    position, past escaped colons and haproxy: in any case; other
+    listeners have none.
+    """
+    assert (tcpArgument(description, "port"), tcpArgument(description, "backlog")) == (port, backlog)
+
+
+@pytest.mark.parametrize("description", [
+    "tcp:0:backlog=99999999999999999999",
+    f"tcp:0:backlog={MAX_BACKLOG + 1}",
+    "tcp:0:backlog=-1",
+    "tcp:0:127.0.0.1:99999999999999999999",
+    "haproxy:tcp6:0:99999999999999999999",
+])
+def test_aBacklogASocketCannotTakeIsAUsageError(description: str) -> None:
+    """
+    A backlog below 0 or beyond what listen() takes (a C int) stops the
+    start with one line, not a traceback when the port is bound.
+    """
+    with pytest.raises(usage.UsageError, match=r"backlog -?\d+ is not between 0 and 2147483647$"):
+        Options().parseOptions(["--auth", "memory:a:b", "--listen", description])
+
+
+@pytest.mark.parametrize("description", ["tcp:0:backlog=0", f"tcp:0:backlog={MAX_BACKLOG}"])
+def test_theLimitsOfTheBacklogAreAccepted(tmp_path, description: str) -> None:
+    """
+    0 and the largest C int are backlogs listen() takes.
+    """
+    options = Options()
+    options.parseOptions([
+        "--auth", "memory:a:b", "--maildir-root", str(tmp_path), "--secret-file", str(tmp_path / "secret"),
+        "--listen", description,
+    ])
+    assert options["listen"] == [description]
+
+
+@pytest.mark.parametrize("description", [
+    r"tcp6:interface=\:\:1:port=99999",
+    "HAPROXY:tcp:99999",
+])
+def test_thePortIsCheckedPastEscapesAndCase(description: str) -> None:
+    """
+    The port of a description with escaped colons, or behind HAPROXY:, is
+    checked too.
+    """
+    with pytest.raises(usage.UsageError, match=r"port 99999 is not between 0 and 65535$"):
+        Options().parseOptions(["--auth", "memory:a:b", "--listen", description])
 
 
 def test_makeServiceListensWithTheDefaultBacklog(tmp_path) -> None:

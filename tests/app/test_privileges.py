@@ -63,7 +63,11 @@ def test_makeServiceWarnsOnceInTheParent(tmp_path: Path, monkeypatch: pytest.Mon
     """
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     options = Options()
-    options.parseOptions(["--auth", "memory:a:b", "--maildir-root", str(tmp_path), *args])
+    # With geteuid patched to 0, the default secret would be root's
+    # /var/lib/popsrv/secret, which another user cannot make.
+    options.parseOptions([
+        "--auth", "memory:a:b", "--maildir-root", str(tmp_path), "--secret-file", str(tmp_path / "secret"), *args,
+    ])
     warnings = [s for s in makeService(options, MemoryReactorClock()) if isinstance(s, RootWarning)]
     assert [w.workers for w in warnings] == [workers]
     inWorker = makeService(options, MemoryReactorClock(), endpointFor=lambda description: None)

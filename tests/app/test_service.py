@@ -338,6 +338,15 @@ def test_checkersOfOnlyHashedLoginsConflictToo(monkeypatch):
     assert [type(c) for c in options["credCheckers"]] == [PlainOnly, HashedOnly]
 
 
+def test_aCheckerOfNoKindOfLoginIsAUsageError():
+    """
+    A checker that checks no credentials popsrv takes (anonymous) is a
+    usage error in Twisted's words, not a traceback.
+    """
+    with pytest.raises(usage.UsageError, match=r"^Auth plugin not supported: "):
+        parse("--auth", "anonymous")
+
+
 def test_refusedCheckersKeepTheirPasswordsOutOfTheMessage():
     """
     The usage error names a memory: checker without the passwords written
