@@ -14,6 +14,25 @@ from tests.support.pgserver import PostgresServer, canInstall, findBinaries
 from tests.support.servers import Launcher, Popsrv, ReactorThread
 
 
+@pytest.fixture(scope="session", autouse=True)
+def stateDirectory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """
+    A state directory for the whole run (as systemd's StateDirectory=
+    gives), so that servers and option parsing keep their secret there
+    rather than in this machine's /var/lib/popsrv or home.
+    """
+    import os
+
+    directory = tmp_path_factory.mktemp("state")
+    previous = os.environ.get("STATE_DIRECTORY")
+    os.environ["STATE_DIRECTORY"] = str(directory)
+    yield directory
+    if previous is None:
+        del os.environ["STATE_DIRECTORY"]
+    else:
+        os.environ["STATE_DIRECTORY"] = previous
+
+
 @pytest.fixture
 def launcher(tmp_path: Path) -> Iterator[Launcher]:
     """

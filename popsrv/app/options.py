@@ -161,8 +161,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         [
             "secret-file", None, None,
             "File of the server's persistent secret, made at the first start (keeps what unknown users "
-            "are told the same across restarts) [default: /var/lib/popsrv/secret for root, else "
-            "~/.local/state/popsrv/secret].",
+            "are told the same across restarts) [default: $STATE_DIRECTORY/secret, else "
+            "/var/lib/popsrv/secret for root, else ~/.local/state/popsrv/secret].",
         ],
         [
             "max-connections", None, None,
@@ -170,7 +170,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "turned away with [SYS/TEMP] [default: as many as the open-file limit allows].",
         ],
         [
-            "max-connections-per-ip", None, DEFAULT_MAX_PER_ADDRESS,
+            "max-connections-per-ip", None, str(DEFAULT_MAX_PER_ADDRESS),
             "Connections served at once from one client address (an IPv6 /64 counts as one); "
             "0 for no limit.",
         ],
@@ -258,20 +258,7 @@ listeners queue up to 4096 connections unless backlog=N says otherwise."""
         self["maildir-template"] = self._maildirTemplate()
         if self["timeout"] <= 0:
             raise usage.UsageError("--timeout must be a positive number of seconds")
-        self["secret"] = None
-        if not self.worker:
-            try:
-                self["secret"] = loadSecret(self["secret-file"] or defaultSecretPath())
-            except SecretError as error:
-                raise usage.UsageError(f"--secret-file: {error}")
-        if self["login-timeout"] <= 0:
-            raise usage.UsageError("--login-timeout must be a positive number of seconds")
-        if self["max-connections"] is not None:
-            self["max-connections"] = _nonNegative("--max-connections", self["max-connections"])
-            if self["max-connections"] == 0:
-                raise usage.UsageError("--max-connections must be at least 1")
-        perAddress = _nonNegative("--max-connections-per-ip", str(self["max-connections-per-ip"]))
-        self["max-connections-per-ip"] = perAddress or None
+        self._checkLimits()
         self["credCheckers"] = [_withByteNames(c) for c in self.get("credCheckers", [])]
         if self["plaintext-auth"] not in PLAINTEXT_POLICIES:
             raise usage.UsageError(f"--plaintext-auth must be one of: {', '.join(PLAINTEXT_POLICIES)}")
@@ -292,6 +279,27 @@ listeners queue up to 4096 connections unless backlog=N says otherwise."""
                 "--auth file:/etc/popsrv/passwd (lines user:password) or "
                 "--auth memory:alice:secret, or try --demo"
             )
+        # Last: a command line refused above leaves no secret file behind.
+        self["secret"] = None
+        if not self.worker:
+            try:
+                self["secret"] = loadSecret(self["secret-file"] or defaultSecretPath())
+            except SecretError as error:
+                raise usage.UsageError(f"--secret-file: {error}")
+
+    def _checkLimits(self) -> None:
+        """
+        Check the login timeout and the connection limits; a per-address
+        limit of 0 means none.
+        """
+        if self["login-timeout"] <= 0:
+            raise usage.UsageError("--login-timeout must be a positive number of seconds")
+        if self["max-connections"] is not None:
+            self["max-connections"] = _nonNegative("--max-connections", self["max-connections"])
+            if self["max-connections"] == 0:
+                raise usage.UsageError("--max-connections must be at least 1")
+        perAddress = _nonNegative("--max-connections-per-ip", self["max-connections-per-ip"])
+        self["max-connections-per-ip"] = perAddress or None
 
     def _checkDemo(self) -> None:
         """

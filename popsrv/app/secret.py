@@ -23,10 +23,15 @@ class SecretError(Exception):
 
 def defaultSecretPath(uid: Optional[int] = None) -> str:
     """
-    Where the secret lives by default: C{/var/lib/popsrv/secret} for root,
-    else under the user's state directory (C{$XDG_STATE_HOME}, or
+    Where the secret lives by default: in the service's state directory
+    when a service manager gives one (systemd's C{StateDirectory=} sets
+    C{$STATE_DIRECTORY}), else C{/var/lib/popsrv/secret} for root, else
+    under the user's state directory (C{$XDG_STATE_HOME}, or
     C{~/.local/state}).
     """
+    given = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if given:
+        return os.path.join(given, "secret")
     if (os.geteuid() if uid is None else uid) == 0:
         return "/var/lib/popsrv/secret"
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")

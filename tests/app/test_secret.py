@@ -62,10 +62,30 @@ def test_unfitSecretsAreRefused(tmp_path: Path, kind: str) -> None:
 
 
 def test_defaultPath(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Root's secret is under /var/lib; a user's under their state directory."""
+    """
+    A service manager's state directory comes first; else root's secret is
+    under /var/lib, a user's under their state directory.
+    """
+    monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}/a:{tmp_path}/b")
+    assert defaultSecretPath(0) == f"{tmp_path}/a/secret"
+    monkeypatch.delenv("STATE_DIRECTORY")
     assert defaultSecretPath(0) == "/var/lib/popsrv/secret"
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
     assert defaultSecretPath(1000) == str(tmp_path / "popsrv" / "secret")
+
+
+def test_optionsMakeTheSecretLast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A command line refused for another reason leaves no secret behind; an
+    accepted one makes it in the state directory.
+    """
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path))
+    with pytest.raises(usage.UsageError, match="--plaintext-auth"):
+        Options().parseOptions(["--auth", "memory:alice:pw", "--plaintext-auth", "sometimes"])
+    assert not (tmp_path / "secret").exists()
+    options = Options()
+    options.parseOptions(["--auth", "memory:alice:pw"])
+    assert options["secret"] == (tmp_path / "secret").read_bytes()
 
 
 def test_optionsRefuseAnUnfitSecret(tmp_path: Path) -> None:
