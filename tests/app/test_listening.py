@@ -247,12 +247,16 @@ CLIENTS = 300
 DEADLINE = 10.0
 
 
-def test_hundredsOfClientsConnectingAtOnceAreAllGreeted(launcher: Launcher) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_hundredsOfClientsConnectingAtOnceAreAllGreeted(launcher: Launcher, workers: int) -> None:
     """
     300 clients that connect at the same moment are all greeted, quickly:
-    none is left waiting on a full listen queue.
+    none is left waiting on a full listen queue, in one process or with
+    workers sharing the socket.
     """
-    server = launcher.popsrv("--max-connections-per-ip", "0")
+    server = launcher.popsrv("--max-connections-per-ip", "0", "--workers", str(workers))
+    for index in range(workers if workers > 1 else 0):
+        server.twistd.waitFor(rf"worker {index}\] worker ready", timeout=30)
     selector = selectors.DefaultSelector()
     received: dict[socket.socket, bytes] = {}
     greeted = 0
