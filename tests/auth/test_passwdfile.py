@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import io
 import os
+import re
 import selectors
 import shutil
 import stat
@@ -306,6 +307,69 @@ def test_toolRefusals(tmp_path, args, password, message):
     assert result.returncode == 1
     assert message in result.stderr.decode()
     assert path.read_text() == PLAIN_ALICE
+
+
+NAMES_THE_REALM_REFUSES = [
+    ("bob@\u212aey.com", "U\\+212A"),
+    ("b\u202eob@example.com", "bidirectional control character \\(U\\+202E\\)"),
+    ("\u00adbob", "format character \\(U\\+00AD\\)"),
+    ("bob@exa\x1bmple.com", "control character \\(U\\+001B\\)"),
+    ("a/b", "not a plain file name"),
+    (".bob", "not a plain file name"),
+    ("bob@example..com", "empty label"),
+    ("a" * 256, "too long"),
+]
+
+
+@pytest.mark.parametrize("user, why", NAMES_THE_REALM_REFUSES, ids=lambda value: ascii(value)[:40])
+def test_toolRefusesNamesTheRealmRefuses(tmp_path, user, why):
+    """
+    add and set refuse a user the realm would never let log in (the rules
+    of popsrv.names), in one line that says why, before asking for the
+    password; del still removes such a user written by hand.
+    """
+    path = tmp_path / "passwd"
+    path.write_text(PLAIN_ALICE + f"{user}:{{PLAIN}}x\n", encoding="utf-8")
+    before = path.read_bytes()
+    for command in ("add", "set"):
+        stdin, stderr = io.StringIO("secret\n"), io.StringIO()
+        assert passwdtool.main([command, "--scheme", "PLAIN", str(path), user], stdin=stdin, stderr=stderr) == 1
+        assert re.fullmatch(f"popsrv passwd: .* could never log in: .*{why}.*\n", stderr.getvalue())
+        assert stdin.read() == "secret\n"
+        assert path.read_bytes() == before
+    assert passwdtool.main(["del", str(path), user], stderr=io.StringIO()) == 0
+    assert path.read_text() == PLAIN_ALICE
+
+
+def test_toolRefusesANameThatIsNotUTF8(tmp_path):
+    """
+    A user name given in octets that are not UTF-8 is refused in one line,
+    not with a traceback.
+    """
+    path = tmp_path / "passwd"
+    path.write_text(PLAIN_ALICE)
+    result = subprocess.run(
+        [sys.executable, "-m", "popsrv", "passwd", "add", "--scheme", "PLAIN", str(path).encode(), b"bob\xff"],
+        input=b"secret\n", capture_output=True, env=twistdEnvironment(), timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.endswith(b"could never log in: login name is not UTF-8\n")
+    assert result.stderr.count(b"\n") == 1
+    assert path.read_text() == PLAIN_ALICE
+
+
+def test_toolAddsInternationalizedNamesAsGiven(tmp_path):
+    """
+    Names the realm accepts, non-ASCII ones included, are added as they are
+    given.
+    """
+    path = tmp_path / "passwd"
+    users = ["b\u00f6b@B\u00fccher.example", "\u212aate@example.com", "bob@xn--bcher-kva.example", "carol"]
+    for user in users:
+        stderr = io.StringIO()
+        status = passwdtool.main(["add", "--scheme", "PLAIN", str(path), user], stdin=io.StringIO("x\n"), stderr=stderr)
+        assert status == 0, stderr.getvalue()
+    assert list(entries(path)) == users
 
 
 def test_toolRefusesAFileWithASyntaxError(tmp_path):
