@@ -28,6 +28,7 @@ from zope.interface.verify import verifyObject
 
 from popsrv.auth import passwdtool, schemes
 from popsrv.auth.checkers import StoredSecretChecker
+from popsrv.auth.credentials import MAX_PASSWORD_OCTETS
 from popsrv.auth.passwdfile import PasswdFile, PasswdFileError, PasswdSyntaxError, parsePasswd
 from popsrv.errors import CredentialsUnavailable
 from popsrv.interfaces import ISecretSource
@@ -370,6 +371,31 @@ def test_toolAddsInternationalizedNamesAsGiven(tmp_path):
         status = passwdtool.main(["add", "--scheme", "PLAIN", str(path), user], stdin=io.StringIO("x\n"), stderr=stderr)
         assert status == 0, stderr.getvalue()
     assert list(entries(path)) == users
+
+
+@pytest.mark.parametrize("scheme", ["PLAIN", "ARGON2ID", "SHA512-CRYPT"])
+def test_toolRefusesPasswordsOverTheLimit(tmp_path, scheme):
+    """
+    A password longer than MAX_PASSWORD_OCTETS (counted in UTF-8 octets, not
+    characters) is refused in one line, and the file is left as it was; one
+    of exactly MAX_PASSWORD_OCTETS is stored.
+    """
+    path = tmp_path / "passwd"
+    path.write_text(PLAIN_ALICE)
+    for password in ("p" * (MAX_PASSWORD_OCTETS + 1), "\u00e9" * (MAX_PASSWORD_OCTETS // 2 + 1)):
+        stderr = io.StringIO()
+        status = passwdtool.main(["add", "--scheme", scheme, str(path), "bob"], stdin=io.StringIO(password + "\n"),
+                                 stderr=stderr)
+        assert status == 1
+        assert stderr.getvalue() == f"popsrv passwd: passwords longer than {MAX_PASSWORD_OCTETS} octets are refused\n"
+        assert path.read_text() == PLAIN_ALICE
+        assert os.listdir(tmp_path) == ["passwd"]
+    longest = "\u00e9" * (MAX_PASSWORD_OCTETS // 2)
+    stderr = io.StringIO()
+    status = passwdtool.main(["add", "--scheme", scheme, str(path), "bob"], stdin=io.StringIO(longest + "\n"),
+                             stderr=stderr)
+    assert status == 0, stderr.getvalue()
+    assert schemes.verify(entries(path)["bob"], longest.encode("utf-8"))
 
 
 def test_toolRefusesAFileWithASyntaxError(tmp_path):
