@@ -409,8 +409,9 @@ def hashPassword(password: Union[str, bytes], scheme: str = DEFAULT_SCHEME) -> s
     UTF-8 C{bytes}) with a fresh random salt.  C{BLF-CRYPT} keeps only the
     first 72 octets of a password, as bcrypt always did.
 
-    @raise SchemeError: if C{scheme} is not one L{SCHEMES} names, or the
-        password is longer than L{MAX_PASSWORD_OCTETS}.
+    @raise SchemeError: if C{scheme} is not one L{SCHEMES} names, the
+        password is longer than L{MAX_PASSWORD_OCTETS}, or it cannot be
+        stored as C{PLAIN} (not UTF-8, or with a colon or a line break).
     """
     if isinstance(password, str):
         password = password.encode("utf-8")
@@ -432,7 +433,10 @@ def hashPassword(password: Union[str, bytes], scheme: str = DEFAULT_SCHEME) -> s
     elif scheme == "PLAIN":
         if b"\n" in password or b":" in password:
             raise SchemeError("a PLAIN secret cannot hold a colon or a line break")
-        secret = password.decode("utf-8")
+        try:
+            secret = password.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SchemeError("a PLAIN secret must be UTF-8") from None
     else:
         raise SchemeError(f"unknown scheme {{{scheme}}}; known: {', '.join(sorted(SCHEMES))}")
     return f"{{{scheme}}}{secret}"

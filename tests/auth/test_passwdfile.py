@@ -222,13 +222,15 @@ def test_unusableAtStart(tmp_path):
 # The passwd tool
 
 
-def tool(*args: str, password: str = "", cwd=None) -> subprocess.CompletedProcess:
+def tool(*args: str, password="", cwd=None) -> subprocess.CompletedProcess:
     """
-    Run C{python -m popsrv passwd ARGS} with C{password} on stdin.
+    Run C{python -m popsrv passwd ARGS} with C{password} (C{str}, in UTF-8,
+    or C{bytes}) on stdin.
     """
+    data = password if isinstance(password, bytes) else password.encode("utf-8")
     return subprocess.run(
         [sys.executable, "-m", "popsrv", "passwd", *args],
-        input=password.encode("utf-8"), capture_output=True, env=twistdEnvironment(), timeout=60, cwd=cwd,
+        input=data, capture_output=True, env=twistdEnvironment(), timeout=60, cwd=cwd,
     )
 
 
@@ -296,6 +298,7 @@ def test_toolAppendsAfterALastLineWithoutNewline(tmp_path):
         (["add", "{path}", "carol"], "", "the password is empty"),
         (["add", "--scheme", "MD5-CRYPT", "{path}", "carol"], "x", "unknown scheme"),
         (["add", "--scheme", "PLAIN", "{path}", "carol"], "a:b", "colon"),
+        (["add", "--scheme", "PLAIN", "{path}", "carol"], b"caf\xe9", "must be UTF-8"),
         (["set", "{missing}", "alice"], "x", "does not exist"),
     ],
 )

@@ -233,6 +233,16 @@ def test_plainCannotHoldSeparators():
             hashPassword(bad, "PLAIN")
 
 
+def test_plainMustBeUTF8():
+    """
+    A password that is not UTF-8 cannot be stored as PLAIN (a passwd file is
+    UTF-8); the other schemes store its octets.
+    """
+    with pytest.raises(SchemeError, match="UTF-8"):
+        hashPassword(b"caf\xe9", "PLAIN")
+    assert verify(hashPassword(b"caf\xe9", "SHA512-CRYPT"), b"caf\xe9")
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.binary(max_size=40), st.text(alphabet="./0123456789abcXYZ", max_size=20))
 def test_shaCryptRoundTrip(password, salt):
