@@ -599,6 +599,31 @@ def test_toolReplacesTheTargetOfASymlink(tmp_path, relative):
     assert sorted(os.listdir(shared)) == ["passwd", "passwd.lock"]
 
 
+@pytest.mark.parametrize("victimExists", [False, True], ids=["missing", "existing"])
+def test_toolRefusesASymlinkAtTheLockFile(tmp_path, victimExists):
+    """
+    A symbolic link planted where the lock file goes is not followed: the
+    tool refuses in one line, creating or opening nothing through it, and
+    the passwd file is left as it was.
+    """
+    path, victim = tmp_path / "passwd", tmp_path / "victim"
+    path.write_text(PLAIN_ALICE)
+    if victimExists:
+        victim.write_text("not a lock\n")
+        os.chmod(victim, 0o640)
+    (tmp_path / "passwd.lock").symlink_to(victim)
+    stderr = io.StringIO()
+    status = passwdtool.main(["add", "--scheme", "PLAIN", str(path), "bob"], stdin=io.StringIO("y\n"), stderr=stderr)
+    assert status == 1
+    assert stderr.getvalue().startswith(f"popsrv passwd: cannot change {path}: ")
+    assert stderr.getvalue().count("\n") == 1
+    assert path.read_text() == PLAIN_ALICE
+    if victimExists:
+        assert victim.read_text() == "not a lock\n" and stat.S_IMODE(os.stat(victim).st_mode) == 0o640
+    else:
+        assert not victim.exists()
+
+
 needsRoot = pytest.mark.skipif(os.geteuid() != 0, reason="giving files to other users and groups needs root")
 # Users and groups that need not exist: only their numbers matter.
 OWNER, GROUP, OTHER_GROUP = 12345, 12346, 12347
