@@ -36,7 +36,7 @@ __all__ = [
     "canonicalDomain",
     "canonicalLogin",
     "checkCharacters",
-    "checkComponent",
+    "checkPlainName",
     "mailboxName",
     "splitLogin",
 ]
@@ -76,17 +76,16 @@ def checkCharacters(name: str, what: str) -> None:
             raise UnsafeMailboxName(f"{what} has an invisible format character (U+{ord(char):04X})")
 
 
-def checkComponent(name: str, what: str) -> str:
+def checkPlainName(name: str, what: str) -> None:
     """
-    Return C{name} if it is one safe path component, or raise
-    L{UnsafeMailboxName} saying which part of the login (C{what}) is not.
+    Raise L{UnsafeMailboxName}, saying which part of the login (C{what}) is
+    not, if C{name}, whose characters L{checkCharacters} has passed, is not
+    one plain file name: 1 to 255 octets, no C{/} or C{\\}, no leading dot.
     """
-    checkCharacters(name, what)
     if not 0 < len(name.encode("utf-8")) <= MAX_NAME_OCTETS:
         raise UnsafeMailboxName(f"{what} is empty or too long")
     if name.startswith(".") or "/" in name or "\\" in name:
         raise UnsafeMailboxName(f"{what} is not a plain file name")
-    return name
 
 
 def mailboxName(avatarId: Union[bytes, str]) -> str:
@@ -98,14 +97,15 @@ def mailboxName(avatarId: Union[bytes, str]) -> str:
     bidirectional controls), and does not start with a dot.
     """
     if isinstance(avatarId, str):
-        raw = avatarId.encode("utf-8", "surrogatepass")
+        name = avatarId
     else:
-        raw = bytes(avatarId)
-    try:
-        name = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UnsafeMailboxName("login name is not UTF-8")
-    return checkComponent(name, "login name")
+        try:
+            name = bytes(avatarId).decode("utf-8")
+        except UnicodeDecodeError:
+            raise UnsafeMailboxName("login name is not UTF-8")
+    checkCharacters(name, "login name")
+    checkPlainName(name, "login name")
+    return name
 
 
 def _shown(text: str) -> str:

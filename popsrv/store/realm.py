@@ -24,7 +24,7 @@ from popsrv.names import (
     canonicalDomain,
     canonicalLogin,
     checkCharacters,
-    checkComponent,
+    checkPlainName,
     mailboxName,
     splitLogin,
 )
@@ -108,6 +108,8 @@ class MaildirTemplate:
         of the login the template uses is not a safe path component (or is
         missing, as C{%d} without a domain).
         """
+        # The characters of every part once: the domain's as given in
+        # splitLogin, the local part's here (the login as given is the two).
         local, domain = splitLogin(login)
         checkCharacters(local, "local part of the login name" if "@" in login else "login name")
         values = {"u": login, "n": local, "d": domain}
@@ -115,10 +117,10 @@ class MaildirTemplate:
         if "d" in self.uses and not domain:
             raise UnsafeMailboxName("login name has no @domain, which %d in the Maildir template needs")
         for code in self.uses:
-            checkComponent(values[code], names[code])
+            checkPlainName(values[code], names[code])
         relative = "".join(values[piece] if isCode else piece for piece, isCode in self._pieces)
         for component in relative.split("/"):
-            if len(component.encode("utf-8", "surrogatepass")) > MAX_NAME_OCTETS:
+            if len(component.encode("utf-8")) > MAX_NAME_OCTETS:
                 raise UnsafeMailboxName("login name makes a directory name that is too long")
         return os.path.join(self.base, relative)
 
