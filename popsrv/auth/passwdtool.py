@@ -16,6 +16,10 @@ new one; the new file keeps the old one's mode, owner and group, or the
 change is refused.  When FILE is a symbolic link, the file it points to is
 replaced and the link is left as it is.  Comments, blank lines and the
 other users' lines are kept as they are.
+
+A user is added, or given a new password, only if the realm could let them
+log in: their name must follow the rules of L{popsrv.names} (no control or
+invisible characters, a valid domain, a safe directory name).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import BinaryIO, Callable, Iterator, List, Optional, TextIO, Union
 
 from popsrv.auth import schemes
 from popsrv.auth.passwdfile import PasswdFileError, entryUser, parsePasswd
+from popsrv.names import UnsafeMailboxName, canonicalLogin, mailboxName
 
 __all__ = ["OwnerNotKept", "lockFor", "main", "writeAtomically"]
 
@@ -194,6 +199,17 @@ def _checkUser(user: str) -> None:
         raise ToolError(f"{user!r} cannot be a user name (no ':', line breaks, surrounding spaces or leading '#')")
 
 
+def _checkLogin(user: str) -> None:
+    """
+    Refuse a user whose every login the realm would refuse, whatever the
+    Maildir template (see L{popsrv.names}).
+    """
+    try:
+        canonicalLogin(mailboxName(user))
+    except UnsafeMailboxName as error:
+        raise ToolError(f"{user!r} could never log in: {error}")
+
+
 def _askPassword(stdin: TextIO, stderr: TextIO) -> bytes:
     """
     The new password: asked twice at a terminal, else one line of stdin.
@@ -262,6 +278,7 @@ def _change(path: str, stderr: TextIO, edit: Callable[[List[str]], None], mustEx
 
 def _setPassword(options: argparse.Namespace, stdin: TextIO, stderr: TextIO, adding: bool) -> str:
     _checkUser(options.user)
+    _checkLogin(options.user)
     # A first look, to refuse before asking for a password in vain; the
     # change itself reads the file again under the lock.
     _checkPresence(_readLines(options.file, mustExist=not adding), options.user, options.file, adding)

@@ -130,6 +130,14 @@ def _encodeDigest(digest: bytes) -> str:
     return body + tail
 
 
+def _refuseTooLong(password: bytes) -> None:
+    """
+    Raise L{SchemeError} if C{password} is longer than L{MAX_PASSWORD_OCTETS}.
+    """
+    if passwordTooLong(password):
+        raise SchemeError(f"passwords longer than {MAX_PASSWORD_OCTETS} octets are refused")
+
+
 def _repeated(block: bytes, length: int) -> bytes:
     """
     C{block} repeated to exactly C{length} octets.
@@ -143,6 +151,8 @@ def shaCrypt(password: bytes, salt: str, rounds: Optional[int] = None, variant: 
     C{$6$...} for C{"6"}, SHA-512) of C{password} with C{salt} (cut to 16
     characters) and C{rounds} (clamped to 1000..999999999; C{None} for the
     default 5000, which is then not written).
+
+    @raise SchemeError: if the password is longer than L{MAX_PASSWORD_OCTETS}.
     """
     new = hashlib.sha256 if variant == "5" else hashlib.sha512
     salted = salt[:SHA_CRYPT_SALT_CHARS].encode("utf-8")
@@ -150,8 +160,7 @@ def shaCrypt(password: bytes, salt: str, rounds: Optional[int] = None, variant: 
     size = new().digest_size
     length = len(password)
 
-    if length > MAX_PASSWORD_OCTETS:
-        raise SchemeError(f"passwords longer than {MAX_PASSWORD_OCTETS} octets are refused")
+    _refuseTooLong(password)
 
     alternate = new(password + salted + password).digest()
     first = new(password + salted)
@@ -409,13 +418,13 @@ def hashPassword(password: Union[str, bytes], scheme: str = DEFAULT_SCHEME) -> s
     UTF-8 C{bytes}) with a fresh random salt.  C{BLF-CRYPT} keeps only the
     first 72 octets of a password, as bcrypt always did.
 
-    @raise SchemeError: if C{scheme} is not one L{SCHEMES} names, or the
-        password is longer than L{MAX_PASSWORD_OCTETS}.
+    @raise SchemeError: if C{scheme} is not one L{SCHEMES} names, the
+        password is longer than L{MAX_PASSWORD_OCTETS}, or it cannot be
+        stored as C{PLAIN} (not UTF-8, or with a colon or a line break).
     """
     if isinstance(password, str):
         password = password.encode("utf-8")
-    if passwordTooLong(password):
-        raise SchemeError(f"passwords longer than {MAX_PASSWORD_OCTETS} octets are refused")
+    _refuseTooLong(password)
     scheme = scheme.upper()
     if scheme == "ARGON2ID":
         secret = _argon2.hash(password)
@@ -432,7 +441,10 @@ def hashPassword(password: Union[str, bytes], scheme: str = DEFAULT_SCHEME) -> s
     elif scheme == "PLAIN":
         if b"\n" in password or b":" in password:
             raise SchemeError("a PLAIN secret cannot hold a colon or a line break")
-        secret = password.decode("utf-8")
+        try:
+            secret = password.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SchemeError("a PLAIN secret must be UTF-8") from None
     else:
         raise SchemeError(f"unknown scheme {{{scheme}}}; known: {', '.join(sorted(SCHEMES))}")
     return f"{{{scheme}}}{secret}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import io
 import os
+import re
 import selectors
 import shutil
 import stat
@@ -27,6 +28,7 @@ from zope.interface.verify import verifyObject
 
 from popsrv.auth import passwdtool, schemes
 from popsrv.auth.checkers import StoredSecretChecker
+from popsrv.auth.credentials import MAX_PASSWORD_OCTETS
 from popsrv.auth.passwdfile import PasswdFile, PasswdFileError, PasswdSyntaxError, parsePasswd
 from popsrv.errors import CredentialsUnavailable
 from popsrv.interfaces import ISecretSource
@@ -220,13 +222,15 @@ def test_unusableAtStart(tmp_path):
 # The passwd tool
 
 
-def tool(*args: str, password: str = "", cwd=None) -> subprocess.CompletedProcess:
+def tool(*args: str, password="", cwd=None) -> subprocess.CompletedProcess:
     """
-    Run C{python -m popsrv passwd ARGS} with C{password} on stdin.
+    Run C{python -m popsrv passwd ARGS} with C{password} (C{str}, in UTF-8,
+    or C{bytes}) on stdin.
     """
+    data = password if isinstance(password, bytes) else password.encode("utf-8")
     return subprocess.run(
         [sys.executable, "-m", "popsrv", "passwd", *args],
-        input=password.encode("utf-8"), capture_output=True, env=twistdEnvironment(), timeout=60, cwd=cwd,
+        input=data, capture_output=True, env=twistdEnvironment(), timeout=60, cwd=cwd,
     )
 
 
@@ -294,6 +298,7 @@ def test_toolAppendsAfterALastLineWithoutNewline(tmp_path):
         (["add", "{path}", "carol"], "", "the password is empty"),
         (["add", "--scheme", "MD5-CRYPT", "{path}", "carol"], "x", "unknown scheme"),
         (["add", "--scheme", "PLAIN", "{path}", "carol"], "a:b", "colon"),
+        (["add", "--scheme", "PLAIN", "{path}", "carol"], b"caf\xe9", "must be UTF-8"),
         (["set", "{missing}", "alice"], "x", "does not exist"),
     ],
 )
@@ -306,6 +311,94 @@ def test_toolRefusals(tmp_path, args, password, message):
     assert result.returncode == 1
     assert message in result.stderr.decode()
     assert path.read_text() == PLAIN_ALICE
+
+
+NAMES_THE_REALM_REFUSES = [
+    ("bob@\u212aey.com", "U\\+212A"),
+    ("b\u202eob@example.com", "bidirectional control character \\(U\\+202E\\)"),
+    ("\u00adbob", "format character \\(U\\+00AD\\)"),
+    ("bob@exa\x1bmple.com", "control character \\(U\\+001B\\)"),
+    ("a/b", "not a plain file name"),
+    (".bob", "not a plain file name"),
+    ("bob@example..com", "empty label"),
+    ("a" * 256, "too long"),
+]
+
+
+@pytest.mark.parametrize("user, why", NAMES_THE_REALM_REFUSES, ids=lambda value: ascii(value)[:40])
+def test_toolRefusesNamesTheRealmRefuses(tmp_path, user, why):
+    """
+    add and set refuse a user the realm would never let log in (the rules
+    of popsrv.names), in one line that says why, before asking for the
+    password; del still removes such a user written by hand.
+    """
+    path = tmp_path / "passwd"
+    path.write_text(PLAIN_ALICE + f"{user}:{{PLAIN}}x\n", encoding="utf-8")
+    before = path.read_bytes()
+    for command in ("add", "set"):
+        stdin, stderr = io.StringIO("secret\n"), io.StringIO()
+        assert passwdtool.main([command, "--scheme", "PLAIN", str(path), user], stdin=stdin, stderr=stderr) == 1
+        assert re.fullmatch(f"popsrv passwd: .* could never log in: .*{why}.*\n", stderr.getvalue())
+        assert stdin.read() == "secret\n"
+        assert path.read_bytes() == before
+    assert passwdtool.main(["del", str(path), user], stderr=io.StringIO()) == 0
+    assert path.read_text() == PLAIN_ALICE
+
+
+def test_toolRefusesANameThatIsNotUTF8(tmp_path):
+    """
+    A user name given in octets that are not UTF-8 is refused in one line,
+    not with a traceback.
+    """
+    path = tmp_path / "passwd"
+    path.write_text(PLAIN_ALICE)
+    result = subprocess.run(
+        [sys.executable, "-m", "popsrv", "passwd", "add", "--scheme", "PLAIN", str(path).encode(), b"bob\xff"],
+        input=b"secret\n", capture_output=True, env=twistdEnvironment(), timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.endswith(b"could never log in: login name is not UTF-8\n")
+    assert result.stderr.count(b"\n") == 1
+    assert path.read_text() == PLAIN_ALICE
+
+
+def test_toolAddsInternationalizedNamesAsGiven(tmp_path):
+    """
+    Names the realm accepts, non-ASCII ones included, are added as they are
+    given.
+    """
+    path = tmp_path / "passwd"
+    users = ["b\u00f6b@B\u00fccher.example", "\u212aate@example.com", "bob@xn--bcher-kva.example", "carol"]
+    for user in users:
+        stderr = io.StringIO()
+        status = passwdtool.main(["add", "--scheme", "PLAIN", str(path), user], stdin=io.StringIO("x\n"), stderr=stderr)
+        assert status == 0, stderr.getvalue()
+    assert list(entries(path)) == users
+
+
+@pytest.mark.parametrize("scheme", ["PLAIN", "ARGON2ID", "SHA512-CRYPT"])
+def test_toolRefusesPasswordsOverTheLimit(tmp_path, scheme):
+    """
+    A password longer than MAX_PASSWORD_OCTETS (counted in UTF-8 octets, not
+    characters) is refused in one line, and the file is left as it was; one
+    of exactly MAX_PASSWORD_OCTETS is stored.
+    """
+    path = tmp_path / "passwd"
+    path.write_text(PLAIN_ALICE)
+    for password in ("p" * (MAX_PASSWORD_OCTETS + 1), "\u00e9" * (MAX_PASSWORD_OCTETS // 2 + 1)):
+        stderr = io.StringIO()
+        status = passwdtool.main(["add", "--scheme", scheme, str(path), "bob"], stdin=io.StringIO(password + "\n"),
+                                 stderr=stderr)
+        assert status == 1
+        assert stderr.getvalue() == f"popsrv passwd: passwords longer than {MAX_PASSWORD_OCTETS} octets are refused\n"
+        assert path.read_text() == PLAIN_ALICE
+        assert os.listdir(tmp_path) == ["passwd"]
+    longest = "\u00e9" * (MAX_PASSWORD_OCTETS // 2)
+    stderr = io.StringIO()
+    status = passwdtool.main(["add", "--scheme", scheme, str(path), "bob"], stdin=io.StringIO(longest + "\n"),
+                             stderr=stderr)
+    assert status == 0, stderr.getvalue()
+    assert schemes.verify(entries(path)["bob"], longest.encode("utf-8"))
 
 
 def test_toolRefusesAFileWithASyntaxError(tmp_path):
@@ -504,6 +597,31 @@ def test_toolReplacesTheTargetOfASymlink(tmp_path, relative):
     assert target.read_text() == "bob:{PLAIN}y\n"
     assert os.listdir(etc) == ["passwd"]
     assert sorted(os.listdir(shared)) == ["passwd", "passwd.lock"]
+
+
+@pytest.mark.parametrize("victimExists", [False, True], ids=["missing", "existing"])
+def test_toolRefusesASymlinkAtTheLockFile(tmp_path, victimExists):
+    """
+    A symbolic link planted where the lock file goes is not followed: the
+    tool refuses in one line, creating or opening nothing through it, and
+    the passwd file is left as it was.
+    """
+    path, victim = tmp_path / "passwd", tmp_path / "victim"
+    path.write_text(PLAIN_ALICE)
+    if victimExists:
+        victim.write_text("not a lock\n")
+        os.chmod(victim, 0o640)
+    (tmp_path / "passwd.lock").symlink_to(victim)
+    stderr = io.StringIO()
+    status = passwdtool.main(["add", "--scheme", "PLAIN", str(path), "bob"], stdin=io.StringIO("y\n"), stderr=stderr)
+    assert status == 1
+    assert stderr.getvalue().startswith(f"popsrv passwd: cannot change {path}: ")
+    assert stderr.getvalue().count("\n") == 1
+    assert path.read_text() == PLAIN_ALICE
+    if victimExists:
+        assert victim.read_text() == "not a lock\n" and stat.S_IMODE(os.stat(victim).st_mode) == 0o640
+    else:
+        assert not victim.exists()
 
 
 needsRoot = pytest.mark.skipif(os.geteuid() != 0, reason="giving files to other users and groups needs root")
