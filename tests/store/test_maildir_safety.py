@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import poplib
+import socket
 import threading
 import time
 from pathlib import Path
@@ -282,6 +283,43 @@ def test_linkInPlaceOfListedMessageVanishes(tmp_path: Path) -> None:
         assert result.check(MessageVanished)
         assert consumer.writes == []
         assert consumer.registrations == 0
+    finally:
+        maildrop.release()
+
+
+def replaceWithNonFile(path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Put a directory or a Unix socket in place of the file C{path} (the
+    socket bound by a relative name: the path may be too long for one).
+    """
+    os.unlink(path)
+    if kind == "directory":
+        path.mkdir()
+        (path / "inside").write_bytes(b"not a message\n")
+        return
+    monkeypatch.chdir(path.parent)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path.name)
+    listener.close()
+
+
+@pytest.mark.parametrize("kind", ["directory", "socket"])
+def test_nonFileInPlaceOfListedMessageVanishes(tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A listed message replaced by a directory or a socket is never served:
+    RETR finds it vanished, and the session goes on.
+    """
+    alice, _ = twoUsers(tmp_path)
+    maildrop = MaildirMaildrop(str(alice), "alice")
+    maildrop.lock()
+    try:
+        maildrop.listMessages()
+        replaceWithNonFile(alice / "cur" / messageName(0, ALICE[0]), kind, monkeypatch)
+        consumer, result = sendResult(maildrop, uidOf(0, ALICE))
+        assert result.check(MessageVanished)
+        assert consumer.writes == []
+        consumer, result = sendResult(maildrop, uidOf(1, ALICE))
+        assert b"".join(consumer.writes) == ALICE[1]
     finally:
         maildrop.release()
 
