@@ -324,6 +324,31 @@ def test_nonFileInPlaceOfListedMessageVanishes(tmp_path: Path, kind: str, monkey
         maildrop.release()
 
 
+def test_linksInPlaceOfListedMessagesLeaveTheirTargetsAlone(tmp_path: Path) -> None:
+    """
+    Listed messages replaced by links to another user's files, one deleted
+    and one retrieved: QUIT removes one link and renames the other, and
+    the files they point to keep their names and contents.
+    """
+    alice, bob = twoUsers(tmp_path)
+    bobBefore = contentsOf(bob / "cur")
+    maildrop = MaildirMaildrop(str(alice), "alice")
+    maildrop.lock()
+    try:
+        maildrop.listMessages()
+        for number in ALICE:
+            name = messageName(number, ALICE[number])
+            os.unlink(alice / "cur" / name)
+            os.symlink(bob / "cur" / messageName(number, BOB[number]), alice / "cur" / name)
+        maildrop.commit(frozenset({uidOf(0, ALICE)}), frozenset({uidOf(1, ALICE)}))
+    finally:
+        maildrop.release()
+    assert contentsOf(bob / "cur") == bobBefore
+    [left] = os.listdir(alice / "cur")
+    assert left == messageName(1, ALICE[1], "S")
+    assert os.readlink(alice / "cur" / left) == str(bob / "cur" / messageName(1, BOB[1]))
+
+
 def test_linkInPlaceOfKnownMessageNotListedNextSession(tmp_path: Path) -> None:
     """
     A message replaced, between two sessions, by a link of the same name is

@@ -113,16 +113,6 @@ class Directory:
                     return False
         return True
 
-    def exists(self, name: str) -> bool:
-        """
-        Whether the directory has an entry of this name (of any kind).
-        """
-        try:
-            os.stat(name, dir_fd=self._fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return False
-        return True
-
     def openMessage(self, name: str) -> BinaryIO:
         """
         Open a regular file of the directory for reading.
