@@ -246,7 +246,7 @@ class MaildirMaildrop:
                     raise _NeedsMeasuring()
                 skipped += ["cur/" + name for name in others]
                 withSize = functools.partial(self._recordSizeInCur, maildir)
-                listing.update(names, withSize, self._accountName, None, self._pause)
+                listing.update(names, withSize, self._accountName, self._pause)
                 # The listing is complete for this modification time of cur/
                 # if that time's clock tick was over when the listing began:
                 # any later change of cur/ gives it a later one.
