@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
 import pytest
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import LogLevel, capturedLogs
 
 from popsrv.errors import MaildropError, MaildropLocked, MaildropUnusable, MessageVanished
@@ -497,22 +498,30 @@ def test_unsizedMessageMeasuredInThePool(
     assert "1500.M1P1.big,S=67108864,W=67108866:2," in curNames(alice)
 
 
+def lockedWithRecordingRunner(tmp_path: Path) -> tuple[Path, MaildirMaildrop, list[str]]:
+    """
+    Alice's Maildir of L{twoUsers}, her maildrop, locked, and the names of
+    the functions its runner ran: it runs each at once, and returns its
+    result as a fired Deferred.
+    """
+    alice, _ = twoUsers(tmp_path)
+    calls: list[str] = []
+
+    def runner(function: Callable[..., _T], *args: object) -> Deferred[_T]:
+        calls.append(function.__name__)
+        return succeed(function(*args))
+
+    maildrop = MaildirMaildrop(str(alice), "alice", runner=runner)
+    maildrop.lock()
+    return alice, maildrop, calls
+
+
 def test_retrOfRenamedMessageLocatesItThroughTheRunner(tmp_path: Path) -> None:
     """
     RETR of a message whose name changed since the snapshot looks for its
     new name (a listing of cur/, of any size) through the runner.
     """
-    from twisted.internet import defer
-
-    alice, _ = twoUsers(tmp_path)
-    calls = []
-
-    def runner(function, *args):  # type: ignore[no-untyped-def]
-        calls.append(function.__name__)
-        return defer.succeed(function(*args))
-
-    maildrop = MaildirMaildrop(str(alice), "alice", runner=runner)
-    maildrop.lock()
+    alice, maildrop, calls = lockedWithRecordingRunner(tmp_path)
     try:
         maildrop.listMessages()
         assert calls == []
@@ -532,17 +541,7 @@ def test_quickCommitNeedingAListingGoesThroughTheRunner(tmp_path: Path) -> None:
     where the snapshot saw it; one renamed since (looking for it lists
     cur/, of any size) sends the commit through the runner.
     """
-    from twisted.internet import defer
-
-    alice, _ = twoUsers(tmp_path)
-    calls = []
-
-    def runner(function, *args):  # type: ignore[no-untyped-def]
-        calls.append(function.__name__)
-        return defer.succeed(function(*args))
-
-    maildrop = MaildirMaildrop(str(alice), "alice", runner=runner)
-    maildrop.lock()
+    alice, maildrop, calls = lockedWithRecordingRunner(tmp_path)
     try:
         maildrop.listMessages()
         name = messageName(0, ALICE[0])
