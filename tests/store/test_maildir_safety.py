@@ -457,6 +457,38 @@ def test_fifoInNewNotMeasuredAndLeftAlone(tmp_path: Path) -> None:
     assert os.listdir(alice / "new") == [fifo.name]
 
 
+def test_nameOfTheLongestLengthServedAndKeptIfItCannotGrow(tmp_path: Path) -> None:
+    """
+    A message whose name is as long as names go (255 octets) is listed
+    under a hashed uid and served; marking it seen, which would lengthen
+    its name, fails with a warning and leaves it as it was; DELE removes
+    it.
+    """
+    alice, _ = twoUsers(tmp_path)
+    content = b"long name\r\n"
+    head, tail = "1700000000.M1P1.", f",S={len(content)},W={len(content)}:2,"
+    name = head + "h" * (255 - len(head) - len(tail)) + tail
+    writeMessage(alice / "cur", name, content)
+    for delete in (False, True):
+        maildrop = MaildirMaildrop(str(alice), "alice")
+        maildrop.lock()
+        try:
+            [uid] = [info.uid for info in maildrop.listMessages() if info.size == len(content)]
+            assert len(uid) == 40
+            consumer, result = sendResult(maildrop, uid)
+            assert result is None
+            assert b"".join(consumer.writes) == content
+            with capturedLogs() as events:
+                maildrop.commit(frozenset({uid} if delete else ()), frozenset({uid}))
+        finally:
+            maildrop.release()
+        if delete:
+            assert name not in os.listdir(alice / "cur")
+        else:
+            assert name in os.listdir(alice / "cur")
+            assert [event["uid"] for event in events if event["log_level"] == LogLevel.warn] == [uid]
+
+
 # 3. Measuring off the reactor thread
 
 
