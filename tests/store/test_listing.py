@@ -102,17 +102,6 @@ def test_namesWithoutASizeAreHandedToWithSize() -> None:
     assert listing.fileNames == {"1.a": "1.a,W=4:2,"}
 
 
-def test_namesThatAreNotMessagesAreNotAdmitted() -> None:
-    """
-    Names that C{admit} refuses are never parsed nor listed, and do not
-    make an unchanged listing look changed.
-    """
-    listing = fresh(["1.a,W=1:2,"])
-    before = listing.messages
-    listing.update(["1.a,W=1:2,", ".hidden", "2.dir,W=1"], noSize, admit=lambda name: False)
-    assert listing.messages is before
-
-
 def test_theCacheKeepsListingsWithinItsCapacity() -> None:
     """
     L{ListingCache} keeps listings of at least C{minimum} messages, at most

@@ -14,12 +14,14 @@ from __future__ import annotations
 import errno
 import os
 import poplib
+import socket
 import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
 import pytest
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import LogLevel, capturedLogs
 
 from popsrv.errors import MaildropError, MaildropLocked, MaildropUnusable, MessageVanished
@@ -286,6 +288,68 @@ def test_linkInPlaceOfListedMessageVanishes(tmp_path: Path) -> None:
         maildrop.release()
 
 
+def replaceWithNonFile(path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Put a directory or a Unix socket in place of the file C{path} (the
+    socket bound by a relative name: the path may be too long for one).
+    """
+    os.unlink(path)
+    if kind == "directory":
+        path.mkdir()
+        (path / "inside").write_bytes(b"not a message\n")
+        return
+    monkeypatch.chdir(path.parent)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path.name)
+    listener.close()
+
+
+@pytest.mark.parametrize("kind", ["directory", "socket"])
+def test_nonFileInPlaceOfListedMessageVanishes(tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A listed message replaced by a directory or a socket is never served:
+    RETR finds it vanished, and the session goes on.
+    """
+    alice, _ = twoUsers(tmp_path)
+    maildrop = MaildirMaildrop(str(alice), "alice")
+    maildrop.lock()
+    try:
+        maildrop.listMessages()
+        replaceWithNonFile(alice / "cur" / messageName(0, ALICE[0]), kind, monkeypatch)
+        consumer, result = sendResult(maildrop, uidOf(0, ALICE))
+        assert result.check(MessageVanished)
+        assert consumer.writes == []
+        consumer, result = sendResult(maildrop, uidOf(1, ALICE))
+        assert b"".join(consumer.writes) == ALICE[1]
+    finally:
+        maildrop.release()
+
+
+def test_linksInPlaceOfListedMessagesLeaveTheirTargetsAlone(tmp_path: Path) -> None:
+    """
+    Listed messages replaced by links to another user's files, one deleted
+    and one retrieved: QUIT removes one link and renames the other, and
+    the files they point to keep their names and contents.
+    """
+    alice, bob = twoUsers(tmp_path)
+    bobBefore = contentsOf(bob / "cur")
+    maildrop = MaildirMaildrop(str(alice), "alice")
+    maildrop.lock()
+    try:
+        maildrop.listMessages()
+        for number in ALICE:
+            name = messageName(number, ALICE[number])
+            os.unlink(alice / "cur" / name)
+            os.symlink(bob / "cur" / messageName(number, BOB[number]), alice / "cur" / name)
+        maildrop.commit(frozenset({uidOf(0, ALICE)}), frozenset({uidOf(1, ALICE)}))
+    finally:
+        maildrop.release()
+    assert contentsOf(bob / "cur") == bobBefore
+    [left] = os.listdir(alice / "cur")
+    assert left == messageName(1, ALICE[1], "S")
+    assert os.readlink(alice / "cur" / left) == str(bob / "cur" / messageName(1, BOB[1]))
+
+
 def test_linkInPlaceOfKnownMessageNotListedNextSession(tmp_path: Path) -> None:
     """
     A message replaced, between two sessions, by a link of the same name is
@@ -393,6 +457,38 @@ def test_fifoInNewNotMeasuredAndLeftAlone(tmp_path: Path) -> None:
     assert os.listdir(alice / "new") == [fifo.name]
 
 
+def test_nameOfTheLongestLengthServedAndKeptIfItCannotGrow(tmp_path: Path) -> None:
+    """
+    A message whose name is as long as names go (255 octets) is listed
+    under a hashed uid and served; marking it seen, which would lengthen
+    its name, fails with a warning and leaves it as it was; DELE removes
+    it.
+    """
+    alice, _ = twoUsers(tmp_path)
+    content = b"long name\r\n"
+    head, tail = "1700000000.M1P1.", f",S={len(content)},W={len(content)}:2,"
+    name = head + "h" * (255 - len(head) - len(tail)) + tail
+    writeMessage(alice / "cur", name, content)
+    for delete in (False, True):
+        maildrop = MaildirMaildrop(str(alice), "alice")
+        maildrop.lock()
+        try:
+            [uid] = [info.uid for info in maildrop.listMessages() if info.size == len(content)]
+            assert len(uid) == 40
+            consumer, result = sendResult(maildrop, uid)
+            assert result is None
+            assert b"".join(consumer.writes) == content
+            with capturedLogs() as events:
+                maildrop.commit(frozenset({uid} if delete else ()), frozenset({uid}))
+        finally:
+            maildrop.release()
+        if delete:
+            assert name not in os.listdir(alice / "cur")
+        else:
+            assert name in os.listdir(alice / "cur")
+            assert [event["uid"] for event in events if event["log_level"] == LogLevel.warn] == [uid]
+
+
 # 3. Measuring off the reactor thread
 
 
@@ -434,22 +530,30 @@ def test_unsizedMessageMeasuredInThePool(
     assert "1500.M1P1.big,S=67108864,W=67108866:2," in curNames(alice)
 
 
+def lockedWithRecordingRunner(tmp_path: Path) -> tuple[Path, MaildirMaildrop, list[str]]:
+    """
+    Alice's Maildir of L{twoUsers}, her maildrop, locked, and the names of
+    the functions its runner ran: it runs each at once, and returns its
+    result as a fired Deferred.
+    """
+    alice, _ = twoUsers(tmp_path)
+    calls: list[str] = []
+
+    def runner(function: Callable[..., _T], *args: object) -> Deferred[_T]:
+        calls.append(function.__name__)
+        return succeed(function(*args))
+
+    maildrop = MaildirMaildrop(str(alice), "alice", runner=runner)
+    maildrop.lock()
+    return alice, maildrop, calls
+
+
 def test_retrOfRenamedMessageLocatesItThroughTheRunner(tmp_path: Path) -> None:
     """
     RETR of a message whose name changed since the snapshot looks for its
     new name (a listing of cur/, of any size) through the runner.
     """
-    from twisted.internet import defer
-
-    alice, _ = twoUsers(tmp_path)
-    calls = []
-
-    def runner(function, *args):  # type: ignore[no-untyped-def]
-        calls.append(function.__name__)
-        return defer.succeed(function(*args))
-
-    maildrop = MaildirMaildrop(str(alice), "alice", runner=runner)
-    maildrop.lock()
+    alice, maildrop, calls = lockedWithRecordingRunner(tmp_path)
     try:
         maildrop.listMessages()
         assert calls == []
@@ -469,17 +573,7 @@ def test_quickCommitNeedingAListingGoesThroughTheRunner(tmp_path: Path) -> None:
     where the snapshot saw it; one renamed since (looking for it lists
     cur/, of any size) sends the commit through the runner.
     """
-    from twisted.internet import defer
-
-    alice, _ = twoUsers(tmp_path)
-    calls = []
-
-    def runner(function, *args):  # type: ignore[no-untyped-def]
-        calls.append(function.__name__)
-        return defer.succeed(function(*args))
-
-    maildrop = MaildirMaildrop(str(alice), "alice", runner=runner)
-    maildrop.lock()
+    alice, maildrop, calls = lockedWithRecordingRunner(tmp_path)
     try:
         maildrop.listMessages()
         name = messageName(0, ALICE[0])

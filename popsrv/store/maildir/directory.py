@@ -8,8 +8,9 @@ A user who can write to the Maildir may rename or link anything in place
 of those directories during a session; the session goes on using the
 directories it opened, and never reaches another user's mail or a file
 outside the Maildir by a name resolved again.  Only regular files are
-opened as messages, without blocking (a FIFO would block an open for ever)
-and without following links.
+read as messages: a name is opened without blocking (a FIFO would block an
+open for ever) and without following links, and what it opened is refused
+unless it is a regular file.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ __all__ = ["LOCK_FILE", "Directory", "NotAFile", "OpenedMaildir"]
 
 LOCK_FILE = "popsrv.lock"
 OPEN_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-OPEN_MESSAGE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-OPEN_LOCK = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+OPEN_MESSAGE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+OPEN_LOCK = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 # What opening a name that is not a regular file (any more) fails with:
 # a symbolic link with O_NOFOLLOW, a socket, a device without a driver, a
 # directory opened for writing.
@@ -112,29 +113,18 @@ class Directory:
                     return False
         return True
 
-    def exists(self, name: str) -> bool:
-        """
-        Whether the directory has an entry of this name (of any kind).
-        """
-        try:
-            os.stat(name, dir_fd=self._fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return False
-        return True
-
     def openMessage(self, name: str) -> BinaryIO:
         """
         Open a regular file of the directory for reading.
 
-        It is opened only if it is a regular file, and then without
-        following a link and without blocking, and checked again once
-        open, so a name swapped for something else meanwhile is refused.
+        It is opened without following a link, without blocking (a FIFO
+        opens at once) and without becoming a controlling terminal, and
+        used only if, once open, it is a regular file: its name is looked
+        up once, by the open itself (no C{stat} first on the way of RETR).
 
         @raise NotAFile: if it is not a regular file.
         @raise FileNotFoundError: if it is gone.
         """
-        if not stat.S_ISREG(os.stat(name, dir_fd=self._fd, follow_symlinks=False).st_mode):
-            raise NotAFile(name)
         try:
             fd = os.open(name, OPEN_MESSAGE, dir_fd=self._fd)
         except OSError as error:

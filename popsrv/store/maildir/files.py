@@ -52,16 +52,16 @@ class MessageFiles:
 
     def locate(self, uid: str, mayList: bool = True) -> str:
         """
-        Return the current file name of a message, looking again if its
-        flags were changed (and so its name) since the snapshot.
+        Look for the current file name of a message whose last known name
+        is gone (another program changed its flags, and so its name), in a
+        listing of C{cur/}.
 
         @raise KeyError: if the message is gone.
-        @raise NeedsListing: if C{cur/} would have to be listed and
-            C{mayList} is false.
+        @raise NeedsListing: if C{mayList} is false.
         """
-        fileName = self._renamed.get(uid) or self.names[uid]
-        if self._cur.exists(fileName):
-            return fileName
+        fileName = self.known(uid)
+        if fileName is None:
+            raise KeyError(uid)
         if not mayList:
             raise NeedsListing(uid)
         base, _ = splitName(fileName)
@@ -94,6 +94,23 @@ class MessageFiles:
         except OSError as error:
             raise MaildropError(f"cannot read message {uid}: {error.strerror}") from None
 
+    def _withFile(self, uid: str, act: Callable[[str], None], mayList: bool) -> None:
+        """
+        Call C{act} with a message's file name: the name it was last known
+        by, or, if C{act} finds no file of that name, its new name (see
+        L{locate}).  No name is looked up before C{act} uses it.
+
+        @raise KeyError: if the message is gone.
+        @raise NeedsListing: as L{locate} does.
+        """
+        fileName = self.known(uid)
+        if fileName is None:
+            raise KeyError(uid)
+        try:
+            act(fileName)
+        except FileNotFoundError:
+            act(self.locate(uid, mayList))
+
     def markSeen(self, uid: str, mayList: bool = True) -> None:
         """
         Add the Maildir "seen" flag to a message's name.
@@ -102,14 +119,17 @@ class MessageFiles:
         @raise NeedsListing: as L{locate} does.
         @raise OSError: if it cannot be renamed.
         """
-        fileName = self.locate(uid, mayList)
-        base, info = splitName(fileName)
-        flags = info[2:] if info.startswith("2,") else ""
-        if "S" in flags:
-            return
-        newName = f"{base}:2,{''.join(sorted(flags + 'S'))}"
-        self._cur.rename(fileName, self._cur, newName)
-        self._renamed[uid] = newName
+
+        def addSeen(fileName: str) -> None:
+            base, info = splitName(fileName)
+            flags = info[2:] if info.startswith("2,") else ""
+            if "S" in flags:
+                return
+            newName = f"{base}:2,{''.join(sorted(flags + 'S'))}"
+            self._cur.rename(fileName, self._cur, newName)
+            self._renamed[uid] = newName
+
+        self._withFile(uid, addSeen, mayList)
 
     def unlink(self, uid: str, mayList: bool = True) -> None:
         """
@@ -119,19 +139,7 @@ class MessageFiles:
         @raise NeedsListing: as L{locate} does.
         @raise OSError: if it cannot be removed.
         """
-        fileName = self.known(uid)
-        if fileName is None:
-            return
         try:
-            self._cur.unlink(fileName)
-            return
-        except FileNotFoundError:
-            pass
-        try:
-            fileName = self.locate(uid, mayList)
-        except KeyError:
-            return
-        try:
-            self._cur.unlink(fileName)
-        except FileNotFoundError:
+            self._withFile(uid, self._cur.unlink, mayList)
+        except (KeyError, FileNotFoundError):
             pass

@@ -168,27 +168,22 @@ class CurListing:
         names: list[str],
         withSize: Callable[[str], Optional[str]],
         account: Callable[[], None] = lambda: None,
-        admit: Optional[Callable[[str], bool]] = None,
         pause: Callable[[], None] = lambda: None,
     ) -> None:
         """
-        Bring the listing up to date with C{names}, the names now in
-        C{cur/} (each once).
+        Bring the listing up to date with C{names}, the names of the regular
+        files now in C{cur/} (each once; the caller lists only those).
 
         @param withSize: called with each name that records no POP3 size;
             returns the file's new name, which does, or C{None} if the
             message is gone.
         @param account: called for each name parsed (to pace CPU work).
-        @param admit: if given, called with each name the listing does not
-            know, to tell whether it is a message file at all.
         @param pause: called between the steps of sorting many names (to
             let other threads run).
         """
         parsed = self._parsed
         fresh = [name for name in names if name not in parsed]
         known = len(names) - len(fresh)
-        if admit is not None and fresh:
-            fresh = [name for name in fresh if admit(name)]
         if not fresh and known == len(parsed):
             return
         if known != len(parsed):

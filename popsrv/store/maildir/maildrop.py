@@ -41,7 +41,7 @@ from popsrv.messages import MessageInfo, MessageList
 from popsrv.store.maildir.directory import LOCK_FILE, OpenedMaildir
 from popsrv.store.maildir.files import MessageFiles, NeedsListing
 from popsrv.store.maildir.listing import ListingCache, recordedSize, splitName
-from popsrv.store.maildir.newmail import NAME_WORK, GILPacer, recordSize
+from popsrv.store.maildir.newmail import ENTRY_WORK, NAME_WORK, GILPacer, recordSize
 from popsrv.store.maildir.newmail import deliverNew as takeNewMail
 from popsrv.threads import Runner, inline
 from popsrv.wire.streaming import CHUNK_SIZE, sendFile
@@ -246,7 +246,7 @@ class MaildirMaildrop:
                     raise _NeedsMeasuring()
                 skipped += ["cur/" + name for name in others]
                 withSize = functools.partial(self._recordSizeInCur, maildir)
-                listing.update(names, withSize, self._accountName, None, self._pause)
+                listing.update(names, withSize, self._accountName, self._pause)
                 # The listing is complete for this modification time of cur/
                 # if that time's clock tick was over when the listing began:
                 # any later change of cur/ gives it a later one.
@@ -260,7 +260,7 @@ class MaildirMaildrop:
         self._pacer.account(NAME_WORK)
 
     def _accountEntry(self) -> None:
-        self._pacer.account(NAME_WORK // 4)
+        self._pacer.account(ENTRY_WORK)
 
     def _pause(self) -> None:
         """
