@@ -712,3 +712,25 @@ def test_fifoInOneMaildirBlocksNoSession(launcher: Launcher) -> None:
         client.close()
         for fifo in fifos:
             unblockReaders(fifo)
+
+
+def test_filesThatCannotBeTakenDoNotBlockTheRest(tmp_path: Path) -> None:
+    """
+    A message in new/ whose name leaves no room for its sizes, and one in
+    cur/ without sizes whose name is as long, are left where they are and
+    named in one warning at each session; the other messages are served.
+    """
+    alice, _ = twoUsers(tmp_path)
+    longNew = "1700000000.M1P1." + "h" * 235
+    longCur = "1700000001.M1P1." + "k" * 236 + ":2,"
+    (alice / "new" / longNew).write_bytes(b"Subject: long\n\nbody\n")
+    (alice / "cur" / longCur).write_bytes(b"Subject: long\n\nbody\n")
+    for _ in range(2):
+        with capturedLogs() as events:
+            snapshot = listOnce(alice)
+        assert sorted(info.uid for info in snapshot) == sorted(uidOf(n, ALICE) for n in ALICE)
+        [warning] = [event for event in events if event.get("event") == "unusable-file"]
+        assert sorted(warning["names"]) == sorted([
+            f"new/{longNew} (File name too long)", f"cur/{longCur} (File name too long)",
+        ])
+    assert (alice / "new" / longNew).exists() and (alice / "cur" / longCur).exists()

@@ -72,7 +72,9 @@ LISTINGS = ListingCache()
 # The messages a commit could not mark seen, with why.
 _Problems = List[Tuple[str, Exception]]
 # A snapshot, and the entries of cur/ and new/ that are not regular files.
-_Snapshot = Tuple[MessageList, List[str]]
+# A snapshot's messages, and the entries it skipped: those that are not
+# regular files, and the files it could not use, with why.
+_Snapshot = Tuple[MessageList, List[str], List[Tuple[str, str]]]
 # How many of those a warning names.
 LOGGED_NAMES = 20
 
@@ -133,6 +135,7 @@ class MaildirMaildrop:
         # kept listing).
         self._files: Optional[MessageFiles] = None
         self._inThread = False
+        self._unusable: List[Tuple[str, str]] = []
 
     def lock(self) -> None:
         """
@@ -181,7 +184,7 @@ class MaildirMaildrop:
         Log, on the calling thread, the entries a snapshot skipped; return
         its messages.
         """
-        messages, skipped = snapshot
+        messages, skipped, unusable = snapshot
         if skipped:
             log.warn(
                 "skipped {count} entries of {path} that are not regular files: {names}",
@@ -189,6 +192,14 @@ class MaildirMaildrop:
                 path=self.path,
                 names=skipped[:LOGGED_NAMES],
                 event="not-a-file",
+            )
+        if unusable:
+            log.warn(
+                "skipped {count} messages of {path} that cannot be used: {names}",
+                count=len(unusable),
+                path=self.path,
+                names=[f"{name} ({why})" for name, why in unusable[:LOGGED_NAMES]],
+                event="unusable-file",
             )
         return messages
 
@@ -225,9 +236,12 @@ class MaildirMaildrop:
         """
         with maildir.using():
             self._inThread = inThread
-            skipped = []
+            skipped: List[str] = []
+            self._unusable = []
             if deliverNew:
-                skipped = ["new/" + name for name in takeNewMail(maildir.new, maildir.cur, self._pacer)]
+                others, unusable = takeNewMail(maildir.new, maildir.cur, self._pacer)
+                skipped = ["new/" + name for name in others]
+                self._unusable = [("new/" + name, why) for name, why in unusable]
             listing = LISTINGS.take(self._listingKey)
             before = maildir.cur.status()
             if listing.isEmpty() or listing.signature != _signature(before):
@@ -251,10 +265,13 @@ class MaildirMaildrop:
                 # if that time's clock tick was over when the listing began:
                 # any later change of cur/ gives it a later one.
                 settled = started - before.st_mtime_ns > _settleTime(before.st_mtime_ns)
+                # A message left out because it could not be measured is
+                # tried again at the next snapshot, not forgotten.
+                settled = settled and not any(name.startswith("cur/") for name, _ in self._unusable)
                 listing.signature = _signature(before) if settled else None
             LISTINGS.give(self._listingKey, listing)
         self._files = MessageFiles(maildir.cur, listing.fileNames, self._accountEntry)
-        return listing.messages, skipped
+        return listing.messages, skipped, self._unusable
 
     def _accountName(self) -> None:
         self._pacer.account(NAME_WORK)
@@ -271,7 +288,16 @@ class MaildirMaildrop:
             time.sleep(0)
 
     def _recordSizeInCur(self, maildir: OpenedMaildir, fileName: str) -> Optional[str]:
-        return recordSize(maildir.cur, fileName, fileName, maildir.cur, self._pacer)
+        """
+        Measure a message of C{cur/} whose name lacks its size; one that
+        cannot be measured or renamed is left out of this snapshot (and
+        tried again at the next).
+        """
+        try:
+            return recordSize(maildir.cur, fileName, fileName, maildir.cur, self._pacer)
+        except OSError as error:
+            self._unusable.append(("cur/" + fileName, error.strerror or type(error).__name__))
+            return None
 
     def sendMessage(self, uid: str, consumer: IConsumer) -> Deferred[None]:
         """

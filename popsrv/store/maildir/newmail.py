@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 from popsrv.store.maildir.directory import Directory, NotAFile
 from popsrv.store.maildir.listing import recordedSize, splitName
@@ -67,18 +67,24 @@ def measure(directory: Directory, fileName: str, pacer: GILPacer) -> tuple[int, 
         return physical, normalizedSize(chunks())
 
 
-def deliverNew(new: Directory, cur: Directory, pacer: GILPacer) -> List[str]:
+def deliverNew(new: Directory, cur: Directory, pacer: GILPacer) -> Tuple[List[str], List[Tuple[str, str]]]:
     """
     Move every message in C{new/} to C{cur/}, recording its sizes; return
-    the names in C{new/} that are not regular files (left where they are).
+    the names in C{new/} that are not regular files, and those of the
+    files that could not be taken (unreadable, or a name too long for the
+    sizes), with why: all are left where they are.
     """
     names, others = new.listFiles(lambda: pacer.account(ENTRY_WORK))
+    unusable = []
     for fileName in names:
         pacer.account(NAME_WORK)
         base, info = splitName(fileName)
         target = fileName if info else base + ":2,"
-        recordSize(new, fileName, target, cur, pacer)
-    return others
+        try:
+            recordSize(new, fileName, target, cur, pacer)
+        except OSError as error:
+            unusable.append((fileName, error.strerror or type(error).__name__))
+    return others, unusable
 
 
 def recordSize(directory: Directory, fileName: str, target: str, cur: Directory, pacer: GILPacer) -> Optional[str]:
@@ -86,6 +92,9 @@ def recordSize(directory: Directory, fileName: str, target: str, cur: Directory,
     Measure a message in C{directory} and rename it into C{cur} as
     C{target} with its sizes in the name; return the new name (C{None} if
     it vanished or is not a regular file).
+
+    @raise OSError: it cannot be read, or renamed (its name with the sizes
+        is too long).
     """
     base, info = splitName(target)
     if recordedSize(base) is None:
