@@ -216,7 +216,7 @@ class MaildirRealm:
         """
         login = mailboxName(avatarId)
         path = self.template.expand(login)
-        return MaildirMaildrop(path, canonicalLogin(login), runner=self.runner)
+        return MaildirMaildrop(path, canonicalLogin(login), runner=self.runner, trusted=self.template.base)
 
     def requestAvatar(
         self, avatarId: Union[bytes, str, Tuple[()]], mind: object, *interfaces: Type[Interface]

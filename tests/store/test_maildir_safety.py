@@ -28,7 +28,7 @@ from popsrv.errors import MaildropError, MaildropLocked, MaildropUnusable, Messa
 from popsrv.store.maildir import LOCK_FILE, MaildirMaildrop, deliver, uidFor
 from popsrv.threads import threadRunner
 from tests.store.test_maildir import curNames, listOnce, sendResult, writeMessage
-from tests.support.servers import Launcher, ReactorThread
+from tests.support.servers import Launcher, ReactorThread, TwistdProcess
 
 DEADLINE = 10.0
 # How long a POP3 client of the end-to-end test waits for a reply.
@@ -670,13 +670,22 @@ def test_lockFileThatIsNotAFileRefused(tmp_path: Path, kind: str) -> None:
 # 5. End to end
 
 
-def test_fifoInOneMaildirBlocksNoSession(launcher: Launcher) -> None:
+def startWorkers(process: TwistdProcess, workers: int) -> None:
+    """Wait until each worker of a --workers server serves."""
+    for index in range(workers if workers > 1 else 0):
+        process.waitFor(rf"worker {index}\] worker ready", timeout=30)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_fifoInOneMaildirBlocksNoSession(launcher: Launcher, workers: int) -> None:
     """
     With FIFOs in alice's new/ and cur/, and one in place of a message she
     is about to retrieve, the real server answers her RETR with -ERR, serves
-    her other message, and greets and serves bob meanwhile.
+    her other message, and greets and serves bob meanwhile (in one process,
+    and with two workers).
     """
-    server = launcher.popsrv()
+    server = launcher.popsrv("--workers", str(workers))
+    startWorkers(server.twistd, workers)
     alice, bob = Path(server.maildir("alice")), Path(server.maildir("bob"))
     firstUid = deliver(str(alice), b"Subject: first\r\n\r\nfirst\r\n")
     deliver(str(alice), b"Subject: second\r\n\r\nsecond\r\n")
@@ -734,3 +743,68 @@ def test_filesThatCannotBeTakenDoNotBlockTheRest(tmp_path: Path) -> None:
             f"new/{longNew} (File name too long)", f"cur/{longCur} (File name too long)",
         ])
     assert (alice / "new" / longNew).exists() and (alice / "cur" / longCur).exists()
+
+
+def test_linkedDirectoryOnTheWayToAMaildir(tmp_path: Path) -> None:
+    """
+    With a template such as root/%n/Mail/Maildir, bob (who owns root/bob)
+    makes his Mail a link to alice's: his login is refused, and alice's
+    mail is neither listed for him nor moved; the template's fixed base may
+    itself be a link (the operator's).
+    """
+    from popsrv.store.realm import MaildirRealm
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "root").symlink_to(real)
+    realm = MaildirRealm(template=str(tmp_path / "root" / "%n" / "Mail" / "Maildir"))
+    alice = realm.maildropFor("alice")
+    deliver(alice.path, b"Subject: for alice\r\n\r\nsecret\r\n")
+    assert [info.size for info in listOnce(Path(alice.path))] == [30]
+    (real / "bob").mkdir()
+    (real / "bob" / "Mail").symlink_to(real / "alice" / "Mail")
+    bob = realm.maildropFor("bob")
+    with pytest.raises(MaildropUnusable, match="Mail is not a directory"):
+        bob.lock()
+    assert len(os.listdir(real / "alice" / "Mail" / "Maildir" / "cur")) == 1
+    os.unlink(real / "bob" / "Mail")
+    bob = realm.maildropFor("bob")
+    bob.lock()
+    assert list(bob.listMessages()) == []
+    bob.release()
+    assert (real / "bob" / "Mail" / "Maildir" / "cur").is_dir()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_linkedDirectoryOnTheWayEndToEnd(launcher: Launcher, tmp_path: Path, workers: int) -> None:
+    """
+    The real server, --maildir ROOT/%n/Mail/Maildir: bob's link to alice's
+    Mail gets [SYS/PERM] and nothing of alice's; alice is served.
+    """
+    root = tmp_path / "mail"
+    passwd = tmp_path / "passwd"
+    passwd.write_text("alice:secret\nbob:hunter2\n")
+    process = launcher.twistd(
+        ["--listen", "tcp:0:interface=127.0.0.1", "--maildir", str(root / "%n" / "Mail" / "Maildir"),
+         "--auth", f"file:{passwd}", "--workers", str(workers)], tmp_path,
+    )
+    port = process.waitListening()
+    startWorkers(process, workers)
+    deliver(str(root / "alice" / "Mail" / "Maildir"), b"Subject: for alice\r\n\r\nsecret\r\n")
+    (root / "bob").mkdir()
+    (root / "bob" / "Mail").symlink_to(root / "alice" / "Mail")
+    client = poplib.POP3("127.0.0.1", port, timeout=CLIENT_TIMEOUT)
+    try:
+        client.user("bob")
+        with pytest.raises(poplib.error_proto, match=r"SYS/PERM"):
+            client.pass_("hunter2")
+    finally:
+        client.close()
+    client = poplib.POP3("127.0.0.1", port, timeout=CLIENT_TIMEOUT)
+    try:
+        client.user("alice")
+        client.pass_("secret")
+        assert client.retr(1)[1] == [b"Subject: for alice", b"", b"secret"]
+        client.quit()
+    finally:
+        client.close()

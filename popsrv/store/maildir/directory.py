@@ -194,6 +194,32 @@ def _openDirectory(name: str, shown: str, parent: Optional[int] = None) -> int:
     return _openExisting(name, shown, parent)
 
 
+def _walk(path: str, trusted: Optional[str]) -> int:
+    """
+    Open the directory C{path}: from C{trusted} (opened as its path says),
+    one directory at a time, none of them a link; without C{trusted}, or
+    if C{path} is not below it, by its path with only its last part
+    checked.
+    """
+    if trusted is None:
+        return _openDirectory(path, path)
+    relative = os.path.relpath(path, trusted)
+    if relative == os.curdir or relative.split(os.sep)[0] == os.pardir:
+        return _openDirectory(path, path)
+    os.makedirs(trusted, mode=0o700, exist_ok=True)
+    fd = os.open(trusted, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    shown = trusted
+    try:
+        for part in relative.split(os.sep):
+            shown = os.path.join(shown, part)
+            parent, fd = fd, _openDirectory(part, shown, parent=fd)
+            os.close(parent)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _lockExclusively(root: int, path: str, owner: str) -> int:
     """
     Open the lock file of the Maildir whose descriptor is C{root} and lock
@@ -245,19 +271,24 @@ class OpenedMaildir:
         self._closing = False
 
     @classmethod
-    def open(cls, path: str, owner: str) -> OpenedMaildir:
+    def open(cls, path: str, owner: str, trusted: Optional[str] = None) -> OpenedMaildir:
         """
         Open the Maildir at C{path}, creating it and its C{cur/}, C{new/}
         and C{tmp/} if needed, and lock it.
 
         @param owner: who the maildrop belongs to, for errors.
-        @raise MaildropUnusable: if the Maildir or one of its subdirectories
-            is not a directory (a symbolic link, say).
+        @param trusted: a directory above C{path} whose own path may hold
+            symbolic links (the operator's): each directory below it is
+            opened in turn without following one.  By default only the
+            Maildir itself is.
+        @raise MaildropUnusable: if the Maildir, a directory between it and
+            C{trusted}, or one of its subdirectories is not a directory (a
+            symbolic link, say).
         @raise MaildropLocked: if another session holds its lock.
         """
         opened: List[int] = []
         try:
-            root = _openDirectory(path, path)
+            root = _walk(path, trusted)
             opened.append(root)
             for name in ("cur", "new", "tmp"):
                 opened.append(_openDirectory(name, os.path.join(path, name), root))

@@ -115,6 +115,10 @@ class MaildirMaildrop:
     commit of a few files still where the snapshot saw them) is done at
     once all the same.  Without a runner everything runs inline and returns
     its result directly.
+
+    @ivar trusted: a directory above L{path} (the realm's root) below which
+        no directory on the way to the Maildir may be a symbolic link, or
+        C{None}: then only the Maildir itself may not be.
     """
 
     def __init__(
@@ -123,9 +127,11 @@ class MaildirMaildrop:
         name: str,
         chunkSize: int = CHUNK_SIZE,
         runner: Optional[Runner] = None,
+        trusted: Optional[str] = None,
     ) -> None:
         self.path = path
         self.name = name
+        self.trusted = trusted
         self._run = runner or inline
         self._chunkSize = chunkSize
         self._listingKey = os.path.join(path, "cur")
@@ -142,12 +148,13 @@ class MaildirMaildrop:
         Create the Maildir if needed, open it and lock it, or raise
         L{MaildropLocked}.
 
-        The Maildir and its subdirectories must be real directories, not
-        symbolic links; they are opened now, and the session uses them
+        The Maildir, its subdirectories and the directories between it and
+        L{trusted} must be real directories, not symbolic links; they are
+        opened now, and the session uses them
         through these descriptors only, so that a user who can write to a
         Maildir cannot point it at another user's mail, now or later.
         """
-        self._opened = OpenedMaildir.open(self.path, self.name)
+        self._opened = OpenedMaildir.open(self.path, self.name, self.trusted)
 
     def _maildir(self) -> OpenedMaildir:
         """
