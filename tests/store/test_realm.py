@@ -497,11 +497,13 @@ def test_onlyASCIICaseAndIDNAEncodingAreFolded(local, domain):
     assert not set(domain) & {"\u212a", "\uff4b", "\u0130", "\u00dc", "\uff0e"}
 
 
-def test_aKelvinSignDomainOverPOP3(launcher, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_aKelvinSignDomainOverPOP3(launcher, tmp_path, workers):
     """
-    End to end: with --maildir vmail/%d/%n and a checker that knows both
-    bob@key.com and bob@\u212aey.com (a Kelvin sign), the second logs in with its
-    own right password and gets the same -ERR as a wrong password, never
+    End to end, in one process and with two workers: with --maildir
+    vmail/%d/%n and a checker that knows both bob@key.com and
+    bob@\u212aey.com (a Kelvin sign), the second logs in with its own right
+    password and gets the same -ERR as a wrong password, never
     bob@key.com's maildrop; the log says why; nothing is created.
     """
     users = {"bob@key.com": "bobs password", "bob@\u212aey.com": "kelvins password"}
@@ -510,9 +512,12 @@ def test_aKelvinSignDomainOverPOP3(launcher, tmp_path):
     before = sorted(str(path.relative_to(vmail)) for path in vmail.rglob("*"))
     passwords = writePasswordFile(tmp_path / "passwd", users)
     process = launcher.twistd(
-        ["--listen", LISTEN_LOCAL, "--maildir", f"{vmail}/%d/%n", "--auth", f"file:{passwords}"], tmp_path,
+        ["--listen", LISTEN_LOCAL, "--maildir", f"{vmail}/%d/%n", "--auth", f"file:{passwords}",
+         "--workers", str(workers)], tmp_path,
     )
     port = process.waitListening()
+    for index in range(workers if workers > 1 else 0):
+        process.waitFor(rf"worker {index}\] worker ready", timeout=30)
 
     def refusal(user: str, password: str) -> str:
         client = poplib.POP3(HOST, port, timeout=SOCKET_TIMEOUT)
