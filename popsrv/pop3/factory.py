@@ -20,13 +20,16 @@ from popsrv.pop3.policy import LoginPolicy
 from popsrv.pop3.protocol import POP3Protocol
 from popsrv.tls import TLSSettings
 
-__all__ = ["AUTH_FAILURE_DELAY", "DEFAULT_LOGIN_TIMEOUT", "DEFAULT_TIMEOUT", "POP3Factory"]
+__all__ = ["AUTH_FAILURE_DELAY", "CHALLENGE_BITS", "DEFAULT_LOGIN_TIMEOUT", "DEFAULT_TIMEOUT", "POP3Factory"]
 
 # RFC 1939's ten minutes, once logged in; before, a minute is plenty.
 DEFAULT_TIMEOUT = 600
 DEFAULT_LOGIN_TIMEOUT = 60
 AUTH_FAILURE_DELAY = 1.0
 _CHALLENGE_HOST = re.compile(rb"[^A-Za-z0-9.@_+/-]")
+_NOT_DIGITS = re.compile(rb"[^0-9]")
+# The randomness of an APOP challenge (written in decimal, up to 29 digits).
+CHALLENGE_BITS = 96
 
 
 class POP3Factory(Factory):
@@ -62,7 +65,7 @@ class POP3Factory(Factory):
         hostname: Optional[str] = None,
         timeout: int = DEFAULT_TIMEOUT,
         clock: Optional[IReactorTime] = None,
-        randomToken: Callable[[], str] = lambda: secrets.token_hex(12),
+        randomToken: Callable[[], str] = lambda: str(secrets.randbits(CHALLENGE_BITS)),
         authFailureDelay: float = AUTH_FAILURE_DELAY,
         tls: Optional[TLSSettings] = None,
         policy: Optional[LoginPolicy] = None,
@@ -94,11 +97,13 @@ class POP3Factory(Factory):
 
     def makeChallenge(self) -> bytes:
         """
-        Return a new APOP challenge, C{<random.time@hostname>}: unique,
-        unpredictable, and made only of C{A-Za-z0-9.@_+/-} inside the
-        brackets.
+        Return a new APOP challenge in the shape of RFC 1939's example and
+        qpopper's, C{<digits.digits@hostname>} (some clients recognise no
+        other): a random number of L{CHALLENGE_BITS} bits, then the time;
+        unique, unpredictable, and made only of C{A-Za-z0-9.@_+/-} inside
+        the brackets.
         """
-        token = _CHALLENGE_HOST.sub(b"", self._randomToken().encode("ascii", "replace"))
+        token = _NOT_DIGITS.sub(b"", self._randomToken().encode("ascii", "replace")) or b"0"
         return b"<%s.%d@%s>" % (token, int(self.clock.seconds()), self.hostname)
 
     def buildProtocol(self, addr: Optional[IAddress]) -> POP3Protocol:

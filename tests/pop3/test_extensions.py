@@ -281,7 +281,7 @@ def test_authLogin(realm):
 
 def test_authCramMD5(realm):
     """
-    AUTH CRAM-MD5 challenges with the session's <token.time@host>.
+    AUTH CRAM-MD5 challenges with the session's <digits.time@host>.
     """
     s = session(realm)
     out = s.send("AUTH CRAM-MD5")

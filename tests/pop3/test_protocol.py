@@ -64,12 +64,12 @@ def wire(message: bytes) -> bytes:
 
 def test_greetingCarriesAPOPChallenge(session):
     """
-    The greeting is +OK with a <token.time@host> challenge made of
-    A-Za-z0-9.@_+/- only.
+    The greeting is +OK with a <digits.time@host> challenge (qpopper's
+    shape) made of A-Za-z0-9.@_+/- only.
     """
     match = re.fullmatch(rb"\+OK popsrv ready (<[A-Za-z0-9.@_+/-]+>)\r\n", session.greeting)
     assert match is not None
-    assert match.group(1) == b"<token.0@pop.example>"
+    assert match.group(1) == b"<1896.0@pop.example>"
     assert session.protocol.challenge == match.group(1)
 
 
@@ -85,7 +85,11 @@ def test_challengesAreUniqueAndUnpredictable(realm):
     challenges = {factory.makeChallenge() for _ in range(200)}
     assert len(challenges) == 200
     for challenge in challenges:
-        assert re.fullmatch(rb"<[0-9a-f]{24}\.\d+@badhost>", challenge)
+        assert re.fullmatch(rb"<\d{1,29}\.\d+@badhost>", challenge)
+    # 96 random bits: the first numbers spread over (nearly) all 29 digits.
+    assert max(len(c.split(b".")[0]) for c in challenges) >= 28
+    hostile = POP3Factory(portal, randomToken=lambda: "x<y>", clock=Session(portal).clock)
+    assert hostile.makeChallenge().startswith(b"<0.")
 
 
 def test_noDelayIsSet(session):

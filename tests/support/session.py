@@ -43,7 +43,7 @@ class Session:
     One POP3 session over a string transport.
     """
 
-    def __init__(self, portal, clock=None, timeout=600, token="token", authFailureDelay=0,
+    def __init__(self, portal, clock=None, timeout=600, token="1896", authFailureDelay=0,
                  peer="127.0.0.1", transport=None, **factoryArgs):
         self.clock = clock or Clock()
         self.factory = POP3Factory(portal, hostname="pop.example", timeout=timeout, clock=self.clock,
