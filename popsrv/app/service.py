@@ -47,11 +47,12 @@ log = Logger()
 
 class ReloadOnHangup(Service):
     """
-    Reloads the TLS certificate and key when the process gets SIGHUP (as
-    after a certificate renewal), while the service runs.
+    Handles SIGHUP (C{systemctl reload}, a certificate renewal) while the
+    service runs: reloads the TLS certificate and key, if there are any,
+    and logs the reload; SIGHUP never stops the server.
     """
 
-    def __init__(self, tls: TLSSettings, reactor: IReactorFromThreads) -> None:
+    def __init__(self, tls: Optional[TLSSettings], reactor: IReactorFromThreads) -> None:
         self.tls = tls
         self.reactor = reactor
         self._previous: Union[Callable[[int, Optional[FrameType]], Any], int, None] = None
@@ -67,7 +68,16 @@ class ReloadOnHangup(Service):
             self._previous = None
 
     def _hangup(self, signum: int, frame: Optional[FrameType]) -> None:
-        self.reactor.callFromThread(self.tls.reload)
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self) -> None:
+        """
+        Reload what can be reloaded.  (Passwd files are read again at the
+        first login after they change, SIGHUP or not.)
+        """
+        log.info("SIGHUP: reloading", event="reload")
+        if self.tls is not None:
+            self.tls.reload()
 
 
 def makeService(
@@ -157,7 +167,9 @@ def makeService(
         event="limits",
     )
     service = MultiService()
-    if options["tls"] is not None:
+    if not worker or options["tls"] is not None:
+        # (A worker without TLS has nothing to reload: it keeps ignoring
+        # the SIGHUP its parent passes on.)
         ReloadOnHangup(options["tls"], reactor).setServiceParent(service)
     for description in options["listen"]:
         ListeningService(endpointFor(description), factory, announce).setServiceParent(service)

@@ -415,3 +415,27 @@ def test_twistRefusesAmbiguousCheckersOnStandardError(tmp_path, args, message):
     assert result.returncode != 0
     assert result.stderr.decode().splitlines()[0] == "Error: " + message.format(passwd), result.stderr
     assert os.listdir(tmp_path) == ["passwd"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighupNeverStopsTheServer(launcher, workers):
+    """
+    A server without TLS settings takes SIGHUP (systemctl reload) and goes
+    on serving, in one process and with workers.
+    """
+    import poplib
+    import signal
+
+    server = launcher.popsrv("--workers", str(workers))
+    for index in range(workers if workers > 1 else 0):
+        server.twistd.waitFor(rf"worker {index}\] worker ready", timeout=30)
+    for _ in range(2):
+        mark = server.twistd.mark()
+        server.twistd.process.send_signal(signal.SIGHUP)
+        if workers == 1:
+            server.twistd.waitFor("SIGHUP: reloading", since=mark)
+        client = poplib.POP3("127.0.0.1", server.port, timeout=30)
+        client.user("alice")
+        assert client.pass_("secret").startswith(b"+OK")
+        client.quit()
+    assert server.twistd.process.poll() is None
