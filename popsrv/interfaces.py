@@ -23,7 +23,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from popsrv.messages import MessageInfo
 
-__all__ = ["IMaildrop", "IScramCredentials", "IScramParameters", "ISecretSource", "ScramParameters"]
+__all__ = [
+    "IKnownSchemes",
+    "ILoginMethods",
+    "IMaildrop",
+    "IScramCredentials",
+    "IScramParameters",
+    "ISecretSource",
+    "ScramParameters",
+]
 
 
 class IMaildrop(Interface):
@@ -121,6 +129,35 @@ class ISecretSource(Interface):
             source cannot answer now (a database is down or too slow); the
             client is told to try again later, never that its password is
             wrong.
+        """
+
+
+class IKnownSchemes(Interface):
+    """
+    An L{ISecretSource} that knows which schemes its secrets are stored
+    with (a passwd file does; a database usually does not).
+    """
+
+    def storedSchemes() -> frozenset[str]:
+        """
+        The schemes (C{"PLAIN"}, C{"ARGON2ID"}, ...) of the secrets in force
+        now.  It is asked at each connection: it must be cheap.
+        """
+
+
+class ILoginMethods(Interface):
+    """
+    A credentials checker that can say which ways of logging in it can
+    verify now, so that the server offers no other: a mechanism no stored
+    secret can verify would make clients that choose it fail with the
+    right password.
+    """
+
+    def loginMethods() -> frozenset[str] | None:
+        """
+        The ways of logging in that can succeed: some of C{"USER"}
+        (USER/PASS), C{"APOP"} and the SASL mechanism names; C{None} if it
+        cannot tell (offer everything its credential interfaces take).
         """
 
 

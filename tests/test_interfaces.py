@@ -18,7 +18,14 @@ from popsrv.auth.checkers import StoredSecretChecker
 from popsrv.auth.credentials import APOPCredentials, CramMD5Credentials
 from popsrv.auth.passwdfile import PasswdFile
 from popsrv.auth.scram import ScramCredentials
-from popsrv.interfaces import IMaildrop, IScramCredentials, IScramParameters, ISecretSource
+from popsrv.interfaces import (
+    IKnownSchemes,
+    ILoginMethods,
+    IMaildrop,
+    IScramCredentials,
+    IScramParameters,
+    ISecretSource,
+)
 from popsrv.store.maildir import MaildirMaildrop
 from popsrv.store.memory import MemoryMaildrop, MemoryRealm
 from popsrv.store.realm import MaildirRealm
@@ -46,9 +53,11 @@ def test_secretSourceAndChecker(tmp_path: Path) -> None:
     path.write_text("alice:{PLAIN}secret\n")
     source = PasswdFile(str(path))
     assert verifyObject(ISecretSource, source)
+    assert verifyObject(IKnownSchemes, source)
     checker = StoredSecretChecker(source, runner=lambda function, *args: function(*args))
     assert verifyObject(ICredentialsChecker, checker)
     assert verifyObject(IScramParameters, checker)
+    assert verifyObject(ILoginMethods, checker)
 
 
 def test_pgsqlSourceProvidesISecretSource() -> None:

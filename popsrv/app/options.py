@@ -17,6 +17,7 @@ from twisted.python import usage
 from popsrv import __version__
 from popsrv.app.listening import tcpArgument
 from popsrv.app.secret import SecretError, defaultSecretPath, loadSecret
+from popsrv.auth import sasl
 from popsrv.auth.passwdfile import PasswdFileError
 from popsrv.pop3.factory import DEFAULT_LOGIN_TIMEOUT, DEFAULT_TIMEOUT
 from popsrv.pop3.limits import DEFAULT_MAX_PER_ADDRESS
@@ -159,6 +160,11 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             _wholeNumber("--login-timeout"),
         ],
         [
+            "sasl-mechanisms", None, None,
+            "The SASL mechanisms to offer, e.g. PLAIN,SCRAM-SHA-256 (of " + ", ".join(m.name for m in sasl.MECHANISMS)
+            + "); only those the --auth checkers can verify are offered [default: all of them].",
+        ],
+        [
             "secret-file", None, None,
             "File of the server's persistent secret, made at the first start (keeps what unknown users "
             "are told the same across restarts) [default: $STATE_DIRECTORY/secret, else "
@@ -259,6 +265,7 @@ listeners queue up to 4096 connections unless backlog=N says otherwise."""
         if self["timeout"] <= 0:
             raise usage.UsageError("--timeout must be a positive number of seconds")
         self._checkLimits()
+        self._checkMechanisms()
         self["credCheckers"] = [_withByteNames(c) for c in self.get("credCheckers", [])]
         if self["plaintext-auth"] not in PLAINTEXT_POLICIES:
             raise usage.UsageError(f"--plaintext-auth must be one of: {', '.join(PLAINTEXT_POLICIES)}")
@@ -286,6 +293,21 @@ listeners queue up to 4096 connections unless backlog=N says otherwise."""
                 self["secret"] = loadSecret(self["secret-file"] or defaultSecretPath())
             except SecretError as error:
                 raise usage.UsageError(f"--secret-file: {error}")
+
+    def _checkMechanisms(self) -> None:
+        """
+        Parse --sasl-mechanisms: names separated by commas or spaces, in any
+        case; an unknown one is a usage error.
+        """
+        given = self["sasl-mechanisms"]
+        if given is None:
+            return
+        names = [name.upper() for name in given.replace(",", " ").split()]
+        unknown = [name for name in names if sasl.mechanism(name) is None]
+        if unknown or not names:
+            known = ", ".join(m.name for m in sasl.MECHANISMS)
+            raise usage.UsageError(f"--sasl-mechanisms takes names among {known}, not {given!r}")
+        self["sasl-mechanisms"] = names
 
     def _checkLimits(self) -> None:
         """

@@ -160,6 +160,7 @@ def makeService(
         loginTimeout=options["login-timeout"],
         limits=ConnectionLimits(scoreboard, maxConnections, options["max-connections-per-ip"]),
         penalty=AuthPenalty(scoreboard),
+        saslMechanisms=options["sasl-mechanisms"],
     )
     log.info(
         "serving at most {maxConnections} connections, {perAddress} from one address",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, FrozenSet, Optional, Tuple, Union
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
@@ -31,7 +31,14 @@ from zope.interface import implementer
 from popsrv.auth import schemes
 from popsrv.auth.credentials import passwordTooLong
 from popsrv.errors import CredentialsUnavailable
-from popsrv.interfaces import IScramCredentials, IScramParameters, ISecretSource, ScramParameters
+from popsrv.interfaces import (
+    IKnownSchemes,
+    ILoginMethods,
+    IScramCredentials,
+    IScramParameters,
+    ISecretSource,
+    ScramParameters,
+)
 
 __all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_MAX_WAITING", "StoredSecretChecker"]
 
@@ -53,7 +60,7 @@ def _reactorRunner() -> Callable[..., defer.Deferred[Any]]:
     return threadRunner(reactor)  # type: ignore[arg-type]  # the global reactor provides IReactorThreads
 
 
-@implementer(ICredentialsChecker, IScramParameters)
+@implementer(ICredentialsChecker, IScramParameters, ILoginMethods)
 class StoredSecretChecker:
     """
     Checks USER/PASS, PLAIN and LOGIN (C{IUsernamePassword}) against any
@@ -107,6 +114,15 @@ class StoredSecretChecker:
         (such as L{CredentialsUnavailable}) if it cannot answer.
         """
         return defer.ensureDeferred(self._check(credentials))
+
+    def loginMethods(self) -> Optional[FrozenSet[str]]:
+        """
+        The ways of logging in the stored secrets can verify, if the source
+        knows its schemes (see L{ILoginMethods}); else C{None}.
+        """
+        if not IKnownSchemes.providedBy(self.source):
+            return None
+        return schemes.loginMethodsFor(self.source.storedSchemes())
 
     def scramParameters(self, username: bytes, mechanism: str) -> defer.Deferred[Optional[ScramParameters]]:
         """

@@ -19,7 +19,7 @@ log in, and one log line at each load names the line.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, Optional, Tuple
 
 import attr
 from twisted.logger import Logger
@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from popsrv.auth import schemes
 from popsrv.errors import CredentialsUnavailable
-from popsrv.interfaces import ISecretSource
+from popsrv.interfaces import IKnownSchemes, ISecretSource
 
 __all__ = ["PasswdFile", "PasswdFileError", "PasswdSyntaxError", "Problem", "parsePasswd"]
 
@@ -116,7 +116,15 @@ def parsePasswd(data: bytes) -> Tuple[Dict[str, str], List[Problem]]:
     return secrets, problems
 
 
-@implementer(ISecretSource)
+def _schemeOf(secret: str) -> Optional[str]:
+    """The scheme of a stored secret, or C{None} if it has none."""
+    try:
+        return schemes.parse(secret)[0]
+    except schemes.SchemeError:
+        return None
+
+
+@implementer(ISecretSource, IKnownSchemes)
 class PasswdFile:
     """
     The secrets of a passwd file, re-read whenever the file changes.
@@ -129,6 +137,7 @@ class PasswdFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self._secrets: Dict[str, str] = {}
+        self._schemes: FrozenSet[str] = frozenset()
         self._signature: Optional[Tuple[object, ...]] = None
         # Why the file cannot be read now, if it cannot.
         self._unreadable: Optional[str] = None
@@ -159,6 +168,7 @@ class PasswdFile:
                 event="passwd-unusable-secret",
             )
         self._secrets = secrets
+        self._schemes = frozenset(filter(None, map(_schemeOf, secrets.values())))
         self._unreadable = None
         log.info("{path}: {count} users", path=self.path, count=len(secrets), event="passwd-loaded")
 
@@ -215,6 +225,14 @@ class PasswdFile:
         except UnicodeDecodeError:
             return None
         return self._secrets.get(name)
+
+    def storedSchemes(self) -> FrozenSet[str]:
+        """
+        The schemes of the secrets in force, the file read again if it
+        changed (a stat, as at each login); see L{IKnownSchemes}.
+        """
+        self._refresh()
+        return self._schemes
 
     def users(self) -> List[str]:
         """

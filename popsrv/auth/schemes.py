@@ -29,7 +29,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Dict, FrozenSet, Iterable, Optional, Tuple, Union
 
 import argon2
 import attr
@@ -41,12 +41,15 @@ from popsrv.auth.credentials import MAX_PASSWORD_OCTETS, passwordTooLong
 
 __all__ = [
     "DEFAULT_SCHEME",
+    "DIGEST_METHODS",
+    "PASSWORD_METHODS",
     "SCHEMES",
     "SchemeError",
     "ScramKeys",
     "checkStored",
     "hashPassword",
     "isSlow",
+    "loginMethodsFor",
     "parse",
     "plaintext",
     "scramKeys",
@@ -366,6 +369,29 @@ def verify(stored: str, password: bytes) -> bool:
         return bool(verifier(secret, password))
     except SchemeError:
         return False
+
+
+# The ways of logging in: USER/PASS, APOP and the SASL mechanisms.
+PASSWORD_METHODS = frozenset({"USER", "PLAIN", "LOGIN"})
+DIGEST_METHODS = frozenset({"APOP", "CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256"})
+
+
+def loginMethodsFor(storedSchemes: Iterable[str]) -> FrozenSet[str]:
+    """
+    The ways of logging in that secrets stored with C{storedSchemes} can
+    verify: a password against any of them; every digest against C{PLAIN};
+    a SCRAM mechanism against its own stored keys.
+    """
+    methods: set[str] = set()
+    for scheme in storedSchemes:
+        if scheme not in SCHEMES:
+            continue
+        methods |= PASSWORD_METHODS
+        if scheme == "PLAIN":
+            methods |= DIGEST_METHODS
+        elif scheme in _SCRAM_HASHES:
+            methods.add(scheme)
+    return frozenset(methods)
 
 
 def isSlow(stored: str) -> bool:

@@ -12,6 +12,7 @@ from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.internet.interfaces import ITLSTransport, ITransport
 
 from popsrv.auth import sasl
+from popsrv.interfaces import ILoginMethods
 
 if TYPE_CHECKING:  # pragma: no cover
     from popsrv.pop3.factory import POP3Factory
@@ -60,18 +61,35 @@ class ConnectionEnvironment:
         """Whether the policy allows plaintext passwords over TLS only."""
         return self._factory.policy.plaintext == "tls-only"
 
-    def _accepted(self) -> set[Any]:
-        return set(self._factory.portal.listCredentialsInterfaces())
+    def _can(self, method: str, interface: Any) -> bool:
+        """
+        Whether a way of logging in (C{"USER"}, C{"APOP"}, a mechanism's
+        name) can succeed: the portal takes its credentials, and their
+        checker, if it can tell (L{ILoginMethods}), can verify it.
+        """
+        checker = self._factory.portal.checkers.get(interface)
+        if checker is None:
+            return False
+        if not ILoginMethods.providedBy(checker):
+            return True
+        methods = checker.loginMethods()
+        return methods is None or method in methods
 
     def acceptsPasswords(self) -> bool:
-        """Whether the portal takes user names with passwords."""
-        return IUsernamePassword in self._accepted()
+        """Whether user names with passwords (USER/PASS) can log in."""
+        return self._can("USER", IUsernamePassword)
 
     def acceptsAPOP(self) -> bool:
-        """Whether the portal takes digests (APOP, CRAM-MD5)."""
-        return IUsernameHashedPassword in self._accepted()
+        """Whether APOP can log in."""
+        return self._can("APOP", IUsernameHashedPassword)
 
     def mechanisms(self) -> List[sasl.Mechanism]:
-        """The SASL mechanisms whose credentials the portal takes."""
-        accepted = self._accepted()
-        return [m for m in sasl.MECHANISMS if m.credentialInterface in accepted]
+        """
+        The SASL mechanisms offered: those the operator chose (all by
+        default) that can log in.
+        """
+        chosen = self._factory.saslMechanisms
+        return [
+            m for m in sasl.MECHANISMS
+            if (chosen is None or m.name in chosen) and self._can(m.name, m.credentialInterface)
+        ]

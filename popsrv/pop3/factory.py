@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import secrets
 import socket
-from typing import Callable, Optional
+from typing import Callable, Collection, Optional
 
 from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IAddress, IReactorTime
@@ -54,6 +54,8 @@ class POP3Factory(Factory):
     @ivar penalty: the L{AuthPenalty} that paces each address's failed
         logins, or C{None} for none.
     @ivar loginQueue: the L{LoginQueue} credential checks wait in.
+    @ivar saslMechanisms: the names of the SASL mechanisms to offer (those
+        of them that the checkers can verify), or C{None} for all.
     """
 
     protocol = POP3Protocol
@@ -74,6 +76,7 @@ class POP3Factory(Factory):
         limits: Optional[ConnectionLimits] = None,
         penalty: Optional[AuthPenalty] = None,
         loginQueue: Optional[LoginQueue] = None,
+        saslMechanisms: Optional[Collection[str]] = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -88,6 +91,7 @@ class POP3Factory(Factory):
         self.limits = limits
         self.penalty = penalty
         self.loginQueue = loginQueue or LoginQueue()
+        self.saslMechanisms = None if saslMechanisms is None else frozenset(saslMechanisms)
         self.authFailureDelay = authFailureDelay
         self.tls = tls
         self.policy = policy or LoginPolicy()

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, List
 
 import pytest
 import scramp
@@ -265,3 +265,63 @@ def test_a_broken_edit_keeps_the_users_working(passwdServer: PasswdServer) -> No
         passwdServer.twistd.waitFor(rf"{path} line {broken}: a line is user:.*stays in force", since=since)
     finally:
         path.write_text(before, encoding="utf-8")
+
+
+def capabilities(port: int) -> List[bytes]:
+    """CAPA's lines from a server, and its greeting first."""
+    client = poplib.POP3(HOST, port, timeout=SOCKET_TIMEOUT)
+    try:
+        _, lines, _ = client._longcmd("CAPA")
+        return [client.getwelcome(), *lines]
+    finally:
+        client.quit()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_readme_recipe_logs_in_with_curl(moduleLauncher: Launcher, tmp_path: Path, workers: int) -> None:
+    """
+    Users added with `python -m popsrv passwd add` (its default scheme,
+    ARGON2ID) can use every way of logging in popsrv offers: CRAM-MD5, SCRAM
+    and APOP, which such entries cannot verify, are not offered, so curl
+    picks one that works. A {PLAIN} user added later brings them back.
+    """
+    passwd = tmp_path / "passwd"
+    tool("add", str(passwd), "alice", password=f"{PASSWORD}\n")
+    deliver(str(tmp_path / "mail" / "alice"), message("alice"))
+    process = moduleLauncher.twistd(
+        ["--listen", LISTEN_LOCAL, "--maildir-root", str(tmp_path / "mail"), "--auth", f"passwd-file:{passwd}",
+         "--workers", str(workers)], tmp_path,
+    )
+    port = process.waitListening()
+    for index in range(workers if workers > 1 else 0):
+        process.waitFor(rf"worker {index}\] worker ready", timeout=30)
+    greeting, *lines = capabilities(port)
+    assert b"<" not in greeting
+    assert b"SASL PLAIN LOGIN" in lines and b"USER" in lines
+    result = curl(f"pop3://{HOST}:{port}/1", "-u", f"alice:{PASSWORD}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == message("alice")
+    tool("add", "--scheme", "PLAIN", str(passwd), "bob", password="bobs\n")
+    greeting, *lines = capabilities(port)
+    assert b"<" in greeting
+    assert b"SASL SCRAM-SHA-256 SCRAM-SHA-1 CRAM-MD5 PLAIN LOGIN" in lines
+
+
+def test_sasl_mechanisms_chosen_by_the_operator(moduleLauncher: Launcher, tmp_path: Path) -> None:
+    """
+    --sasl-mechanisms offers only the mechanisms named that the checkers
+    can verify; an unknown name is a usage error.
+    """
+    passwd = tmp_path / "passwd"
+    passwd.write_text(f"plain:{{PLAIN}}{PASSWORD}\n")
+    process = moduleLauncher.twistd(
+        ["--listen", LISTEN_LOCAL, "--maildir-root", str(tmp_path / "mail"), "--auth", f"passwd-file:{passwd}",
+         "--sasl-mechanisms", "scram-sha-256, plain"], tmp_path,
+    )
+    _, *lines = capabilities(process.waitListening())
+    assert b"SASL SCRAM-SHA-256 PLAIN" in lines
+    refused = moduleLauncher.run(
+        ["-n", "popsrv", "--auth", f"passwd-file:{passwd}", "--sasl-mechanisms", "PLAIN,GSSAPI"], tmp_path,
+    )
+    assert refused.returncode != 0
+    assert b"--sasl-mechanisms takes names among" in refused.stdout

@@ -339,3 +339,20 @@ def test_passwordsOverTheLimitAreNeitherVerifiedNorStored() -> None:
             hashPassword(long, scheme)
     with pytest.raises(SchemeError):
         shaCrypt(long, "salt")
+
+
+def test_loginMethodsOfStoredSchemes():
+    """
+    A password logs in against any known scheme; digests only against
+    PLAIN; a SCRAM mechanism against its own stored keys; unknown schemes
+    (and hostile names) add nothing.
+    """
+    from popsrv.auth.schemes import loginMethodsFor
+
+    assert loginMethodsFor([]) == frozenset()
+    assert loginMethodsFor(["ARGON2ID", "SHA512-CRYPT"]) == {"USER", "PLAIN", "LOGIN"}
+    assert loginMethodsFor(["SCRAM-SHA-256"]) == {"USER", "PLAIN", "LOGIN", "SCRAM-SHA-256"}
+    assert loginMethodsFor(["PLAIN"]) == {
+        "USER", "PLAIN", "LOGIN", "APOP", "CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256",
+    }
+    assert loginMethodsFor(["MD5-CRYPT", "plain", "APOP", "", "\u212aELVIN"]) == frozenset()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 
 import pytest
 import scramp
@@ -556,3 +557,30 @@ def test_neverPolicyDoesNotSuggestSTLS(realm, tls):
     """
     s = session(realm, tls=tls, policy=LoginPolicy("never"))
     assert s.send("USER alice") == b"-ERR [AUTH] plaintext authentication is not allowed on this connection\r\n"
+
+
+def test_onlyVerifiableWaysOfLoggingInAreOffered(tmp_path):
+    """
+    With a passwd file of hashed secrets only, CAPA offers PLAIN and LOGIN
+    but no CRAM-MD5 or SCRAM, and the greeting has no APOP challenge; a
+    {PLAIN} user brings them back (the file is read again when it changes);
+    the operator's choice narrows what is offered.
+    """
+    from popsrv.auth.checkers import StoredSecretChecker
+    from popsrv.auth.passwdfile import PasswdFile
+    from popsrv.auth.schemes import hashPassword
+
+    passwd = tmp_path / "passwd"
+    passwd.write_text("alice:" + hashPassword("secret", "SHA256-CRYPT") + "\n")
+    checker = StoredSecretChecker(PasswdFile(str(passwd)), runner=lambda function, *args: function(*args))
+    portal = Portal(MemoryRealm(), [checker])
+    s = Session(portal)
+    assert b"<" not in s.greeting
+    assert b"SASL PLAIN LOGIN" in capabilities(s)
+    passwd.write_text(passwd.read_text() + "bob:{PLAIN}hunter2\n")
+    os.utime(passwd, ns=(0, 10**18))
+    s = Session(portal)
+    assert b"<" in s.greeting
+    assert b"SASL SCRAM-SHA-256 SCRAM-SHA-1 CRAM-MD5 PLAIN LOGIN" in capabilities(s)
+    s = Session(portal, saslMechanisms=["CRAM-MD5", "LOGIN"])
+    assert b"SASL CRAM-MD5 LOGIN" in capabilities(s)
