@@ -60,8 +60,12 @@ class Exchange:
     One authentication with one mechanism: one AUTH command.
 
     Subclasses implement C{_step}; this class checks the order of calls.
+
+    @ivar user: the login name the client has given so far (for logs, as
+        sent: it may be anything), or C{b""}.
     """
 
+    user = b""
     _started = False
     _finished = False
 

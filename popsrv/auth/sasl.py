@@ -87,6 +87,7 @@ class _PlainExchange(Exchange):
         if len(parts) != 3:
             raise SASLError(f"a PLAIN message has two NULs, not {len(parts) - 1}")
         authzid, authcid, password = parts
+        self.user = authcid
         checkedText(authcid, "authentication identity")
         checkedText(password, "password")
         if authzid:
@@ -110,6 +111,7 @@ class _LoginExchange(Exchange):
         if response is None:
             return Challenge(b"Username:")
         if self._username is None:
+            self.user = response
             self._username = checkedText(response, "user name")
             return Challenge(b"Password:")
         return UsernamePassword(self._username, checkedText(response, "password"))
@@ -134,6 +136,7 @@ class _CramMD5Exchange(Exchange):
         if response is None:
             raise SASLError("a response is missing")
         username, space, digest = response.rpartition(b" ")
+        self.user = username
         if not space or not HEX_DIGEST.fullmatch(digest):
             raise SASLError("a CRAM-MD5 response is a user name, a space and 32 hex digits")
         return CramMD5Credentials(self._challenge, checkedText(username, "user name"), digest)

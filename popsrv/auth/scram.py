@@ -222,7 +222,7 @@ class ScramExchange(Exchange):
         # Parse (and check) the message once to learn the user name.
         parser = scram.make_server(_placeholderKeys(placeholderSalt(b"", self._mechanismName), 4096, names))
         parser.set_client_first(message)
-        username = names[0].encode("utf-8")
+        username = self.user = names[0].encode("utf-8")
 
         def found(parameters: Optional[ScramParameters]) -> Challenge:
             if parameters is None or len(parameters.salt) < SCRAM_MIN_SALT_OCTETS or parameters.iterations < 1:
@@ -253,7 +253,7 @@ class ScramExchange(Exchange):
             _placeholderKeys(self._salt, self._iterationCount, names), s_nonce=self._serverNonce
         )
         self._server.set_client_first(message)
-        self._username = names[0].encode("utf-8")
+        self._username = self.user = names[0].encode("utf-8")
         self._clientFirstMessage = message
         self._serverFirst = self._server.get_server_first()
         return Challenge(self._serverFirst.encode("ascii"))

@@ -178,9 +178,9 @@ class LoginAttempt:
                 if isinstance(step, defer.Deferred):
                     step = await step
             except sasl.SASLError as error:
-                return Rejected(b"", f"{mechanism.name}: {error}", started)
+                return Rejected(exchange.user, f"{mechanism.name}: {error}", started)
             except Exception:
-                return self._backendFailed(Failure(), b"")
+                return self._backendFailed(Failure(), exchange.user)
             if not isinstance(step, sasl.Challenge):
                 break
             self._conversation.sendLine(b"+ " + base64.b64encode(step.data))
@@ -192,12 +192,14 @@ class LoginAttempt:
                 if self._session.abortedAuth > MAX_FREE_ABORTS:
                     # Aborting is free a few times: then it counts as the
                     # failure it hides (a probe of salts, say).
-                    return Rejected(b"", f"{mechanism.name}: AUTH aborted {self._session.abortedAuth} times", started)
+                    why = f"{mechanism.name}: AUTH aborted {self._session.abortedAuth} times"
+                    return Rejected(exchange.user, why, started)
                 return Refused(replies.err(replies.AUTH_CANCELLED))
             if len(line) + 2 > MAX_AUTH_OCTETS:
                 # The AUTH command's own limit holds for its continuation
                 # lines: a response that long is nobody's credentials.
-                return Rejected(b"", f"{mechanism.name}: response over {MAX_AUTH_OCTETS} octets", self._clock.seconds())
+                why = f"{mechanism.name}: response over {MAX_AUTH_OCTETS} octets"
+                return Rejected(exchange.user, why, self._clock.seconds())
             try:
                 response = decodeBase64(line)
             except CommandError as error:

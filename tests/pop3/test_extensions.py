@@ -584,3 +584,27 @@ def test_onlyVerifiableWaysOfLoggingInAreOffered(tmp_path):
     assert b"SASL SCRAM-SHA-256 SCRAM-SHA-1 CRAM-MD5 PLAIN LOGIN" in capabilities(s)
     s = Session(portal, saslMechanisms=["CRAM-MD5", "LOGIN"])
     assert b"SASL CRAM-MD5 LOGIN" in capabilities(s)
+
+
+@pytest.mark.parametrize("lines, user", [
+    ([b"AUTH PLAIN " + base64.b64encode(b"mallory\0bob\0S3kr1t")], "bob"),
+    ([b"AUTH LOGIN", base64.b64encode(b"carol"), base64.b64encode(b"S3kr1t\0h1dd3n")], "carol"),
+    ([b"AUTH CRAM-MD5", base64.b64encode(b"dave 0123")], "dave"),
+    ([b"AUTH SCRAM-SHA-256 " + base64.b64encode(b"n,,n=erin,r=abcdefghijklmnop"), base64.b64encode(b"garbage")],
+     "erin"),
+    ([b"AUTH LOGIN", base64.b64encode(b"\x1b[31mevil\x00"), base64.b64encode(b"x")], "\\x1b[31mevil\\x00"),
+])
+def test_failedSASLLoginsLogTheUserTried(lines, user):
+    """
+    A SASL exchange that fails before the checker logs the user name the
+    client gave (printable, however hostile), never the password.
+    """
+    portal, _ = makePortal({"bob": "secret"})
+    s = Session(portal)
+    with capturedLogs() as events:
+        for line in lines:
+            out = s.send(line)
+    assert out.startswith(b"-ERR [AUTH]")
+    [failed] = [e for e in events if e.get("event") == "login-failed"]
+    assert failed["user"] == user
+    assert "S3kr1t" not in str(failed) and "h1dd3n" not in str(failed)
