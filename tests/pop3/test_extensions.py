@@ -592,7 +592,7 @@ def test_onlyVerifiableWaysOfLoggingInAreOffered(tmp_path):
     ([b"AUTH CRAM-MD5", base64.b64encode(b"dave 0123")], "dave"),
     ([b"AUTH SCRAM-SHA-256 " + base64.b64encode(b"n,,n=erin,r=abcdefghijklmnop"), base64.b64encode(b"garbage")],
      "erin"),
-    ([b"AUTH LOGIN", base64.b64encode(b"\x1b[31mevil\x00")], "\\x1b[31mevil\\x00"),
+    ([b"AUTH LOGIN", base64.b64encode(b"\x1b[31mevil\x00")], "?[31mevil?"),
 ])
 def test_failedSASLLoginsLogTheUserTried(lines, user):
     """
