@@ -1,23 +1,34 @@
 """
 Listening on the endpoints of C{--listen}: L{ListeningService}, the default
-listen backlog of TCP endpoints (L{withDefaultBacklog}), and how a listening
-address is written in the log.
+listen backlog of TCP endpoints (L{withDefaultBacklog}), implicit TLS over
+any endpoint (C{tls:}, L{ImplicitTLSEndpoint}), and how a listening address
+is written in the log.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 from twisted.application.service import Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IOpenSSLContextFactory,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from popsrv.tls import TLSSettings
 
 __all__ = [
-    "DEFAULT_BACKLOG", "ListeningService", "describeAddress", "serverEndpoint", "tcpArgument", "withDefaultBacklog",
+    "DEFAULT_BACKLOG", "TLS_PREFIX", "ImplicitTLSEndpoint", "ListeningService", "describeAddress", "serverEndpoint",
+    "splitTLS", "tcpArgument", "withDefaultBacklog",
 ]
 
 # The listen queue of a TCP listener whose description gives no backlog:
@@ -26,6 +37,7 @@ __all__ = [
 # retransmissions, seconds each, or hang). The kernel caps it at
 # net.core.somaxconn (4096 by default since Linux 5.4).
 DEFAULT_BACKLOG = 4096
+TLS_PREFIX = "tls:"
 
 # Where each TCP endpoint type takes its port and its backlog among its
 # positional arguments (after the type): tcp:PORT:INTERFACE:BACKLOG,
@@ -117,6 +129,52 @@ def serverEndpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
     """
     endpoint: IStreamServerEndpoint = endpoints.serverFromString(reactor, withDefaultBacklog(description))
     return endpoint
+
+
+def splitTLS(description: str) -> Tuple[str, bool]:
+    """
+    Split a C{--listen} description into the endpoint under a C{tls:}
+    prefix (implicit TLS, with C{--tls-cert} and C{--tls-key}, over any
+    stream endpoint: C{tls:systemd:domain=INET:name=pop3s}) and whether
+    there was one.
+    """
+    if description[:len(TLS_PREFIX)].lower() == TLS_PREFIX:
+        return description[len(TLS_PREFIX):], True
+    return description, False
+
+
+@implementer(IOpenSSLContextFactory)
+class _CurrentTLS:
+    """
+    The TLS settings in force, as an OpenSSL context factory: asked at
+    each connection, so a certificate reloaded on SIGHUP serves the next
+    connection.
+    """
+
+    def __init__(self, tls: TLSSettings) -> None:
+        self._tls = tls
+
+    def getContext(self) -> Any:
+        """The OpenSSL context of the certificate in force."""
+        return self._tls.options.getContext()
+
+
+@implementer(IStreamServerEndpoint)
+class ImplicitTLSEndpoint:
+    """
+    Implicit TLS (RFC 8314, port 995) over another stream endpoint, with
+    the server's reloadable TLS settings; C{ssl:} listeners cannot take
+    their socket from systemd, nor reload their certificate.
+    """
+
+    def __init__(self, endpoint: IStreamServerEndpoint, tls: TLSSettings) -> None:
+        self._endpoint = endpoint
+        self._tls = tls
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        """Listen with TLS wrapped around each connection."""
+        wrapped = TLSMemoryBIOFactory(_CurrentTLS(self._tls), False, protocolFactory)
+        return self._endpoint.listen(wrapped)
 
 
 def describeAddress(address: object) -> str:

@@ -15,7 +15,7 @@ from twisted.internet import endpoints
 from twisted.python import usage
 
 from popsrv import __version__
-from popsrv.app.listening import tcpArgument
+from popsrv.app.listening import splitTLS, tcpArgument
 from popsrv.app.secret import SecretError, defaultSecretPath, loadSecret
 from popsrv.auth import sasl
 from popsrv.auth.passwdfile import PasswdFileError
@@ -223,20 +223,22 @@ both check USER/PASS (or both APOP) are refused."""
     def opt_listen(self, description: str) -> None:
         """Listen on a Twisted endpoint description; repeatable, e.g. tcp:110, \
 tcp:1110:interface=127.0.0.1, ssl:995:privateKey=key.pem:certKey=cert.pem, \
-systemd:domain=INET:index=0 [default: tcp:1110:interface=127.0.0.1]. TCP \
+systemd:domain=INET:index=0, tls:systemd:domain=INET:name=pop3s (implicit TLS \
+with --tls-cert over any endpoint) [default: tcp:1110:interface=127.0.0.1]. TCP \
 listeners queue up to 4096 connections unless backlog=N says otherwise."""
+        inner, _ = splitTLS(description)
         try:
-            endpoints.serverFromString(_NoReactor(), description)
+            endpoints.serverFromString(_NoReactor(), inner)
         except Exception as error:
             reason = str(error) or type(error).__name__
             raise usage.UsageError(f"--listen {description!r} is not a usable endpoint: {reason}")
-        field = tcpArgument(description, "port")
+        field = tcpArgument(inner, "port")
         port = int(field) if field is not None and field.isdigit() else 0
         if not 0 <= port <= 65535:
             raise usage.UsageError(f"--listen {description!r}: port {port} is not between 0 and 65535")
         # Twisted has checked that it is a number; the socket's listen()
         # takes a C int, and a larger one would end the start in a traceback.
-        backlog = tcpArgument(description, "backlog")
+        backlog = tcpArgument(inner, "backlog")
         if backlog is not None and not 0 <= int(backlog) <= MAX_BACKLOG:
             raise usage.UsageError(f"--listen {description!r}: backlog {backlog} is not between 0 and {MAX_BACKLOG}")
         self["listen"].append(description)
@@ -251,12 +253,12 @@ listeners queue up to 4096 connections unless backlog=N says otherwise."""
             raise usage.UsageError(f"--workers must be between 1 and {MAX_WORKERS}")
         if self["workers"] > 1:
             for description in self["listen"]:
-                kind, _, rest = description.partition(":")
+                kind, _, rest = splitTLS(description)[0].partition(":")
                 if kind == "haproxy":
                     kind = rest.partition(":")[0]
                 if kind not in WORKER_LISTENERS:
                     raise usage.UsageError(
-                        f"--workers serves tcp:, tcp6: and ssl: listeners (also behind haproxy:), "
+                        f"--workers serves tcp:, tcp6: and ssl: listeners (also behind haproxy: or tls:), "
                         f"not {description!r}"
                     )
         self._checkDemo()
@@ -274,6 +276,9 @@ listeners queue up to 4096 connections unless backlog=N says otherwise."""
             self["login-delay"] = _nonNegative("--login-delay", self["login-delay"])
         if bool(self["tls-cert"]) != bool(self["tls-key"]):
             raise usage.UsageError("--tls-cert and --tls-key go together")
+        implicit = [d for d in self["listen"] if splitTLS(d)[1]]
+        if implicit and not self["tls-cert"]:
+            raise usage.UsageError(f"--listen {implicit[0]!r} needs --tls-cert and --tls-key")
         self["tls"] = None
         if self["tls-cert"]:
             try:

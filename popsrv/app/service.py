@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IListeningPort, IReactorFromThreads, ISt
 from twisted.logger import Logger
 
 from popsrv.app.demo import prepareDemo
-from popsrv.app.listening import ListeningService, serverEndpoint
+from popsrv.app.listening import ImplicitTLSEndpoint, ListeningService, serverEndpoint, splitTLS
 from popsrv.app.options import DEMO_DIRECTORY, Options
 from popsrv.app.privileges import RootWarning
 from popsrv.app.secret import deriveKey
@@ -173,7 +173,11 @@ def makeService(
         # the SIGHUP its parent passes on.)
         ReloadOnHangup(options["tls"], reactor).setServiceParent(service)
     for description in options["listen"]:
-        ListeningService(endpointFor(description), factory, announce).setServiceParent(service)
+        inner, implicitTLS = splitTLS(description)
+        endpoint = endpointFor(inner)
+        if implicitTLS:
+            endpoint = ImplicitTLSEndpoint(endpoint, options["tls"])
+        ListeningService(endpoint, factory, announce).setServiceParent(service)
     if not worker:
         # Workers have their parent's identity: the parent warns for them.
         RootWarning().setServiceParent(service)

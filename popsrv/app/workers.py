@@ -47,7 +47,7 @@ from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
-from popsrv.app.listening import describeAddress, serverEndpoint
+from popsrv.app.listening import describeAddress, serverEndpoint, splitTLS
 from popsrv.scoreboard import Scoreboard
 
 __all__ = ["STOP_GRACE", "USAGE_ERROR", "WorkerPool"]
@@ -200,7 +200,8 @@ class WorkerPool(Service):
         if self.ports:
             return
         for description in self.descriptions:
-            endpoint = serverEndpoint(self.reactor, description)
+            # The parent binds the socket; a worker wraps it in TLS (tls:).
+            endpoint = serverEndpoint(self.reactor, splitTLS(description)[0])
             results: List[Any] = []
             endpoint.listen(_NoConnections()).addBoth(results.append)
             if not results or isinstance(results[0], Failure):
