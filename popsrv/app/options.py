@@ -17,6 +17,7 @@ from twisted.python import usage
 from popsrv import __version__
 from popsrv.app.listening import splitTLS, tcpArgument
 from popsrv.app.secret import SecretError, defaultSecretPath, loadSecret
+from popsrv.app.shutdown import DEFAULT_SHUTDOWN_GRACE
 from popsrv.auth import sasl
 from popsrv.auth.passwdfile import PasswdFileError
 from popsrv.pop3.factory import DEFAULT_LOGIN_TIMEOUT, DEFAULT_TIMEOUT
@@ -158,6 +159,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "login-timeout", None, DEFAULT_LOGIN_TIMEOUT,
             "Seconds of inactivity before a connection that has not logged in is closed.",
             _wholeNumber("--login-timeout"),
+        ],
+        [
+            "shutdown-grace", None, DEFAULT_SHUTDOWN_GRACE,
+            "Seconds open sessions have to finish when popsrv stops (SIGTERM); a session that QUITs "
+            "meanwhile has its deletions applied, the others are then closed without any.",
+            float,
         ],
         [
             "sasl-mechanisms", None, None,
@@ -319,6 +326,8 @@ listeners queue up to 4096 connections unless backlog=N says otherwise."""
         Check the login timeout and the connection limits; a per-address
         limit of 0 means none.
         """
+        if not 0 <= self["shutdown-grace"] <= 3600:
+            raise usage.UsageError("--shutdown-grace must be between 0 and 3600 seconds")
         if self["login-timeout"] <= 0:
             raise usage.UsageError("--login-timeout must be a positive number of seconds")
         if self["max-connections"] is not None:

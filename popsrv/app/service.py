@@ -28,6 +28,7 @@ from popsrv.app.listening import ImplicitTLSEndpoint, ListeningService, serverEn
 from popsrv.app.options import DEMO_DIRECTORY, Options
 from popsrv.app.privileges import RootWarning
 from popsrv.app.secret import deriveKey
+from popsrv.app.shutdown import GracefulShutdown
 from popsrv.auth.penalty import AuthPenalty
 from popsrv.auth.scram import setPlaceholderKey
 from popsrv.pop3.factory import POP3Factory
@@ -41,6 +42,8 @@ from popsrv.tls import TLSSettings
 __all__ = ["ListeningService", "Options", "ReloadOnHangup", "makeService"]
 
 SWITCH_INTERVAL = 0.0005
+# Seconds a worker has beyond the shutdown grace to exit before it is killed.
+STOP_MARGIN = 2.0
 
 log = Logger()
 
@@ -168,6 +171,7 @@ def makeService(
         event="limits",
     )
     service = MultiService()
+    GracefulShutdown([factory], reactor, options["shutdown-grace"]).setServiceParent(service)
     if not worker or options["tls"] is not None:
         # (A worker without TLS has nothing to reload: it keeps ignoring
         # the SIGHUP its parent passes on.)
@@ -208,6 +212,7 @@ def _workerPool(
     service = MultiService()
     pool = WorkerPool(
         reactor, options["listen"], options.arguments, options["workers"], announce, scoreboard=scoreboard,
+        stopGrace=options["shutdown-grace"] + STOP_MARGIN,
     )
     pool.setServiceParent(service)
     RootWarning(options["workers"]).setServiceParent(service)

@@ -15,9 +15,10 @@ each new connection to one of the workers.
   - A worker that dies is started again: at once if it ran for a while,
     after a growing delay (up to a minute) while it keeps dying young; one
     that cannot use its options (exit status 2) stops the whole server.
-  - When the parent stops (SIGTERM, SIGINT), it stops its workers with
-    SIGTERM, and with SIGKILL those still running after
-    L{STOP_GRACE} seconds, before it exits itself.  A worker also stops
+  - When the parent stops (SIGTERM, SIGINT), it closes its listening
+    sockets and stops its workers with SIGTERM (each gives its sessions the
+    shutdown grace), and with SIGKILL those still running after
+    C{stopGrace} seconds, before it exits itself.  A worker also stops
     when its parent is gone however it ended (even by SIGKILL): it holds
     the write end of a pipe whose other end is the worker's standard
     input, and the worker stops at its end of file.
@@ -164,6 +165,7 @@ class WorkerPool(Service):
         onListening: Optional[Callable[[IListeningPort], None]] = None,
         executable: str = sys.executable,
         scoreboard: Optional[Scoreboard] = None,
+        stopGrace: float = STOP_GRACE,
     ) -> None:
         self.reactor = reactor
         self.descriptions = list(descriptions)
@@ -173,6 +175,7 @@ class WorkerPool(Service):
         self._onListening = onListening
         self._executable = executable
         self._scoreboard = scoreboard
+        self._stopGrace = stopGrace
         self._workers: dict[int, _WorkerProcess] = {}
         self._started: dict[int, float] = {}
         self._delays: dict[int, float] = {}
@@ -291,8 +294,9 @@ class WorkerPool(Service):
 
     def stopService(self) -> defer.Deferred[Any]:
         """
-        Stop the workers (SIGTERM, then SIGKILL after L{STOP_GRACE}
-        seconds), then close the listening sockets.
+        Close the listening sockets (the workers close their copies at once
+        too, so nothing accepts any more), then stop the workers (SIGTERM,
+        then SIGKILL after C{stopGrace} seconds).
         """
         super().stopService()
         if self._previousHangup is not None:
@@ -302,16 +306,17 @@ class WorkerPool(Service):
             if call.active():
                 call.cancel()
         self._restarts.clear()
+        ports, self.ports = self.ports, []
+        closing = [defer.maybeDeferred(port.stopListening) for port in ports]
         ending = [worker.ended for worker in self._workers.values()]
         self.signalWorkers("TERM")
-        killer = self.reactor.callLater(STOP_GRACE, self.signalWorkers, "KILL")
+        killer = self.reactor.callLater(self._stopGrace, self.signalWorkers, "KILL")
 
-        def closePorts(_: object) -> defer.Deferred[Any]:
+        def ended(_: object) -> None:
             if killer.active():
                 killer.cancel()
-            ports, self.ports = self.ports, []
-            return defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in ports])
 
-        return defer.gatherResults(ending).addCallback(closePorts)
+        stopping: list[defer.Deferred[Any]] = [*closing, *ending]
+        return defer.gatherResults(stopping).addCallback(ended)
 
 

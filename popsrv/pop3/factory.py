@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import secrets
 import socket
-from typing import Callable, Collection, Optional
+from typing import Callable, Collection, Optional, Set
 
 from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IAddress, IReactorTime
@@ -56,6 +56,8 @@ class POP3Factory(Factory):
     @ivar loginQueue: the L{LoginQueue} credential checks wait in.
     @ivar saslMechanisms: the names of the SASL mechanisms to offer (those
         of them that the checkers can verify), or C{None} for all.
+    @ivar connections: the connections open now (admitted ones), for a
+        graceful shutdown to wait for and then close.
     """
 
     protocol = POP3Protocol
@@ -92,6 +94,7 @@ class POP3Factory(Factory):
         self.penalty = penalty
         self.loginQueue = loginQueue or LoginQueue()
         self.saslMechanisms = None if saslMechanisms is None else frozenset(saslMechanisms)
+        self.connections: Set[POP3Protocol] = set()
         self.authFailureDelay = authFailureDelay
         self.tls = tls
         self.policy = policy or LoginPolicy()

@@ -119,6 +119,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             self._admitted = limits.enter(transport, self._host, self._peer, self._started)
             if not self._admitted:
                 return
+        self.factory.connections.add(self)
         secure = ISSLTransport.providedBy(transport) or INegotiated.providedBy(transport)
         self.environment.connected(transport, secure)
         self._flush = tuneForPOP3(transport)
@@ -140,6 +141,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self.setTimeout(None)
         if self.session.state is State.GREETING:
             return  # refused by a connection limit
+        self.factory.connections.discard(self)
         if self._admitted and self.factory.limits is not None:
             self._admitted = False
             self.factory.limits.leave(self._host, self.factory.clock.seconds())

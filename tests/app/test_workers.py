@@ -80,9 +80,10 @@ def servedStat(server: Popsrv) -> tuple:
 @pytest.fixture
 def pool(launcher: Launcher) -> Popsrv:
     """
-    popsrv with two workers, and a message for alice.
+    popsrv with two workers (sessions have a second to finish when it
+    stops), and a message for alice.
     """
-    server = launcher.popsrv("--workers", "2")
+    server = launcher.popsrv("--workers", "2", "--shutdown-grace", "1")
     deliver(server.maildir("alice"), b"Subject: hi\n\nhello\n")
     workerPids(server, 2)
     return server
