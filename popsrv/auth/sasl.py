@@ -39,7 +39,8 @@ for the salt sent and replays and verifies the exchange with scramp.  The
 server's final message (its own proof) becomes known only once the proof is
 verified, and L{Exchange.successData} returns it.  Channel binding (the
 C{-PLUS} mechanisms) and authorization identities other than the login name
-are not supported.
+are not supported; one equal to it (C{n,a=alice,n=alice,...}, as Cyrus and
+GNU SASL clients, nmh and neomutt send) is, as with PLAIN.
 
 Every mechanism is a stateless L{Mechanism} shared by all sessions; each AUTH
 command runs one L{Exchange}.  Bad client data raises L{SASLError}, and

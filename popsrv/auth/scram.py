@@ -6,6 +6,7 @@ first message from telling whether a user exists.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import os
@@ -111,6 +112,7 @@ class ScramCredentials:
         salt: bytes,
         iterationCount: int,
         serverNonce: str,
+        withAuthzid: bool = False,
     ) -> None:
         self.username = username
         self.mechanism = mechanismName
@@ -124,6 +126,7 @@ class ScramCredentials:
         self._salt = salt
         self._iterationCount = iterationCount
         self._serverNonce = serverNonce
+        self._withAuthzid = withAuthzid
 
     def checkPassword(self, password: Union[str, bytes]) -> bool:
         """
@@ -149,6 +152,8 @@ class ScramCredentials:
         this exchange's salt and iteration count); on success, remember the
         server's final message, made with C{serverKey}.
         """
+        if self._withAuthzid:
+            return self._checkProof(storedKey, serverKey)
         scram = ScramMechanism(self._mechanismName)
 
         def authInfo(username: str) -> _AuthInfo:
@@ -167,6 +172,33 @@ class ScramCredentials:
         return True
 
 
+    def _checkProof(self, storedKey: bytes, serverKey: bytes) -> bool:
+        """
+        Check the client's proof as RFC 5802 (section 3) defines it, over
+        the messages as sent: scramp cannot replay an exchange whose GS2
+        header names an authorization identity (the exchange checked
+        everything else).
+        """
+        digest = _HASHES[self._mechanismName]
+        bare = self._clientFirst.split(",", 2)[2]
+        withoutProof, separator, proof = self._clientFinal.rpartition(",p=")
+        if not separator:
+            return False
+        authMessage = f"{bare},{self._serverFirst},{withoutProof}".encode()
+        signature = hmac.new(storedKey, authMessage, digest).digest()
+        try:
+            sent = base64.b64decode(proof, validate=True)
+        except ValueError:
+            return False
+        if len(sent) != len(signature):
+            return False
+        clientKey = bytes(a ^ b for a, b in zip(sent, signature))
+        if not hmac.compare_digest(digest(clientKey).digest(), storedKey):
+            return False
+        self.serverFinal = b"v=" + base64.b64encode(hmac.new(serverKey, authMessage, digest).digest())
+        return True
+
+
 def _placeholderKeys(salt: bytes, iterationCount: int, names: List[str]) -> Callable[[str], _AuthInfo]:
     """
     Return a scramp C{auth_fn} that records the user name and returns
@@ -180,6 +212,43 @@ def _placeholderKeys(salt: bytes, iterationCount: int, names: List[str]) -> Call
     return authInfo
 
 
+_HASHES = {"SCRAM-SHA-1": hashlib.sha1, "SCRAM-SHA-256": hashlib.sha256}
+
+
+def _saslname(value: str) -> str:
+    """
+    Unescape a SCRAM C{saslname} (C{=2C} is a comma, C{=3D} an equals sign).
+
+    @raise SASLError: another C{=} escape.
+    """
+    parts = value.split("=")
+    out = [parts[0]]
+    for part in parts[1:]:
+        if part[:2] == "2C":
+            out.append("," + part[2:])
+        elif part[:2] == "3D":
+            out.append("=" + part[2:])
+        else:
+            raise SASLError("a SCRAM name has a bad = escape")
+    return "".join(out)
+
+
+def _splitAuthzid(message: str) -> Tuple[str, Optional[str], str]:
+    """
+    Take a client-first message's authorization identity out of its GS2
+    header (which scramp refuses whole): return the message with an empty
+    one, the identity (C{None} if there was none) and the header as sent.
+    """
+    flag, comma, rest = message.partition(",")
+    authzid, secondComma, bare = rest.partition(",")
+    header = f"{flag},{authzid},"
+    if not comma or not secondComma or not authzid:
+        return message, None, header
+    if not authzid.startswith("a="):
+        raise SASLError("a SCRAM GS2 header's second part is a=NAME or nothing")
+    return f"{flag},,{bare}", _saslname(authzid[2:]), header
+
+
 class ScramExchange(Exchange):
     """
     SCRAM-SHA-*: client-first, server-first, client-final; the server-final
@@ -187,6 +256,11 @@ class ScramExchange(Exchange):
     """
 
     _credentials: Optional[ScramCredentials] = None
+    # The authorization identity the client gave, and its GS2 header as
+    # sent (RFC 5802, section 7): scramp sees the message without it, and
+    # the proof is checked against the header as sent.
+    _authzid: Optional[str] = None
+    _header = ""
 
     def __init__(self, mechanismName: str, challenge: bytes, lookup: Optional[Lookup] = None) -> None:
         self._mechanismName = mechanismName
@@ -202,6 +276,7 @@ class ScramExchange(Exchange):
             raise SASLError("a SCRAM message is not UTF-8")
         try:
             if self._server is None:
+                message, self._authzid, self._header = _splitAuthzid(message)
                 return self._clientFirst(message)
             return self._clientFinal(message)
         except ScramException as error:
@@ -212,8 +287,8 @@ class ScramExchange(Exchange):
         Answer the client-first message with a server-first message: with a
         fresh salt at once, or, given a lookup, with the user's stored salt
         and iteration count (or a placeholder salt) once they are known.
-        scramp rejects channel binding (C{p=}) and any authorization
-        identity.
+        scramp rejects channel binding (C{p=}); an authorization identity,
+        taken out of the message before, must be the login name.
         """
         scram = ScramMechanism(self._mechanismName)
         if self._lookup is None:
@@ -254,6 +329,9 @@ class ScramExchange(Exchange):
         )
         self._server.set_client_first(message)
         self._username = self.user = names[0].encode("utf-8")
+        if self._authzid is not None and self._authzid != names[0]:
+            # As PLAIN: acting for oneself is all an identity may ask.
+            raise SASLError(f"authorization identity {self._authzid[:64]!r} is not the login name {names[0][:64]!r}")
         self._clientFirstMessage = message
         self._serverFirst = self._server.get_server_first()
         return Challenge(self._serverFirst.encode("ascii"))
@@ -264,8 +342,18 @@ class ScramExchange(Exchange):
         (everything but the proof), and return credentials that check the
         proof.
         """
+        checked = message
+        if self._authzid is not None:
+            # The channel binding must be the header as sent; scramp, which
+            # saw it without the identity, checks the rest (the nonce).
+            sentBinding = "c=" + base64.b64encode(self._header.encode("utf-8")).decode("ascii")
+            binding, comma, rest = message.partition(",")
+            if binding != sentBinding or not comma:
+                raise SASLError("the SCRAM channel binding is not the GS2 header sent")
+            withoutIdentity = self._header.split(",")[0] + ",,"
+            checked = "c=" + base64.b64encode(withoutIdentity.encode("ascii")).decode("ascii") + "," + rest
         try:
-            self._server.set_client_final(message)
+            self._server.set_client_final(checked)
         except ScramException as error:
             if error.server_error is not ServerError.INVALID_PROOF:
                 raise
@@ -278,6 +366,7 @@ class ScramExchange(Exchange):
             self._salt,
             self._iterationCount,
             self._serverNonce,
+            withAuthzid=self._authzid is not None,
         )
         return self._credentials
 

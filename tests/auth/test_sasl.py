@@ -22,6 +22,7 @@ from zope.interface.verify import verifyObject
 
 from popsrv.auth import credentials
 from popsrv.auth.sasl import MECHANISMS, Challenge, CramMD5Credentials, SASLError, ScramCredentials, mechanism
+from popsrv.auth.schemes import deriveScramKeys
 
 SESSION_CHALLENGE = b"<4711.1700000000@pop.example>"
 RFC2195_CHALLENGE = b"<1896.697170952@postoffice.reston.mci.net>"
@@ -378,7 +379,9 @@ def test_scramYFlagAccepted():
         b"p=tls-server-end-point,,n=alice,r=nonce",
         b"p=tls-unique,,n=alice,r=nonce",
         b"n,a=bob,n=alice,r=nonce",
-        b"n,a=alice,n=alice,r=nonce",
+        b"n,a=,n=alice,r=nonce",
+        b"n,a=al=ZZice,n=alice,r=nonce",
+        b"n,x=alice,n=alice,r=nonce",
         b"",
         b"n,,",
         b"n,,n=alice",
@@ -396,8 +399,8 @@ def test_scramYFlagAccepted():
 def test_scramBadClientFirst(clientFirst):
     """
     A client-first message that asks for channel binding, names an
-    authorization identity (scramp accepts none), or does not parse raises
-    SASLError.
+    authorization identity other than the login name, or does not parse
+    raises SASLError.
     """
     exchange = mechanism("SCRAM-SHA-256").exchange(SESSION_CHALLENGE)
     with pytest.raises(SASLError):
@@ -782,3 +785,80 @@ def test_fuzzSCRAMNearMisses(name, firstPieces, finalPieces, useRealFirst):
     except SASLError:
         return
     assert credentials.checkPassword("secret") is False
+
+
+class HandScramClient:
+    """
+    A SCRAM client written from RFC 5802 with the standard library, which
+    (unlike scramp's) can send an authorization identity: as Cyrus SASL,
+    GNU SASL, nmh and neomutt do, equal to the user.
+    """
+
+    def __init__(self, name: str, user: str, password: str, authzid: str = "", flag: str = "n") -> None:
+        self.digest = hashlib.sha256 if name == "SCRAM-SHA-256" else hashlib.sha1
+        self.password = password.encode("utf-8")
+        escaped = lambda text: text.replace("=", "=3D").replace(",", "=2C")  # noqa: E731
+        self.header = f"{flag},{'a=' + escaped(authzid) if authzid else ''},"
+        self.bare = f"n={escaped(user)},r=clientnonce123"
+
+    def first(self) -> bytes:
+        return (self.header + self.bare).encode("utf-8")
+
+    def final(self, serverFirst: bytes, binding: str = "") -> bytes:
+        fields = dict(item.split("=", 1) for item in serverFirst.decode("ascii").split(","))
+        salted = hashlib.pbkdf2_hmac(self.digest().name, self.password, base64.b64decode(fields["s"]), int(fields["i"]))
+        clientKey = hmac.new(salted, b"Client Key", self.digest).digest()
+        storedKey = self.digest(clientKey).digest()
+        binding = binding or base64.b64encode(self.header.encode("utf-8")).decode("ascii")
+        withoutProof = f"c={binding},r={fields['r']}"
+        self.authMessage = f"{self.bare},{serverFirst.decode('ascii')},{withoutProof}".encode()
+        signature = hmac.new(storedKey, self.authMessage, self.digest).digest()
+        proof = bytes(a ^ b for a, b in zip(clientKey, signature))
+        self.serverKey = hmac.new(salted, b"Server Key", self.digest).digest()
+        return f"{withoutProof},p={base64.b64encode(proof).decode('ascii')}".encode("ascii")
+
+    def serverSignatureIs(self, serverFinal: bytes) -> bool:
+        expected = base64.b64encode(hmac.new(self.serverKey, self.authMessage, self.digest).digest())
+        return serverFinal == b"v=" + expected
+
+
+def handConversation(name, client, binding=""):
+    exchange = mechanism(name).exchange(SESSION_CHALLENGE)
+    serverFirst = exchange.step(client.first())
+    return exchange, exchange.step(client.final(serverFirst.data, binding))
+
+
+@pytest.mark.parametrize("name", SCRAMS)
+@pytest.mark.parametrize("authzid, flag", [("", "n"), ("alice", "n"), ("alice", "y")])
+def test_scramAuthzidEqualToTheUser(name, authzid, flag):
+    """
+    An authorization identity equal to the user (n,a=alice,n=alice) logs
+    in, against a plaintext secret and against stored keys, and the server's
+    final message proves the server; without one the same client logs in
+    through scramp's own check.
+    """
+    exchange, credentials = handConversation(name, HandScramClient(name, "alice", "secret", authzid, flag))
+    assert avatarId(credentials) == b"alice"
+    client = HandScramClient(name, "alice", "secret", authzid, flag)
+    exchange, credentials = handConversation(name, client)
+    keys = deriveScramKeys(name, b"secret", credentials.salt, credentials.iterations)
+    assert credentials.checkKeys(keys.storedKey, keys.serverKey)
+    assert client.serverSignatureIs(credentials.serverFinal)
+    wrong = HandScramClient(name, "alice", "wrong", authzid, flag)
+    _, credentials = handConversation(name, wrong)
+    with pytest.raises(UnauthorizedLogin):
+        avatarId(credentials)
+
+
+def test_scramAuthzidEscapesAndMismatches():
+    """
+    Escaped names compare unescaped; another identity, or a channel binding
+    that is not the header as sent, is refused.
+    """
+    name = "SCRAM-SHA-256"
+    _, credentials = handConversation(name, HandScramClient(name, "al=ice,x", "pw", "al=ice,x"))
+    assert avatarId(credentials, makeChecker({b"al=ice,x": b"pw"})) == b"al=ice,x"
+    with pytest.raises(SASLError, match="is not the login name"):
+        handConversation(name, HandScramClient(name, "alice", "secret", "bob"))
+    with pytest.raises(SASLError, match="channel binding"):
+        handConversation(name, HandScramClient(name, "alice", "secret", "alice"), binding="biws")
