@@ -60,9 +60,19 @@ class ReloadOnHangup(Service):
         self.reactor = reactor
         self._previous: Union[Callable[[int, Optional[FrameType]], Any], int, None] = None
 
+    def privilegedStartService(self) -> None:
+        """
+        Take SIGHUP before any listener is up: one that came between the
+        first connection and the service's start would stop the server.
+        """
+        super().privilegedStartService()
+        if self._previous is None:
+            self._previous = signal.signal(signal.SIGHUP, self._hangup)
+
     def startService(self) -> None:
         super().startService()
-        self._previous = signal.signal(signal.SIGHUP, self._hangup)
+        if self._previous is None:
+            self._previous = signal.signal(signal.SIGHUP, self._hangup)
 
     def stopService(self) -> None:
         super().stopService()
@@ -171,7 +181,6 @@ def makeService(
         event="limits",
     )
     service = MultiService()
-    GracefulShutdown([factory], reactor, options["shutdown-grace"]).setServiceParent(service)
     if not worker or options["tls"] is not None:
         # (A worker without TLS has nothing to reload: it keeps ignoring
         # the SIGHUP its parent passes on.)
@@ -182,6 +191,9 @@ def makeService(
         if implicitTLS:
             endpoint = ImplicitTLSEndpoint(endpoint, options["tls"])
         ListeningService(endpoint, factory, announce).setServiceParent(service)
+    # Stopping stops every child at once: the listeners close while this
+    # waits for the sessions.
+    GracefulShutdown([factory], reactor, options["shutdown-grace"]).setServiceParent(service)
     if not worker:
         # Workers have their parent's identity: the parent warns for them.
         RootWarning().setServiceParent(service)

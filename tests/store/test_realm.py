@@ -17,6 +17,7 @@ from twisted.cred.portal import IRealm
 from twisted.python import usage
 from zope.interface.verify import verifyObject
 
+from popsrv.app.listening import ListeningService
 from popsrv.app.service import Options, makeService
 from popsrv.interfaces import IMaildrop
 from popsrv.store.maildir import deliver
@@ -265,7 +266,8 @@ def test_maildirOption(tmp_path):
     service = makeService(options, reactor=MemoryReactorClock())
     service.startService()
     try:
-        realm = service.services[0].factory.portal.realm
+        [listener] = [child for child in service.services if isinstance(child, ListeningService)]
+        realm = listener.factory.portal.realm
         assert realm.maildropFor("alice@example.com").path == str(tmp_path / "example.com" / "alice")
     finally:
         service.stopService()
