@@ -133,6 +133,7 @@ class Session:
         self._userName: Optional[bytes] = None
         self.transaction = Transaction(())
         self.deletedCount = 0
+        self.deletedOctets = 0
 
     # The life cycle
 
@@ -167,12 +168,22 @@ class Session:
 
     def summary(self) -> Dict[str, object]:
         """
-        The session's figures for its closing log event: C{user},
-        C{retrieved} (messages), C{retrievedOctets}, C{deleted}.
+        The session's figures for its closing log event, as Dovecot's
+        logout line gives them: C{user}; C{top} (TOP commands answered);
+        C{retrieved} (different messages RETR sent whole) and
+        C{retrievedOctets}; C{deleted} and C{deletedOctets} (deletions
+        applied at QUIT); C{messagesBefore} and C{octetsBefore} (the
+        maildrop at login) and C{messagesAfter} and C{octetsAfter} (after
+        QUIT, or as before when no deletion was applied).
         """
+        transaction = self.transaction
+        before = transaction.initialTotals
+        after = transaction.totals() if self.deletedCount else before
         return {
-            "user": self.user, "retrieved": self.transaction.retrievedCount,
-            "retrievedOctets": self.transaction.retrievedOctets, "deleted": self.deletedCount,
+            "user": self.user, "top": transaction.topCount, "retrieved": transaction.retrievedCount,
+            "retrievedOctets": transaction.retrievedOctets, "deleted": self.deletedCount,
+            "deletedOctets": self.deletedOctets, "messagesBefore": before[0], "octetsBefore": before[1],
+            "messagesAfter": after[0], "octetsAfter": after[1],
         }
 
     # Commands
@@ -344,4 +355,5 @@ class Session:
         if not succeeded:
             return replies.UPDATE_FAILED
         self.deletedCount = self.transaction.deletedCount
+        self.deletedOctets = self.transaction.deletedOctets
         return replies.signedOff(self.transaction.remaining)

@@ -26,6 +26,7 @@ class Transaction:
     The messages of a logged-in session and their marks.
 
     @ivar retrievedOctets: the octets of the different messages RETR sent.
+    @ivar topCount: how many TOP commands were answered.
     """
 
     def __init__(self, messages: Union[MessageList, Iterable[MessageInfo]]) -> None:
@@ -39,11 +40,22 @@ class Transaction:
         self._retrieved: Set[str] = set()
         self._newlySeen: Set[str] = set()
         self.retrievedOctets = 0
+        self.topCount = 0
 
     @property
     def retrievedCount(self) -> int:
         """How many different messages RETR sent whole."""
         return len(self._retrieved)
+
+    @property
+    def initialTotals(self) -> Tuple[int, int]:
+        """The number and octets of the messages at login."""
+        return len(self._messages), self._totalOctets
+
+    @property
+    def deletedOctets(self) -> int:
+        """The octets of the messages marked deleted."""
+        return self._totalOctets - self._liveOctets
 
     @property
     def deletedCount(self) -> int:
@@ -102,6 +114,7 @@ class Transaction:
             number, message = self._message(args[0])
             if not args[1].isdigit():
                 raise CommandError(replies.invalidLineCount(args[1]), malformed=True)
+            self.topCount += 1
             return Stream(number, message, replies.ok("top of message follows"), int(args[1]))
         if name == b"DELE":
             return self._dele(args[0])

@@ -134,6 +134,7 @@ def test_transactionFollowsTheModel(messages: List[MessageInfo], script: list) -
     """
     session = loggedIn(messages)
     model = Model(messages)
+    tops = 0
     for name, number in script:
         line = name.encode() if number is None else b"%s %d" % (name.encode(), number)
         if name == "TOP":
@@ -168,6 +169,7 @@ def test_transactionFollowsTheModel(messages: List[MessageInfo], script: list) -
             assert effect == Reply(b"+OK %d %s\r\n" % (number, value.encode()))
         else:
             assert isinstance(effect, Stream)
+            tops += name == "TOP"
             assert effect.number == number and effect.message == model.messages[number - 1]
             assert effect.bodyLines == (0 if name == "TOP" else None)
             if name == "RETR":
@@ -184,7 +186,15 @@ def test_transactionFollowsTheModel(messages: List[MessageInfo], script: list) -
     expected = b"+OK popsrv signing off (%d message%s left)\r\n" % (left, b"" if left == 1 else b"s")
     assert session.updated(True) == (expected if left else b"+OK popsrv signing off (maildrop empty)\r\n")
     assert session.state is State.CLOSED
-    assert session.summary()["deleted"] == len(model.deleted)
+    summary = session.summary()
+    assert summary["deleted"] == len(model.deleted)
+    deletedOctets = sum(model.messages[n - 1].size for n in model.deleted)
+    total = sum(m.size for m in messages)
+    assert summary["deletedOctets"] == deletedOctets
+    assert (summary["messagesBefore"], summary["octetsBefore"]) == (len(messages), total)
+    assert (summary["messagesAfter"], summary["octetsAfter"]) == (left, total - deletedOctets)
+    assert summary["retrieved"] == len(model.retrieved)
+    assert summary["top"] == tops
 
 
 @settings(max_examples=500, deadline=None)
