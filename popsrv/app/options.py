@@ -15,6 +15,7 @@ from twisted.internet import endpoints
 from twisted.python import usage
 
 from popsrv import __version__
+from popsrv.app.access import readableFileProblem
 from popsrv.app.listening import tcpArgument
 from popsrv.app.secret import SecretError, defaultSecretPath, loadSecret
 from popsrv.auth.passwdfile import PasswdFileError
@@ -202,11 +203,25 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         """Where users and their passwords come from, e.g. passwd-file:PATH \
 (--help-auth lists the checkers). One checker per kind of login: two that \
 both check USER/PASS (or both APOP) are refused."""
+        kind, _, argument = description.partition(":")
+        if kind in _PATH_CHECKERS:
+            # The file must be there before the checker is made: Twisted's
+            # file: checker only warns about a missing one (and fails every
+            # login), the others' errors would read as unexpected.
+            if not argument.strip():
+                raise usage.UsageError(f"--auth {kind} needs the path of a file: --auth {kind}:PATH")
+            problem = readableFileProblem(argument)
+            if problem is not None:
+                raise usage.UsageError(f"--auth {kind}:{argument}: {problem}")
         try:
             checker = strcred.makeChecker(description)
             self.addChecker(checker)
-        except PasswdFileError as error:
-            raise usage.UsageError(f"--auth {description.partition(':')[0]}: {error}")
+        except (PasswdFileError, ValueError) as error:
+            if kind not in _PATH_CHECKERS:
+                super().opt_auth(description)
+                return
+            # A syntax error or an unusable setting: the message names the file.
+            raise usage.UsageError(f"--auth {kind}: {error}")
         except Exception:
             # Twisted's own messages for unknown or unsuitable checkers
             # (such as anonymous, which checks no kind of login popsrv takes).
