@@ -10,12 +10,15 @@ intermediates.
 
 from __future__ import annotations
 
+import datetime
+from typing import Any, Tuple
+
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import ssl
 from twisted.logger import Logger
 
-__all__ = ["TLSConfigError", "TLSSettings", "loadCertificateOptions"]
+__all__ = ["TLSConfigError", "TLSSettings", "certificateValidity", "loadCertificateOptions"]
 
 
 log = Logger()
@@ -48,6 +51,10 @@ def loadCertificateOptions(certificatePath: str, keyPath: str) -> ssl.Certificat
         raise TLSConfigError(f"{certificatePath} holds no PEM certificate")
     try:
         key = serialization.load_pem_private_key(keyPEM, password=None)
+        if _publicKey(key.public_key()) != _publicKey(chain[0].public_key()):
+            raise TLSConfigError(
+                f"cannot use {certificatePath} with {keyPath}: the key does not match the certificate"
+            )
         options = ssl.CertificateOptions(
             # Twisted's annotations still name pyOpenSSL's X509 and PKey,
             # which pyOpenSSL itself deprecates in favour of these.
@@ -57,9 +64,39 @@ def loadCertificateOptions(certificatePath: str, keyPath: str) -> ssl.Certificat
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         )
         options.getContext()
+    except TLSConfigError:
+        raise
     except Exception as error:
         raise TLSConfigError(f"cannot use {certificatePath} with {keyPath}: {error}")
     return options
+
+
+def _publicKey(key: Any) -> bytes:
+    """
+    A public key in one comparable form (DER SubjectPublicKeyInfo).
+    """
+    encoded: bytes = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return encoded
+
+
+def certificateValidity(certificatePath: str) -> Tuple[datetime.datetime, datetime.datetime]:
+    """
+    When the first certificate of a PEM file (the server's, in a chain)
+    becomes valid and when it expires, in UTC.
+
+    @raise TLSConfigError: if the file cannot be read or holds no PEM
+        certificate.
+    """
+    try:
+        with open(certificatePath, "rb") as f:
+            chainPEM = f.read()
+    except OSError as error:
+        raise TLSConfigError(f"cannot read {certificatePath}: {error.strerror}")
+    try:
+        certificate = x509.load_pem_x509_certificates(chainPEM)[0]
+    except ValueError:
+        raise TLSConfigError(f"{certificatePath} holds no PEM certificate")
+    return certificate.not_valid_before_utc, certificate.not_valid_after_utc
 
 
 class TLSSettings:

@@ -17,7 +17,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 __all__ = [
-    "DEFAULT_BACKLOG", "ListeningService", "describeAddress", "serverEndpoint", "tcpArgument", "withDefaultBacklog",
+    "DEFAULT_BACKLOG",
+    "ListeningService",
+    "describeAddress",
+    "serverEndpoint",
+    "sslFiles",
+    "tcpArgument",
+    "withDefaultBacklog",
 ]
 
 # The listen queue of a TCP listener whose description gives no backlog:
@@ -97,6 +103,24 @@ def tcpArgument(description: str, argument: str) -> Optional[str]:
     positional = [value for name, value in arguments if name is None]
     position = _POSITIONS[kind][argument]
     return positional[position] if len(positional) > position else None
+
+
+def sslFiles(description: str) -> Optional[tuple[str, str]]:
+    """
+    The private key and certificate files of an C{ssl:} listener's
+    description (also behind C{haproxy:}), by name or by position
+    (C{ssl:PORT:PRIVATEKEY:CERTKEY}), with Twisted's defaults (the key in
+    C{server.pem}, the certificate in the key's file); C{None} for any
+    other listener.
+    """
+    listener = _tcpListener(description)
+    if listener is None or listener[0] != "ssl":
+        return None
+    named = {name: value for name, value in listener[1] if name is not None}
+    positional = [value for name, value in listener[1] if name is None]
+    privateKey = named.get("privateKey", positional[1] if len(positional) > 1 else "server.pem")
+    certKey = named.get("certKey", positional[2] if len(positional) > 2 else privateKey)
+    return privateKey, certKey
 
 
 def withDefaultBacklog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
