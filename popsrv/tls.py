@@ -11,7 +11,7 @@ intermediates.
 from __future__ import annotations
 
 import datetime
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -96,7 +96,20 @@ def certificateValidity(certificatePath: str) -> Tuple[datetime.datetime, dateti
         certificate = x509.load_pem_x509_certificates(chainPEM)[0]
     except ValueError:
         raise TLSConfigError(f"{certificatePath} holds no PEM certificate")
-    return certificate.not_valid_before_utc, certificate.not_valid_after_utc
+    return _utc(certificate, "not_valid_before"), _utc(certificate, "not_valid_after")
+
+
+def _utc(certificate: x509.Certificate, name: str) -> datetime.datetime:
+    """
+    A time of a certificate, aware of its time zone (UTC): cryptography 42
+    gives it as C{NAME_utc}; older versions (popsrv takes 39) only as a
+    naive C{NAME}, in UTC.
+    """
+    aware: Optional[datetime.datetime] = getattr(certificate, f"{name}_utc", None)
+    if aware is not None:
+        return aware
+    naive: datetime.datetime = getattr(certificate, name)
+    return naive.replace(tzinfo=datetime.timezone.utc)
 
 
 class TLSSettings:
