@@ -10,12 +10,15 @@ intermediates.
 
 from __future__ import annotations
 
+import datetime
+from typing import Any, Optional, Tuple
+
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import ssl
 from twisted.logger import Logger
 
-__all__ = ["TLSConfigError", "TLSSettings", "loadCertificateOptions"]
+__all__ = ["TLSConfigError", "TLSSettings", "certificateValidity", "loadCertificateOptions"]
 
 
 log = Logger()
@@ -48,6 +51,10 @@ def loadCertificateOptions(certificatePath: str, keyPath: str) -> ssl.Certificat
         raise TLSConfigError(f"{certificatePath} holds no PEM certificate")
     try:
         key = serialization.load_pem_private_key(keyPEM, password=None)
+        if _publicKey(key.public_key()) != _publicKey(chain[0].public_key()):
+            raise TLSConfigError(
+                f"cannot use {certificatePath} with {keyPath}: the key does not match the certificate"
+            )
         options = ssl.CertificateOptions(
             # Twisted's annotations still name pyOpenSSL's X509 and PKey,
             # which pyOpenSSL itself deprecates in favour of these.
@@ -57,9 +64,52 @@ def loadCertificateOptions(certificatePath: str, keyPath: str) -> ssl.Certificat
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         )
         options.getContext()
+    except TLSConfigError:
+        raise
     except Exception as error:
         raise TLSConfigError(f"cannot use {certificatePath} with {keyPath}: {error}")
     return options
+
+
+def _publicKey(key: Any) -> bytes:
+    """
+    A public key in one comparable form (DER SubjectPublicKeyInfo).
+    """
+    encoded: bytes = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return encoded
+
+
+def certificateValidity(certificatePath: str) -> Tuple[datetime.datetime, datetime.datetime]:
+    """
+    When the first certificate of a PEM file (the server's, in a chain)
+    becomes valid and when it expires, in UTC.
+
+    @raise TLSConfigError: if the file cannot be read or holds no PEM
+        certificate.
+    """
+    try:
+        with open(certificatePath, "rb") as f:
+            chainPEM = f.read()
+    except OSError as error:
+        raise TLSConfigError(f"cannot read {certificatePath}: {error.strerror}")
+    try:
+        certificate = x509.load_pem_x509_certificates(chainPEM)[0]
+    except ValueError:
+        raise TLSConfigError(f"{certificatePath} holds no PEM certificate")
+    return _utc(certificate, "not_valid_before"), _utc(certificate, "not_valid_after")
+
+
+def _utc(certificate: x509.Certificate, name: str) -> datetime.datetime:
+    """
+    A time of a certificate, aware of its time zone (UTC): cryptography 42
+    gives it as C{NAME_utc}; older versions (popsrv takes 39) only as a
+    naive C{NAME}, in UTC.
+    """
+    aware: Optional[datetime.datetime] = getattr(certificate, f"{name}_utc", None)
+    if aware is not None:
+        return aware
+    naive: datetime.datetime = getattr(certificate, name)
+    return naive.replace(tzinfo=datetime.timezone.utc)
 
 
 class TLSSettings:

@@ -66,6 +66,21 @@ def moduleLauncher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launche
         launcher.stopAll()
 
 
+@pytest.fixture
+def sharedDirectory() -> Iterator[Path]:
+    """
+    A new directory that every user can enter, with every directory above
+    it (pytest's own temporary directories are its user's alone); removed
+    afterwards.
+    """
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="popsrv-shared-") as name:
+        os.chmod(name, 0o755)
+        yield Path(name)
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """

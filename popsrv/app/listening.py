@@ -27,8 +27,16 @@ from zope.interface import implementer
 from popsrv.tls import TLSSettings
 
 __all__ = [
-    "DEFAULT_BACKLOG", "TLS_PREFIX", "ImplicitTLSEndpoint", "ListeningService", "describeAddress", "serverEndpoint",
-    "splitTLS", "tcpArgument", "withDefaultBacklog",
+    "DEFAULT_BACKLOG",
+    "TLS_PREFIX",
+    "ImplicitTLSEndpoint",
+    "ListeningService",
+    "describeAddress",
+    "serverEndpoint",
+    "splitTLS",
+    "sslFiles",
+    "tcpArgument",
+    "withDefaultBacklog",
 ]
 
 # The listen queue of a TCP listener whose description gives no backlog:
@@ -109,6 +117,24 @@ def tcpArgument(description: str, argument: str) -> Optional[str]:
     positional = [value for name, value in arguments if name is None]
     position = _POSITIONS[kind][argument]
     return positional[position] if len(positional) > position else None
+
+
+def sslFiles(description: str) -> Optional[tuple[str, str]]:
+    """
+    The private key and certificate files of an C{ssl:} listener's
+    description (also behind C{haproxy:}), by name or by position
+    (C{ssl:PORT:PRIVATEKEY:CERTKEY}), with Twisted's defaults (the key in
+    C{server.pem}, the certificate in the key's file); C{None} for any
+    other listener.
+    """
+    listener = _tcpListener(description)
+    if listener is None or listener[0] != "ssl":
+        return None
+    named = {name: value for name, value in listener[1] if name is not None}
+    positional = [value for name, value in listener[1] if name is None]
+    privateKey = named.get("privateKey", positional[1] if len(positional) > 1 else "server.pem")
+    certKey = named.get("certKey", positional[2] if len(positional) > 2 else privateKey)
+    return privateKey, certKey
 
 
 def withDefaultBacklog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:

@@ -15,6 +15,7 @@ from twisted.internet import endpoints
 from twisted.python import usage
 
 from popsrv import __version__
+from popsrv.app.access import readableFileProblem
 from popsrv.app.listening import splitTLS, tcpArgument
 from popsrv.app.secret import SecretError, defaultSecretPath, loadSecret
 from popsrv.app.shutdown import DEFAULT_SHUTDOWN_GRACE
@@ -26,7 +27,7 @@ from popsrv.pop3.policy import PLAINTEXT_POLICIES
 from popsrv.store.realm import BadMaildirTemplate, MaildirTemplate
 from popsrv.tls import TLSConfigError, TLSSettings
 
-__all__ = ["DEFAULT_LISTEN", "DEMO_DIRECTORY", "MAX_WORKERS", "WORKER_LISTENERS", "Options"]
+__all__ = ["DEFAULT_LISTEN", "DEMO_DIRECTORY", "MAX_WORKERS", "WORKER_LISTENERS", "Options", "checkerName"]
 
 DEFAULT_LISTEN = "tcp:1110:interface=127.0.0.1"
 DEFAULT_MAILDIR_ROOT = "mail"
@@ -72,10 +73,11 @@ _CREDENTIAL_KINDS = (
 _PATH_CHECKERS = ("file", "passwd-file", "pgsql")
 
 
-def _checkerName(description: str) -> str:
+def checkerName(description: str) -> str:
     """
     An --auth description as a message may show it: the checker type, with
-    its argument only if that is a file name.
+    its argument only if that is a file name (C{memory:...} for
+    C{memory:alice:secret}).
     """
     kind, colon, argument = description.partition(":")
     if not colon or kind in _PATH_CHECKERS:
@@ -197,6 +199,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         super().__init__()
         self["listen"] = []
         self.arguments: list[str] = []
+        # Every --auth value given, in order.
+        self.authDescriptions: list[str] = []
         self._checkerNames: dict[int, str] = {}
 
     def parseOptions(self, options: Optional[List[str]] = None) -> None:
@@ -215,17 +219,47 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         """Where users and their passwords come from, e.g. passwd-file:PATH \
 (--help-auth lists the checkers). One checker per kind of login: two that \
 both check USER/PASS (or both APOP) are refused."""
+        self.authDescriptions.append(description)
+        kind, _, argument = description.partition(":")
+        if kind in _PATH_CHECKERS:
+            # The file must be there before the checker is made: Twisted's
+            # file: checker only warns about a missing one (and fails every
+            # login), the others' errors would read as unexpected.
+            if not argument.strip():
+                raise usage.UsageError(f"--auth {kind} needs the path of a file: --auth {kind}:PATH")
+            problem = readableFileProblem(argument)
+            if problem is not None:
+                raise usage.UsageError(f"--auth {kind}:{argument}: {problem}")
         try:
             checker = strcred.makeChecker(description)
             self.addChecker(checker)
-        except PasswdFileError as error:
-            raise usage.UsageError(f"--auth {description.partition(':')[0]}: {error}")
+        except (PasswdFileError, ValueError) as error:
+            if kind not in _PATH_CHECKERS:
+                super().opt_auth(description)
+                return
+            # A syntax error or an unusable setting: the message names the file.
+            raise usage.UsageError(f"--auth {kind}: {error}")
         except Exception:
             # Twisted's own messages for unknown or unsuitable checkers
             # (such as anonymous, which checks no kind of login popsrv takes).
             super().opt_auth(description)
         else:
-            self._checkerNames[id(checker)] = _checkerName(description)
+            self._nameChecker(checker, description)
+
+    def _nameChecker(self, checker: object, description: str) -> None:
+        """
+        Remember the --auth description of a checker added, for messages
+        (without the passwords a memory: description holds).
+        """
+        self._checkerNames[id(checker)] = checkerName(description)
+
+    def _refuse(self, message: str) -> None:
+        """
+        Refuse the command line: raise a usage error with C{message}.
+        (C{python -m popsrv check} collects them instead, to report every
+        problem.)
+        """
+        raise usage.UsageError(message)
 
     def opt_listen(self, description: str) -> None:
         """Listen on a Twisted endpoint description; repeatable, e.g. tcp:110, \
@@ -257,14 +291,14 @@ listeners queue up to 4096 connections unless backlog=N says otherwise."""
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
         if not 1 <= self["workers"] <= MAX_WORKERS:
-            raise usage.UsageError(f"--workers must be between 1 and {MAX_WORKERS}")
+            self._refuse(f"--workers must be between 1 and {MAX_WORKERS}")
         if self["workers"] > 1:
             for description in self["listen"]:
                 kind, _, rest = splitTLS(description)[0].partition(":")
                 if kind == "haproxy":
                     kind = rest.partition(":")[0]
                 if kind not in WORKER_LISTENERS:
-                    raise usage.UsageError(
+                    self._refuse(
                         f"--workers serves tcp:, tcp6: and ssl: listeners (also behind haproxy: or tls:), "
                         f"not {description!r}"
                     )
@@ -272,39 +306,49 @@ listeners queue up to 4096 connections unless backlog=N says otherwise."""
         self._checkOneCheckerPerCredential()
         self["maildir-template"] = self._maildirTemplate()
         if self["timeout"] <= 0:
-            raise usage.UsageError("--timeout must be a positive number of seconds")
+            self._refuse("--timeout must be a positive number of seconds")
         self._checkLimits()
         self._checkMechanisms()
         self["credCheckers"] = [_withByteNames(c) for c in self.get("credCheckers", [])]
         if self["plaintext-auth"] not in PLAINTEXT_POLICIES:
-            raise usage.UsageError(f"--plaintext-auth must be one of: {', '.join(PLAINTEXT_POLICIES)}")
+            self._refuse(f"--plaintext-auth must be one of: {', '.join(PLAINTEXT_POLICIES)}")
         self["expire"] = _daysOrNever(self["expire"])
         if self["login-delay"] is not None:
             self["login-delay"] = _nonNegative("--login-delay", self["login-delay"])
         if bool(self["tls-cert"]) != bool(self["tls-key"]):
-            raise usage.UsageError("--tls-cert and --tls-key go together")
+            self._refuse("--tls-cert and --tls-key go together")
         implicit = [d for d in self["listen"] if splitTLS(d)[1]]
         if implicit and not self["tls-cert"]:
-            raise usage.UsageError(f"--listen {implicit[0]!r} needs --tls-cert and --tls-key")
-        self["tls"] = None
-        if self["tls-cert"]:
-            try:
-                self["tls"] = TLSSettings(self["tls-cert"], self["tls-key"])
-            except TLSConfigError as error:
-                raise usage.UsageError(str(error))
-        if not self["credCheckers"] and not self["demo"]:
-            raise usage.UsageError(
+            self._refuse(f"--listen {implicit[0]!r} needs --tls-cert and --tls-key")
+        self["tls"] = self._loadTLS() if self["tls-cert"] and self["tls-key"] else None
+        if not self.authDescriptions and not self["demo"]:
+            self._refuse(
                 "no users are configured: give --auth, for example "
                 "--auth file:/etc/popsrv/passwd (lines user:password) or "
                 "--auth memory:alice:secret, or try --demo"
             )
         # Last: a command line refused above leaves no secret file behind.
-        self["secret"] = None
-        if not self.worker:
-            try:
-                self["secret"] = loadSecret(self["secret-file"] or defaultSecretPath())
-            except SecretError as error:
-                raise usage.UsageError(f"--secret-file: {error}")
+        self["secret"] = None if self.worker else self._loadSecret()
+
+    def _loadTLS(self) -> Optional[TLSSettings]:
+        """
+        Load the certificate and key of --tls-cert and --tls-key, or
+        raise a usage error saying why they cannot be used.
+        """
+        try:
+            return TLSSettings(self["tls-cert"], self["tls-key"])
+        except TLSConfigError as error:
+            raise usage.UsageError(str(error))
+
+    def _loadSecret(self) -> Optional[bytes]:
+        """
+        Read the server's secret (made at the first start), or raise a
+        usage error saying why it cannot be.
+        """
+        try:
+            return loadSecret(self["secret-file"] or defaultSecretPath())
+        except SecretError as error:
+            raise usage.UsageError(f"--secret-file: {error}")
 
     def _checkMechanisms(self) -> None:
         """
@@ -318,7 +362,7 @@ listeners queue up to 4096 connections unless backlog=N says otherwise."""
         unknown = [name for name in names if sasl.mechanism(name) is None]
         if unknown or not names:
             known = ", ".join(m.name for m in sasl.MECHANISMS)
-            raise usage.UsageError(f"--sasl-mechanisms takes names among {known}, not {given!r}")
+            self._refuse(f"--sasl-mechanisms takes names among {known}, not {given!r}")
         self["sasl-mechanisms"] = names
 
     def _checkLimits(self) -> None:
@@ -327,13 +371,13 @@ listeners queue up to 4096 connections unless backlog=N says otherwise."""
         limit of 0 means none.
         """
         if not 0 <= self["shutdown-grace"] <= 3600:
-            raise usage.UsageError("--shutdown-grace must be between 0 and 3600 seconds")
+            self._refuse("--shutdown-grace must be between 0 and 3600 seconds")
         if self["login-timeout"] <= 0:
-            raise usage.UsageError("--login-timeout must be a positive number of seconds")
+            self._refuse("--login-timeout must be a positive number of seconds")
         if self["max-connections"] is not None:
             self["max-connections"] = _nonNegative("--max-connections", self["max-connections"])
             if self["max-connections"] == 0:
-                raise usage.UsageError("--max-connections must be at least 1")
+                self._refuse("--max-connections must be at least 1")
         perAddress = _nonNegative("--max-connections-per-ip", self["max-connections-per-ip"])
         self["max-connections-per-ip"] = perAddress or None
 
@@ -344,11 +388,11 @@ listeners queue up to 4096 connections unless backlog=N says otherwise."""
         """
         if not self["demo"]:
             return
-        if self.get("credCheckers"):
-            raise usage.UsageError("--demo serves its own demo user: give --demo or --auth, not both")
+        if self.authDescriptions:
+            self._refuse("--demo serves its own demo user: give --demo or --auth, not both")
         for option in ("maildir-root", "maildir"):
             if self[option] is not None:
-                raise usage.UsageError(
+                self._refuse(
                     f"--demo serves its own Maildir in ./{DEMO_DIRECTORY}/: give --demo or --{option}, not both"
                 )
 
@@ -364,19 +408,24 @@ listeners queue up to 4096 connections unless backlog=N says otherwise."""
         would have to either end the chain or be skipped.)
         """
         byInterface = self.get("credInterfaces", {})
+        refused = set()
         for interface, what in _CREDENTIAL_KINDS:
             checkers = byInterface.get(interface, [])
-            if len(checkers) > 1:
+            pair = tuple(id(c) for c in checkers[:2])
+            if len(checkers) > 1 and pair not in refused:
+                refused.add(pair)
                 first, second = (self._checkerNames.get(id(c), type(c).__name__) for c in checkers[:2])
-                raise usage.UsageError(f"--auth {first} and --auth {second} both check {what}; give one")
+                self._refuse(f"--auth {first} and --auth {second} both check {what}; give one")
 
-    def _maildirTemplate(self) -> MaildirTemplate:
+    def _maildirTemplate(self) -> Optional[MaildirTemplate]:
         """
         The Maildir template of --maildir, or of --maildir-root (or its
-        default), or a usage error.
+        default); C{None} after a refusal that does not stop the parsing
+        (see L{_refuse}).
         """
         if self["maildir"] is not None and self["maildir-root"] is not None:
-            raise usage.UsageError("give --maildir-root DIR or --maildir TEMPLATE, not both")
+            self._refuse("give --maildir-root DIR or --maildir TEMPLATE, not both")
+            return None
         try:
             if self["maildir"] is not None:
                 return MaildirTemplate(self["maildir"])
@@ -384,7 +433,8 @@ listeners queue up to 4096 connections unless backlog=N says otherwise."""
                 self["maildir-root"] = DEFAULT_MAILDIR_ROOT
             return MaildirTemplate.forRoot(self["maildir-root"])
         except BadMaildirTemplate as error:
-            raise usage.UsageError(f"--maildir: {error}")
+            self._refuse(f"--maildir: {error}")
+            return None
 
 
 def _nonNegative(option: str, value: str) -> int:

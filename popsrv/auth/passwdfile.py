@@ -29,7 +29,7 @@ from popsrv.auth import schemes
 from popsrv.errors import CredentialsUnavailable
 from popsrv.interfaces import IKnownSchemes, ISecretSource
 
-__all__ = ["PasswdFile", "PasswdFileError", "PasswdSyntaxError", "Problem", "parsePasswd"]
+__all__ = ["PasswdFile", "PasswdFileError", "PasswdSyntaxError", "Problem", "lintPasswd", "parsePasswd"]
 
 # What identifies a version of the file: device, inode, size, modification time.
 _Signature = Tuple[int, int, int, int]
@@ -81,38 +81,63 @@ def entryUser(line: str) -> Optional[str]:
     return line.split(":", 1)[0]
 
 
+def _parseLine(number: int, raw: bytes, firstLines: Dict[str, int]) -> Optional[Tuple[str, str]]:
+    """
+    The user and stored secret of line C{number} (C{raw}, without its
+    LF), or C{None} for a blank line or a comment; C{firstLines} holds
+    the line of each user seen before, and gets this one's.
+
+    @raise PasswdSyntaxError: for a line that is not UTF-8, has no C{:},
+        has an empty user name, or names a user already named.
+    """
+    try:
+        line = raw.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError:
+        raise PasswdSyntaxError(number, "the line is not UTF-8")
+    user = entryUser(line)
+    if user is None:
+        return None
+    if ":" not in line:
+        raise PasswdSyntaxError(number, "a line is user:{SCHEME}secret, but there is no ':'")
+    if not user or user != user.strip():
+        raise PasswdSyntaxError(number, "the user name is empty or starts or ends with a space")
+    if user in firstLines:
+        raise PasswdSyntaxError(number, f"user {user!r} is already on line {firstLines[user]}")
+    firstLines[user] = number
+    return user, line.split(":", 2)[1]
+
+
+def _unusable(number: int, user: str, secret: str) -> Optional[Problem]:
+    """
+    Why the secret on a line cannot be used, or C{None} if it can.
+    """
+    try:
+        schemes.checkStored(secret)
+    except schemes.SchemeError as error:
+        return Problem(number, user, str(error))
+    return None
+
+
 def parsePasswd(data: bytes) -> Tuple[Dict[str, str], List[Problem]]:
     """
     Parse a passwd file: return its secrets (user name to stored secret)
     and the users whose secrets cannot be used.
 
-    @raise PasswdSyntaxError: for a line that is not UTF-8, has no C{:},
-        has an empty user name, or names a user already named.
+    @raise PasswdSyntaxError: for the first line that is not UTF-8, has
+        no C{:}, has an empty user name, or names a user already named.
     """
     secrets: Dict[str, str] = {}
     firstLines: Dict[str, int] = {}
     problems: List[Problem] = []
     for number, raw in enumerate(data.split(b"\n"), 1):
-        try:
-            line = raw.decode("utf-8").rstrip("\r")
-        except UnicodeDecodeError:
-            raise PasswdSyntaxError(number, "the line is not UTF-8")
-        user = entryUser(line)
-        if user is None:
+        entry = _parseLine(number, raw, firstLines)
+        if entry is None:
             continue
-        if ":" not in line:
-            raise PasswdSyntaxError(number, "a line is user:{SCHEME}secret, but there is no ':'")
-        if not user or user != user.strip():
-            raise PasswdSyntaxError(number, "the user name is empty or starts or ends with a space")
-        if user in firstLines:
-            raise PasswdSyntaxError(number, f"user {user!r} is already on line {firstLines[user]}")
-        secret = line.split(":", 2)[1]
-        firstLines[user] = number
+        user, secret = entry
         secrets[user] = secret
-        try:
-            schemes.checkStored(secret)
-        except schemes.SchemeError as error:
-            problems.append(Problem(number, user, str(error)))
+        problem = _unusable(number, user, secret)
+        if problem is not None:
+            problems.append(problem)
     return secrets, problems
 
 
@@ -122,6 +147,29 @@ def _schemeOf(secret: str) -> Optional[str]:
         return schemes.parse(secret)[0]
     except schemes.SchemeError:
         return None
+
+
+def lintPasswd(data: bytes) -> Tuple[List[PasswdSyntaxError], List[Problem]]:
+    """
+    Every fault of a passwd file, where L{parsePasswd} stops at the first
+    syntax error: the lines with a syntax error (which keep the file from
+    being used), and the users whose secrets cannot be used (who cannot
+    log in), each in file order.
+    """
+    errors: List[PasswdSyntaxError] = []
+    problems: List[Problem] = []
+    firstLines: Dict[str, int] = {}
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            entry = _parseLine(number, raw, firstLines)
+        except PasswdSyntaxError as error:
+            errors.append(error)
+            continue
+        if entry is not None:
+            problem = _unusable(number, *entry)
+            if problem is not None:
+                problems.append(problem)
+    return errors, problems
 
 
 @implementer(ISecretSource, IKnownSchemes)

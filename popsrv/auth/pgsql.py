@@ -64,6 +64,7 @@ __all__ = [
     "PostgresSettings",
     "SettingsError",
     "checkQuery",
+    "probe",
     "queryParameters",
     "readSettings",
     "sourceForReactor",
@@ -74,6 +75,8 @@ DEFAULT_TIMEOUT = 3.0
 DEFAULT_POOL = 4
 MAXIMUM_POOL = 100
 PLACEHOLDERS = ("user", "localpart", "domain")
+# The login name L{probe} looks up: one that no real user has.
+PROBE_USER = "popsrv-check@example.invalid"
 _GRACE = 0.25
 
 log = Logger()
@@ -242,6 +245,85 @@ def _firstLine(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
+def _connectArguments(settings: PostgresSettings) -> Dict[str, object]:
+    """
+    The keyword arguments of every connection: autocommit, and libpq's
+    connect timeout from the settings' timeout (at least 2 s, libpq's
+    least useful value) unless the connection string sets its own.
+    """
+    arguments: Dict[str, object] = {"autocommit": True}
+    if "connect_timeout" not in conninfo_to_dict(settings.conninfo):
+        arguments["connect_timeout"] = max(2, math.ceil(settings.timeout))
+    return arguments
+
+
+def _limitStatements(connection: psycopg.Connection, timeout: float) -> None:
+    """
+    Make the server cancel any statement of C{connection} that runs longer
+    than C{timeout} seconds.
+    """
+    milliseconds = max(1, int(timeout * 1000))
+    connection.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(milliseconds)))
+
+
+def _secretFrom(cursor: psycopg.Cursor[Any]) -> Optional[str]:
+    """
+    The stored secret in the result of the query: its one column of at
+    most one row, as text; C{None} for no row or a NULL.
+
+    @raise CredentialsUnavailable: if the result has another shape.
+    """
+    columns = len(cursor.description or ())
+    rows = cursor.fetchmany(2)
+    if columns != 1:
+        raise CredentialsUnavailable(f"the query returns {columns} columns; it must return only the secret")
+    if len(rows) > 1:
+        raise CredentialsUnavailable("the query found several rows; it must find at most one per user")
+    if not rows:
+        return None
+    secret = rows[0][0]
+    if isinstance(secret, (bytes, memoryview)):
+        secret = bytes(secret).decode("utf-8", "replace")
+    if secret is not None and not isinstance(secret, str):
+        raise CredentialsUnavailable(f"the query returns a {type(secret).__name__}, not the secret's text")
+    return secret
+
+
+def _withoutPassword(text: str, conninfo: str) -> str:
+    """
+    C{text} with the connection string's password, if it has one, masked.
+    """
+    try:
+        password = conninfo_to_dict(conninfo).get("password")
+    except psycopg.Error:
+        return text
+    return text.replace(str(password), "***") if password else text
+
+
+def probe(settings: PostgresSettings, user: str = PROBE_USER) -> None:
+    """
+    Connect once, outside any pool, and run the query for a made-up user
+    as a login would, with the same timeouts; return if the database
+    answers in a form the backend can use (no row, or one with one
+    column).  For C{python -m popsrv check}; it blocks.
+
+    @raise CredentialsUnavailable: with a one-line reason, never holding
+        the connection string's password.
+    """
+    try:
+        connection = psycopg.connect(settings.conninfo, **_connectArguments(settings))  # type: ignore[arg-type]
+    except psycopg.Error as error:
+        raise CredentialsUnavailable(_withoutPassword(f"cannot connect: {_firstLine(error)}", settings.conninfo))
+    with connection:
+        try:
+            _limitStatements(connection, settings.timeout)
+            _secretFrom(connection.execute(settings.query, queryParameters(user)))
+        except psycopg.errors.QueryCanceled:
+            raise CredentialsUnavailable(f"the query took longer than {settings.timeout:g} s")
+        except psycopg.Error as error:
+            raise CredentialsUnavailable(_withoutPassword(f"the query failed: {_firstLine(error)}", settings.conninfo))
+
+
 @implementer(ISecretSource)
 class PostgresSecretSource:
     """
@@ -288,9 +370,7 @@ class PostgresSecretSource:
                 source._connectError = None
                 return connection
 
-        kwargs: Dict[str, object] = {"autocommit": True}
-        if "connect_timeout" not in conninfo_to_dict(settings.conninfo):
-            kwargs["connect_timeout"] = max(2, math.ceil(settings.timeout))
+        kwargs = _connectArguments(settings)
         _quietPoolWarnings()
         self._threads = ThreadPool(minthreads=0, maxthreads=settings.pool, name="popsrv-pgsql")
         self._threads.start()
@@ -324,8 +404,7 @@ class PostgresSecretSource:
         Make the server cancel any statement that runs longer than the
         timeout, so a slow query does not keep its connection busy.
         """
-        milliseconds = max(1, int(self.settings.timeout * 1000))
-        connection.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(milliseconds)))
+        _limitStatements(connection, self.settings.timeout)
 
     def stop(self) -> defer.Deferred[None]:
         """
@@ -406,9 +485,7 @@ class PostgresSecretSource:
             raise CredentialsUnavailable("no answer in time")
         try:
             with pool.connection(timeout=left) as connection:
-                cursor = connection.execute(self.settings.query, queryParameters(user))
-                columns = len(cursor.description or ())
-                rows = cursor.fetchmany(2)
+                return _secretFrom(connection.execute(self.settings.query, queryParameters(user)))
         except PoolTimeout:
             why = f": {self._connectError}" if self._connectError else ""
             raise CredentialsUnavailable(f"no database connection within {self.settings.timeout:g} s{why}")
@@ -418,18 +495,6 @@ class PostgresSecretSource:
             raise CredentialsUnavailable(f"the query took longer than {self.settings.timeout:g} s")
         except psycopg.Error as error:
             raise CredentialsUnavailable(f"the query failed: {_firstLine(error)}")
-        if columns != 1:
-            raise CredentialsUnavailable(f"the query returns {columns} columns; it must return only the secret")
-        if len(rows) > 1:
-            raise CredentialsUnavailable("the query found several rows; it must find at most one per user")
-        if not rows:
-            return None
-        secret = rows[0][0]
-        if isinstance(secret, (bytes, memoryview)):
-            secret = bytes(secret).decode("utf-8", "replace")
-        if secret is not None and not isinstance(secret, str):
-            raise CredentialsUnavailable(f"the query returns a {type(secret).__name__}, not the secret's text")
-        return secret
 
     def _answered(self, secret: Optional[str]) -> Optional[str]:
         if self._failing:

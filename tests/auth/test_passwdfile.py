@@ -29,7 +29,7 @@ from zope.interface.verify import verifyObject
 from popsrv.auth import passwdtool, schemes
 from popsrv.auth.checkers import StoredSecretChecker
 from popsrv.auth.credentials import MAX_PASSWORD_OCTETS
-from popsrv.auth.passwdfile import PasswdFile, PasswdFileError, PasswdSyntaxError, parsePasswd
+from popsrv.auth.passwdfile import PasswdFile, PasswdFileError, PasswdSyntaxError, lintPasswd, parsePasswd
 from popsrv.errors import CredentialsUnavailable
 from popsrv.interfaces import ISecretSource
 from tests.support.servers import twistdEnvironment
@@ -84,6 +84,24 @@ def test_syntaxErrors(text, line):
         parsePasswd(text.encode())
     assert caught.value.lineNumber == line
     assert f"line {line}" in str(caught.value)
+
+
+def test_lintFindsEveryFault():
+    """
+    lintPasswd reports every line with a syntax error, not only the first,
+    and every user whose secret cannot be used, in file order; a repeated
+    user is an error on its second line only.
+    """
+    errors, problems = lintPasswd(
+        b"alice:{PLAIN}x\nno colon\nbob:{MD5-CRYPT}$1$x$y\nb\xffb:{PLAIN}y\nalice:{PLAIN}z\ncarol:{PLAIN}ok\ndave:\n"
+    )
+    assert [(e.lineNumber, e.reason) for e in errors] == [
+        (2, "a line is user:{SCHEME}secret, but there is no ':'"),
+        (4, "the line is not UTF-8"),
+        (5, "user 'alice' is already on line 1"),
+    ]
+    assert [(p.lineNumber, p.user) for p in problems] == [(3, "bob"), (7, "dave")]
+    assert lintPasswd(b"# users\nalice:{PLAIN}x\n") == ([], [])
 
 
 def test_notUTF8IsASyntaxError():

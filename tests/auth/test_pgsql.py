@@ -33,6 +33,7 @@ from popsrv.auth.pgsql import (
     PostgresSettings,
     SettingsError,
     checkQuery,
+    probe,
     queryParameters,
     readSettings,
     sourceForReactor,
@@ -709,7 +710,7 @@ def test_twistdListsThePlugin(tmp_path: Path):
     result = runTwistd(["-n", "--pidfile=", "--logfile=-", "popsrv", "--auth", f"pgsql:{missing}"], tmp_path)
     text = result.stdout.decode("utf-8", "replace")
     assert result.returncode != 0, text
-    assert f"cannot read {missing}" in text, text
+    assert text.splitlines()[-1].endswith(f": --auth pgsql:{missing}: no such file"), text
     assert "Traceback" not in text, text
 
 
@@ -865,3 +866,55 @@ def test_withoutPsycopgTheCheckerSaysWhatToInstall(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
                             cwd=str(REPO_ROOT))
     assert result.stdout.strip() == "pgsql needs psycopg: pip install 'popsrv[pgsql]'", result.stderr
+
+
+# probe: one connection and one query, for python -m popsrv check
+
+
+def test_probeAnswersForAWorkingDatabase(database: str) -> None:
+    """
+    The probe connects and runs the query for a made-up user: no row is an
+    answer, as is a query that finds one row.
+    """
+    probe(PostgresSettings(conninfo=database, query=QUERY))
+    probe(PostgresSettings(conninfo=database, query=QUERY), user="alice")
+
+
+@pytest.mark.parametrize("query, reason", [
+    ("SELECT userid, password FROM users WHERE userid = %(user)s OR true", "the query returns 2 columns"),
+    ("SELECT password FROM users WHERE userid <> %(user)s", "the query found several rows"),
+    ("SELECT password FROM nosuchtable WHERE userid = %(user)s", 'the query failed: relation "nosuchtable"'),
+    ("SELECT (SELECT password FROM users WHERE userid = %(user)s) FROM pg_sleep(5)", "the query took longer than 1 s"),
+])
+def test_probeReportsAnUnusableQuery(database: str, query: str, reason: str) -> None:
+    """
+    A query that the backend could not use fails the probe with the same
+    one-line reason a login's lookup would log.
+    """
+    with pytest.raises(CredentialsUnavailable) as raised:
+        probe(PostgresSettings(conninfo=database, query=query, timeout=SHORT))
+    assert str(raised.value).startswith(reason), raised.value
+
+
+def test_probeReportsNoDatabaseWithoutThePassword() -> None:
+    """
+    Nothing listening on the port: the probe fails at once with libpq's
+    first line, and never repeats the connection string's password.
+    """
+    conninfo = f"host={HOST} port={freePort()} dbname=mail user=popsrv password=s3cret-pw"
+    with pytest.raises(CredentialsUnavailable) as raised:
+        probe(PostgresSettings(conninfo=conninfo, query=QUERY))
+    message = str(raised.value)
+    assert message.startswith("cannot connect: ") and "Connection refused" in message, message
+    assert "s3cret-pw" not in message and "\n" not in message
+
+
+def test_probeReportsAWrongPasswordWithoutIt(postgres: PostgresServer, database: str) -> None:
+    """
+    A wrong password is named as PostgreSQL says, without the password.
+    """
+    conninfo = postgres.conninfo(user="popsrv", password="not-the-password")
+    with pytest.raises(CredentialsUnavailable) as raised:
+        probe(PostgresSettings(conninfo=conninfo, query=QUERY))
+    assert "password authentication failed" in str(raised.value)
+    assert "not-the-password" not in str(raised.value)

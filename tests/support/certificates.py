@@ -33,12 +33,14 @@ def _name(common: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
 
-def makePKI(directory: Path, host: str = "localhost") -> TestPKI:
+def makePKI(directory: Path, host: str = "localhost", days: float = 30) -> TestPKI:
     """
     Write a CA and a server certificate for C{host} and 127.0.0.1 into
-    C{directory}.
+    C{directory}; the server certificate expires C{days} from now (in the
+    past, if negative).
     """
     now = datetime.datetime.now(datetime.timezone.utc)
+    expires = now + datetime.timedelta(days=days)
     caKey = ec.generate_private_key(ec.SECP256R1())
     ca = (
         x509.CertificateBuilder()
@@ -59,8 +61,8 @@ def makePKI(directory: Path, host: str = "localhost") -> TestPKI:
         .issuer_name(ca.subject)
         .public_key(serverKey.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
+        .not_valid_before(min(now, expires) - datetime.timedelta(days=1))
+        .not_valid_after(expires)
         .add_extension(
             x509.SubjectAlternativeName([x509.DNSName(host), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
             critical=False,
