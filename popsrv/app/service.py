@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, Union
 from twisted.application.service import IService, MultiService, Service
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorFromThreads, IStreamServerEndpoint
 from twisted.logger import Logger
 
@@ -39,7 +40,7 @@ from popsrv.store.realm import MaildirRealm, MaildirTemplate
 from popsrv.threads import threadRunner
 from popsrv.tls import TLSSettings
 
-__all__ = ["ListeningService", "Options", "ReloadOnHangup", "makeService"]
+__all__ = ["ListeningService", "Options", "PopsrvService", "ReloadOnHangup", "makeService"]
 
 SWITCH_INTERVAL = 0.0005
 # Seconds a worker has beyond the shutdown grace to exit before it is killed.
@@ -91,6 +92,21 @@ class ReloadOnHangup(Service):
         log.info("SIGHUP: reloading", event="reload")
         if self.tls is not None:
             self.tls.reload()
+
+
+class PopsrvService(MultiService):
+    """
+    The popsrv service of C{twistd popsrv}: its children, and a port that
+    cannot be bound stops the start with one line, not a traceback.
+    """
+
+    def privilegedStartService(self) -> None:
+        """Start the children; a port that cannot be bound ends the start."""
+        try:
+            super().privilegedStartService()
+        except CannotListenError as error:
+            reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
+            raise SystemExit(f"popsrv: cannot listen on {error.interface or '*'}:{error.port}: {reason}") from None
 
 
 def makeService(
@@ -180,7 +196,7 @@ def makeService(
         maxConnections=maxConnections, perAddress=options["max-connections-per-ip"] or "any number",
         event="limits",
     )
-    service = MultiService()
+    service = PopsrvService()
     if not worker or options["tls"] is not None:
         # (A worker without TLS has nothing to reload: it keeps ignoring
         # the SIGHUP its parent passes on.)
@@ -221,7 +237,7 @@ def _workerPool(
     """
     from popsrv.app.workers import WorkerPool
 
-    service = MultiService()
+    service = PopsrvService()
     pool = WorkerPool(
         reactor, options["listen"], options.arguments, options["workers"], announce, scoreboard=scoreboard,
         stopGrace=options["shutdown-grace"] + STOP_MARGIN,

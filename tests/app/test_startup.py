@@ -14,7 +14,7 @@ from typing import List
 
 import pytest
 
-from tests.support.servers import LISTEN_LOCAL, TWISTD, runTwistd, twistdEnvironment
+from tests.support.servers import LISTEN_LOCAL, TWISTD, Launcher, runTwistd, twistdEnvironment
 
 KINDS = ["file", "passwd-file", "pgsql"]
 
@@ -129,3 +129,24 @@ def test_anUsableFileStarts(launcher, tmp_path: Path) -> None:
     """
     server = launcher.popsrv()
     assert "not a valid file" not in server.twistd.output
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_aBusyPortStopsTheStartWithOneLine(launcher: Launcher, tmp_path: Path, workers: str) -> None:
+    """
+    A port another program holds stops twistd popsrv with one line naming
+    it, not a traceback, in one process and with workers.
+    """
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = launcher.run(
+            ["-n", "popsrv", "--auth", "memory:a:b", "--listen", f"tcp:{port}:interface=127.0.0.1",
+             "--workers", workers], tmp_path,
+        )
+    assert result.returncode != 0
+    assert f"popsrv: cannot listen on 127.0.0.1:{port}: Address already in use".encode() in result.stdout
+    assert b"Traceback" not in result.stdout
