@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IListeningPort, IReactorFromThreads, ISt
 from twisted.logger import Logger
 
 from popsrv.app.demo import prepareDemo
-from popsrv.app.listening import ListeningService, serverEndpoint
+from popsrv.app.listening import ListeningService, describeAddress, serverEndpoint
 from popsrv.app.options import DEMO_DIRECTORY, Options
 from popsrv.app.privileges import RootWarning
 from popsrv.app.secret import deriveKey
@@ -160,11 +160,28 @@ def makeService(
     if options["tls"] is not None:
         ReloadOnHangup(options["tls"], reactor).setServiceParent(service)
     for description in options["listen"]:
-        ListeningService(endpointFor(description), factory, announce).setServiceParent(service)
+        _listener(endpointFor(description), factory, announce).setServiceParent(service)
     if not worker:
         # Workers have their parent's identity: the parent warns for them.
         RootWarning().setServiceParent(service)
     return service
+
+
+def _listener(
+    endpoint: IStreamServerEndpoint, factory: POP3Factory, announce: Optional[Callable[[IListeningPort], None]],
+) -> ListeningService:
+    """
+    The service of one C{--listen} endpoint: its connections are named in
+    the log (and in the metrics) by the address it listens on.
+    """
+    listenerFactory = factory.forListener("-")
+
+    def listening(port: IListeningPort) -> None:
+        listenerFactory.listener = describeAddress(port.getHost())
+        if announce is not None:
+            announce(port)
+
+    return ListeningService(endpoint, listenerFactory, listening)
 
 
 def _capacityFor(maxConnections: int) -> int:

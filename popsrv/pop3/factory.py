@@ -4,6 +4,7 @@ L{POP3Factory}: a server's settings, shared by its POP3 sessions.
 
 from __future__ import annotations
 
+import copy
 import re
 import secrets
 import socket
@@ -51,6 +52,9 @@ class POP3Factory(Factory):
     @ivar penalty: the L{AuthPenalty} that paces each address's failed
         logins, or C{None} for none.
     @ivar loginQueue: the L{LoginQueue} credential checks wait in.
+    @ivar listener: the name of the listener the connections come through,
+        in their log events (C{twistd popsrv} names each by its address);
+        C{"-"} if none is given.
     """
 
     protocol = POP3Protocol
@@ -71,6 +75,7 @@ class POP3Factory(Factory):
         limits: Optional[ConnectionLimits] = None,
         penalty: Optional[AuthPenalty] = None,
         loginQueue: Optional[LoginQueue] = None,
+        listener: str = "-",
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -90,7 +95,18 @@ class POP3Factory(Factory):
         self.policy = policy or LoginPolicy()
         self.expire = expire
         self.clock: IReactorTime = clock
+        self.listener = listener
         self._randomToken = randomToken
+
+    def forListener(self, listener: str) -> POP3Factory:
+        """
+        A factory for the connections of one more listener, named
+        C{listener}: the same settings, and the same shared state
+        (connection limits, penalty, login queue, login delays).
+        """
+        factory = copy.copy(self)
+        factory.listener = listener
+        return factory
 
     def makeChallenge(self) -> bytes:
         """

@@ -127,7 +127,9 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         if not secure:
             # Over TLS the gate waits for the handshake (handshakeCompleted).
             self.gate.attach()
-        self.log.info("connection from {peer}", peer=self._peer, event="connect")
+        self.log.info(
+            "connection from {peer}", peer=self._peer, listener=self.factory.listener, tls=secure, event="connect",
+        )
         transport.write(self.session.greet())
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -153,7 +155,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             "session of {user} from {peer} ended ({reason}): retrieved {retrieved} messages "
             "({retrievedOctets} octets), deleted {deleted}, {duration:.3f}s",
             peer=self._peer, reason=self._endReason, duration=self.factory.clock.seconds() - self._started,
-            event="session-end", **self.session.summary(),
+            listener=self.factory.listener, event="session-end", **self.session.summary(),
         )
 
     def handshakeCompleted(self) -> None:
