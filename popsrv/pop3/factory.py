@@ -52,6 +52,9 @@ class POP3Factory(Factory):
     @ivar penalty: the L{AuthPenalty} that paces each address's failed
         logins, or C{None} for none.
     @ivar loginQueue: the L{LoginQueue} credential checks wait in.
+    @ivar timeCommands: whether sessions time their commands, for the
+        C{commands} of their C{session-end} event (see
+        L{popsrv.pop3.timing}).
     @ivar listener: the name of the listener the connections come through,
         in their log events (C{twistd popsrv} names each by its address);
         C{"-"} if none is given.
@@ -76,6 +79,7 @@ class POP3Factory(Factory):
         penalty: Optional[AuthPenalty] = None,
         loginQueue: Optional[LoginQueue] = None,
         listener: str = "-",
+        timeCommands: bool = False,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -96,6 +100,7 @@ class POP3Factory(Factory):
         self.expire = expire
         self.clock: IReactorTime = clock
         self.listener = listener
+        self.timeCommands = timeCommands
         self._randomToken = randomToken
 
     def forListener(self, listener: str) -> POP3Factory:
