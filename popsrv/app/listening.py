@@ -11,8 +11,7 @@ from typing import Any, Callable, List, Optional
 from twisted.application.service import Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -143,19 +142,25 @@ class ListeningService(Service):
     demo's instructions and the worker pool; that service keeps its port
     only in a private Deferred.)
 
+    @param logFormat: the log line of the address bound, C{{address}} in
+        it, and C{event} its C{event} key.
     @ivar port: the C{IListeningPort} once listening.
     """
 
     def __init__(
         self,
         endpoint: IStreamServerEndpoint,
-        factory: Factory,
+        factory: IProtocolFactory,
         onListening: Optional[Callable[[IListeningPort], None]] = None,
+        logFormat: str = "popsrv listening on {address}",
+        event: str = "listening",
     ) -> None:
         self.endpoint = endpoint
         self.factory = factory
         self.port: Optional[IListeningPort] = None
         self._onListening = onListening
+        self._logFormat = logFormat
+        self._event = event
         self._waiting: Optional[Deferred[IListeningPort]] = None
 
     def privilegedStartService(self) -> None:
@@ -188,7 +193,7 @@ class ListeningService(Service):
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
         address = describeAddress(port.getHost())
-        log.info("popsrv listening on {address}", address=address, event="listening")
+        log.info(self._logFormat, address=address, event=self._event)
         if self._onListening is not None:
             self._onListening(port)
 

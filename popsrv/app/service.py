@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, Union
 from twisted.application.service import IService, MultiService, Service
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
+from twisted.internet import endpoints
 from twisted.internet.interfaces import IListeningPort, IReactorFromThreads, IStreamServerEndpoint
 from twisted.logger import Logger
 
@@ -136,8 +137,15 @@ def makeService(
     if scoreboard is None:
         scoreboard = Scoreboard.create(columns=options["workers"] if not worker else 1,
                                        capacity=_capacityFor(maxConnections))
+    # The metrics are served by this process, or by the parent of the
+    # workers, which counts their sessions from the events they relay.
+    metrics: Optional[IService] = None
+    if options["metrics"] is not None and not worker:
+        from popsrv.app.metrics import MetricsService
+
+        metrics = MetricsService(endpoints.serverFromString(reactor, options["metrics"]))
     if options["workers"] > 1 and not worker:
-        return _workerPool(options, reactor, announce, scoreboard)
+        return _workerPool(options, reactor, announce, scoreboard, metrics)
     portal = Portal(MaildirRealm(template=template, runner=threadRunner(reactor)), checkers)
     factory = POP3Factory(
         portal,
@@ -150,6 +158,7 @@ def makeService(
         loginTimeout=options["login-timeout"],
         limits=ConnectionLimits(scoreboard, maxConnections, options["max-connections-per-ip"]),
         penalty=AuthPenalty(scoreboard),
+        timeCommands=options["metrics"] is not None,
     )
     log.info(
         "serving at most {maxConnections} connections, {perAddress} from one address",
@@ -157,6 +166,9 @@ def makeService(
         event="limits",
     )
     service = MultiService()
+    if metrics is not None:
+        # First: it watches the log before any connection comes.
+        metrics.setServiceParent(service)
     if options["tls"] is not None:
         ReloadOnHangup(options["tls"], reactor).setServiceParent(service)
     for description in options["listen"]:
@@ -197,15 +209,19 @@ def _capacityFor(maxConnections: int) -> int:
 
 def _workerPool(
     options: Options, reactor: Any, announce: Optional[Callable[[IListeningPort], None]], scoreboard: Scoreboard,
+    metrics: Optional[IService],
 ) -> IService:
     """
     The service of a parent process: it binds the listening sockets and runs
     the workers, which serve them with the same options and share its
-    scoreboard.
+    scoreboard; and serves the metrics, if asked.
     """
     from popsrv.app.workers import WorkerPool
 
     service = MultiService()
+    if metrics is not None:
+        # First: it watches the log before the first worker starts.
+        metrics.setServiceParent(service)
     pool = WorkerPool(
         reactor, options["listen"], options.arguments, options["workers"], announce, scoreboard=scoreboard,
     )
