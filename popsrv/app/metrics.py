@@ -31,6 +31,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tupl
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from twisted.application.service import MultiService
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import ILogObserver, LogEvent, LogPublisher, globalLogPublisher
@@ -43,7 +44,7 @@ from zope.interface import implementer
 from popsrv.app.listening import ListeningService
 from popsrv.auth import sasl
 from popsrv.pop3.commands import COMMANDS
-from popsrv.pop3.timing import COMMAND_SECONDS_BUCKETS, OTHER_COMMAND, bucketName
+from popsrv.pop3.timing import COMMAND_SECONDS_BUCKETS, OTHER_COMMAND
 
 __all__ = ["METRICS_PATH", "MetricsObserver", "MetricsResource", "MetricsService", "metricsSite"]
 
@@ -166,7 +167,8 @@ class _CommandDurations(Collector):
     def __init__(self) -> None:
         # command -> [count, sum, bucket 0, ..., bucket +Inf]
         self._commands: Dict[str, List[float]] = {}
-        self._bucketNames = [bucketName(bound) for bound in COMMAND_SECONDS_BUCKETS] + ["+Inf"]
+        # As prometheus_client names its own histograms' buckets.
+        self._bucketNames = [floatToGoString(bound) for bound in COMMAND_SECONDS_BUCKETS] + ["+Inf"]
 
     def add(self, command: str, count: int, seconds: float, buckets: Mapping[int, int]) -> None:
         """
@@ -470,6 +472,13 @@ class _QuietSite(Site):
 
     noisy = False
     displayTracebacks = False
+
+    def logPrefix(self) -> str:
+        """
+        How Twisted names this site in its log lines ("... starting on
+        PORT").
+        """
+        return "popsrv metrics"
 
     def startFactory(self) -> None:
         """

@@ -174,8 +174,8 @@ def test_commandDurations(observer):
     assert value(observer, "popsrv_command_duration_seconds_bucket", command="RETR", le="0.005") == 3
     assert value(observer, "popsrv_command_duration_seconds_bucket", command="RETR", le="+Inf") == 3
     assert value(observer, "popsrv_command_duration_seconds_bucket", command="PASS", le="0.5") == 0
-    assert value(observer, "popsrv_command_duration_seconds_bucket", command="PASS", le="1") == 1
-    assert value(observer, "popsrv_command_duration_seconds_bucket", command="other", le="10") == 0
+    assert value(observer, "popsrv_command_duration_seconds_bucket", command="PASS", le="1.0") == 1
+    assert value(observer, "popsrv_command_duration_seconds_bucket", command="other", le="10.0") == 0
     assert value(observer, "popsrv_command_duration_seconds_bucket", command="other", le="+Inf") == 1
 
 
