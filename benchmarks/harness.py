@@ -23,9 +23,12 @@ def startServer(name: str, root: str, users: dict[str, str]):
     if name.startswith("popsrv"):
         from servers import popsrv
 
+        # Every client of a scenario comes from 127.0.0.1, which the
+        # default --max-connections-per-ip (10) would turn away.
+        unlimited = ("--max-connections-per-ip", "0")
         if name == "popsrv-workers2":
-            return popsrv.start(root, users, "--workers", "2", name=name)
-        return popsrv.start(root, users)
+            return popsrv.start(root, users, *unlimited, "--workers", "2", name=name)
+        return popsrv.start(root, users, *unlimited)
     if name.startswith("twisted"):
         from servers import twistedmail
 
