@@ -15,8 +15,15 @@ against what one log event per command would cost, all in this process.
      `--workers` does (popsrv.app.workers: eventFromJSON, then the global
      log publisher), to a text log in /dev/null as twistd's.
 
+3. What `--metrics` adds to each session, for a session like the
+   `sessions` scenario's (USER, PASS, STAT, LIST, UIDL, 20 RETR, QUIT, run
+   in memory to capture its real events): its session-end event's JSON
+   with and without the command times (made in a worker, read in the
+   parent), the metrics observer on the session's events (connect, login,
+   session-end), and one scrape's text.
+
 Each figure is the best of `--rounds` runs of `--commands` commands (the
-two STAT loops taking turns).
+two STAT loops taking turns), or sessions.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from twisted.internet import reactor  # noqa: E402
 from twisted.logger import (  # noqa: E402
     Logger,
     LogPublisher,
+    capturedLogs,
+    eventAsJSON,
     eventFromJSON,
     globalLogBeginner,
     globalLogPublisher,
@@ -41,6 +50,7 @@ from twisted.logger import (  # noqa: E402
     textFileLogObserver,
 )
 
+from popsrv.app.metrics import MetricsObserver  # noqa: E402
 from popsrv.store.memory import MemoryRealm  # noqa: E402
 from tests.support.session import Session, makePortal  # noqa: E402
 
@@ -122,6 +132,55 @@ def parentSide(lines: list[bytes]) -> float:
     return (time.perf_counter() - started) / len(lines) * 1e6
 
 
+def sessionEvents() -> list[dict]:
+    """
+    The log events of one session like the sessions scenario's, with its
+    commands timed.
+    """
+    realm = MemoryRealm()
+    for index in range(20):
+        realm.maildrop("alice").add(b"Subject: %d\r\n\r\n" % index + b"x" * 4000 + b"\r\n")
+    portal, _ = makePortal(realm=realm)
+    with capturedLogs() as events:
+        session = Session(portal, clock=reactor, timeCommands=True)
+        session.login()
+        for command in ["STAT", "LIST", "UIDL"] + [f"RETR {n}" for n in range(1, 21)] + ["QUIT"]:
+            session.send(command)
+        session.lose()
+    return [event for event in events if event.get("event") in ("connect", "login", "session-end")]
+
+
+def perSession(events: list[dict], sessions: int) -> dict[str, float]:
+    """
+    Microseconds per session of what --metrics adds.
+    """
+    (end,) = [event for event in events if event["event"] == "session-end"]
+    plain = {key: value for key, value in end.items() if key != "commands"}
+    figures = {}
+    for name, event in (("plain", plain), ("timed", end)):
+        line = eventAsJSON(event)
+        started = time.perf_counter()
+        for _ in range(sessions):
+            eventAsJSON(event)
+        figures[f"encode {name}"] = (time.perf_counter() - started) / sessions * 1e6
+        started = time.perf_counter()
+        for _ in range(sessions):
+            eventFromJSON(line)
+        figures[f"decode {name}"] = (time.perf_counter() - started) / sessions * 1e6
+        figures[f"octets {name}"] = len(line)
+    observer = MetricsObserver()
+    started = time.perf_counter()
+    for _ in range(sessions):
+        for event in events:
+            observer(event)
+    figures["observer"] = (time.perf_counter() - started) / sessions * 1e6
+    started = time.perf_counter()
+    text = observer.render()
+    figures["render"] = (time.perf_counter() - started) * 1e6
+    figures["render octets"] = len(text)
+    return figures
+
+
 def main(args: argparse.Namespace) -> None:
     """
     Run the scenario and print a table.
@@ -135,6 +194,9 @@ def main(args: argparse.Namespace) -> None:
         worker, lines = workerSide(args.commands)
         worker = min([worker] + [workerSide(args.commands)[0] for _ in range(args.rounds - 1)])
         parent = best(args.rounds, lambda: parentSide(lines))
+        events = sessionEvents()
+        rounds = [perSession(events, args.commands // 10) for _ in range(args.rounds)]
+    session = {key: min(figures[key] for figures in rounds) for key in rounds[0]}
     print("| what | us per command |")
     print("|---|---|")
     print(f"| STAT, commands not timed | {off:.2f} |")
@@ -142,6 +204,15 @@ def main(args: argparse.Namespace) -> None:
     print(f"| one command event, in the worker (log, JSON, pipe) | {worker:.2f} |")
     print(f"| one command event, in the parent (decode, publish) | {parent:.2f} |")
     print(f"({len(lines[0])} octets of JSON per event)")
+    print()
+    print("| what --metrics adds to a session | us per session |")
+    print("|---|---|")
+    for step, where in (("encode", "to JSON, in a worker"), ("decode", "from JSON, in the parent")):
+        plain, timed = session[f"{step} plain"], session[f"{step} timed"]
+        print(f"| session-end {where}: {session['octets plain']:.0f} octets, {session['octets timed']:.0f} "
+              f"with the command times | {plain:.1f}, {timed:.1f} (+{timed - plain:.1f}) |")
+    print(f"| the metrics observer: connect, login, session-end | {session['observer']:.1f} |")
+    print(f"| a scrape: {session['render octets']:.0f} octets of text | {session['render']:.0f} |")
 
 
 if __name__ == "__main__":

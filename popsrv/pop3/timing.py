@@ -8,7 +8,7 @@ from every C{--workers} process alike.
 
 Not one log event per command: measured in one process
 (C{benchmarks/command_timing.py}: STAT after STAT over an in-memory
-transport), a command costs popsrv 3.9 us; one more log event would cost
+transport), a command costs popsrv 3.7 us; one more log event would cost
 21 us in a worker (JSON, then the pipe to its parent) and 22 us more in the
 parent that decodes and publishes it, ten times the command itself, and
 the log would carry a line per command.  Timing it here costs 0.6 us, and
