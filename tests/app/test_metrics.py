@@ -46,6 +46,9 @@ def sessionEnd(**fields) -> dict:
 
 @pytest.fixture
 def observer() -> MetricsObserver:
+    """
+    A new observer, with a registry of its own.
+    """
     return MetricsObserver()
 
 
@@ -371,6 +374,9 @@ def test_theServiceBindsEarlyAndWatchesWhileRunning():
 # The option
 
 def parse(*args: str) -> Options:
+    """
+    Parse popsrv's options, with a user.
+    """
     options = Options()
     options.parseOptions(["--auth", "memory:alice:secret", *args])
     return options
@@ -389,6 +395,9 @@ def test_metricsOption():
 
 
 def servicesOf(service) -> list:
+    """
+    The child services of a service collection.
+    """
     return list(service) if IServiceCollection.providedBy(service) else []
 
 

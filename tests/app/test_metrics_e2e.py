@@ -87,6 +87,9 @@ def waitForWorkers(server: Popsrv, count: int) -> None:
 
 
 def connect(port: int) -> poplib.POP3:
+    """
+    A POP3 client connected to 127.0.0.1:C{port}, greeted.
+    """
     return poplib.POP3(HOST, port, timeout=DEADLINE)
 
 

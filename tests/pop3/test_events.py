@@ -25,6 +25,9 @@ MESSAGE = b"Subject: one\r\n\r\nfirst body\r\n"
 
 
 def eventsNamed(events, name: str) -> list:
+    """
+    The events of C{events} whose C{event} is C{name}.
+    """
     return [e for e in events if e.get("event") == name]
 
 

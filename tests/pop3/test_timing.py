@@ -20,6 +20,9 @@ from tests.support.session import Session, makePortal
 
 
 def sessionEnd(events) -> dict:
+    """
+    The one session-end event among C{events}.
+    """
     (end,) = [e for e in events if e.get("event") == "session-end"]
     return end
 
