@@ -255,7 +255,9 @@ class MetricsObserver:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
-        self._lock = threading.Lock()
+        # Events may come from any thread; re-entrant, should counting
+        # ever log (Python's warnings reach twistd's log).
+        self._lock = threading.RLock()
         self._open: Dict[Tuple[Optional[int], str], int] = {}
         self._listeners = _LabelValues()
         self._reasons = _LabelValues()
