@@ -12,7 +12,9 @@ from typing import Callable, Iterator
 
 __all__ = ["SERVERS", "eachServer", "startServer"]
 
-SERVERS = ("popsrv", "popsrv-workers2", "twisted", "twisted-nodelay", "dovecot")
+SERVERS = (
+    "popsrv", "popsrv-workers2", "popsrv-metrics", "popsrv-workers2-metrics", "twisted", "twisted-nodelay", "dovecot",
+)
 
 
 def startServer(name: str, root: str, users: dict[str, str]):
@@ -23,9 +25,13 @@ def startServer(name: str, root: str, users: dict[str, str]):
     if name.startswith("popsrv"):
         from servers import popsrv
 
-        if name == "popsrv-workers2":
-            return popsrv.start(root, users, "--workers", "2", name=name)
-        return popsrv.start(root, users)
+        # Every client of a scenario comes from 127.0.0.1, which the
+        # default --max-connections-per-ip (10) would turn away.
+        unlimited = ("--max-connections-per-ip", "0")
+        extra = ["--workers", "2"] if "workers2" in name else []
+        if name.endswith("-metrics"):
+            extra += ["--metrics", "tcp:0:interface=127.0.0.1"]
+        return popsrv.start(root, users, *unlimited, *extra, name=name)
     if name.startswith("twisted"):
         from servers import twistedmail
 

@@ -18,7 +18,6 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
     IStreamServerEndpoint,
 )
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -227,19 +226,25 @@ class ListeningService(Service):
     demo's instructions and the worker pool; that service keeps its port
     only in a private Deferred.)
 
+    @param logFormat: the log line of the address bound, C{{address}} in
+        it, and C{event} its C{event} key.
     @ivar port: the C{IListeningPort} once listening.
     """
 
     def __init__(
         self,
         endpoint: IStreamServerEndpoint,
-        factory: Factory,
+        factory: IProtocolFactory,
         onListening: Optional[Callable[[IListeningPort], None]] = None,
+        logFormat: str = "popsrv listening on {address}",
+        event: str = "listening",
     ) -> None:
         self.endpoint = endpoint
         self.factory = factory
         self.port: Optional[IListeningPort] = None
         self._onListening = onListening
+        self._logFormat = logFormat
+        self._event = event
         self._waiting: Optional[Deferred[IListeningPort]] = None
 
     def privilegedStartService(self) -> None:
@@ -272,7 +277,7 @@ class ListeningService(Service):
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
         address = describeAddress(port.getHost())
-        log.info("popsrv listening on {address}", address=address, event="listening")
+        log.info(self._logFormat, address=address, event=self._event)
         if self._onListening is not None:
             self._onListening(port)
 

@@ -198,6 +198,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["metrics"] = None
         self.arguments: list[str] = []
         # Every --auth value given, in order.
         self.authDescriptions: list[str] = []
@@ -267,22 +268,15 @@ tcp:1110:interface=127.0.0.1, ssl:995:privateKey=key.pem:certKey=cert.pem, \
 systemd:domain=INET:index=0, tls:systemd:domain=INET:name=pop3s (implicit TLS \
 with --tls-cert over any endpoint) [default: tcp:1110:interface=127.0.0.1]. TCP \
 listeners queue up to 4096 connections unless backlog=N says otherwise."""
-        inner, _ = splitTLS(description)
-        try:
-            endpoints.serverFromString(_NoReactor(), inner)
-        except Exception as error:
-            reason = str(error) or type(error).__name__
-            raise usage.UsageError(f"--listen {description!r} is not a usable endpoint: {reason}")
-        field = tcpArgument(inner, "port")
-        port = int(field) if field is not None and field.isdigit() else 0
-        if not 0 <= port <= 65535:
-            raise usage.UsageError(f"--listen {description!r}: port {port} is not between 0 and 65535")
-        # Twisted has checked that it is a number; the socket's listen()
-        # takes a C int, and a larger one would end the start in a traceback.
-        backlog = tcpArgument(inner, "backlog")
-        if backlog is not None and not 0 <= int(backlog) <= MAX_BACKLOG:
-            raise usage.UsageError(f"--listen {description!r}: backlog {backlog} is not between 0 and {MAX_BACKLOG}")
+        _checkEndpoint("--listen", description)
         self["listen"].append(description)
+
+    def opt_metrics(self, description: str) -> None:
+        """Serve Prometheus metrics at /metrics on a Twisted endpoint \
+description, e.g. tcp:9110:interface=127.0.0.1 (with --workers, the parent \
+serves those of every worker)."""
+        _checkEndpoint("--metrics", description)
+        self["metrics"] = description
 
     def postOptions(self) -> None:
         """
@@ -435,6 +429,28 @@ listeners queue up to 4096 connections unless backlog=N says otherwise."""
         except BadMaildirTemplate as error:
             self._refuse(f"--maildir: {error}")
             return None
+
+
+def _checkEndpoint(option: str, description: str) -> None:
+    """
+    Check the endpoint description given to C{option}, or raise a usage
+    error that says what is wrong with it.
+    """
+    inner, _ = splitTLS(description)
+    try:
+        endpoints.serverFromString(_NoReactor(), inner)
+    except Exception as error:
+        reason = str(error) or type(error).__name__
+        raise usage.UsageError(f"{option} {description!r} is not a usable endpoint: {reason}")
+    field = tcpArgument(inner, "port")
+    port = int(field) if field is not None and field.isdigit() else 0
+    if not 0 <= port <= 65535:
+        raise usage.UsageError(f"{option} {description!r}: port {port} is not between 0 and 65535")
+    # Twisted has checked that it is a number; the socket's listen()
+    # takes a C int, and a larger one would end the start in a traceback.
+    backlog = tcpArgument(inner, "backlog")
+    if backlog is not None and not 0 <= int(backlog) <= MAX_BACKLOG:
+        raise usage.UsageError(f"{option} {description!r}: backlog {backlog} is not between 0 and {MAX_BACKLOG}")
 
 
 def _nonNegative(option: str, value: str) -> int:

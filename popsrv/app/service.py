@@ -20,12 +20,13 @@ from typing import Any, Callable, Optional, Union
 from twisted.application.service import IService, MultiService, Service
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
+from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorFromThreads, IStreamServerEndpoint
 from twisted.logger import Logger
 
 from popsrv.app.demo import prepareDemo
-from popsrv.app.listening import ImplicitTLSEndpoint, ListeningService, serverEndpoint, splitTLS
+from popsrv.app.listening import ImplicitTLSEndpoint, ListeningService, describeAddress, serverEndpoint, splitTLS
 from popsrv.app.options import DEMO_DIRECTORY, Options
 from popsrv.app.privileges import RootWarning
 from popsrv.app.secret import deriveKey
@@ -175,8 +176,15 @@ def makeService(
     if scoreboard is None:
         scoreboard = Scoreboard.create(columns=options["workers"] if not worker else 1,
                                        capacity=_capacityFor(maxConnections))
+    # The metrics are served by this process, or by the parent of the
+    # workers, which counts their sessions from the events they relay.
+    metrics: Optional[IService] = None
+    if options["metrics"] is not None and not worker:
+        from popsrv.app.metrics import MetricsService
+
+        metrics = MetricsService(endpoints.serverFromString(reactor, options["metrics"]))
     if options["workers"] > 1 and not worker:
-        return _workerPool(options, reactor, announce, scoreboard)
+        return _workerPool(options, reactor, announce, scoreboard, metrics)
     portal = Portal(MaildirRealm(template=template, runner=threadRunner(reactor)), checkers)
     factory = POP3Factory(
         portal,
@@ -190,6 +198,7 @@ def makeService(
         limits=ConnectionLimits(scoreboard, maxConnections, options["max-connections-per-ip"]),
         penalty=AuthPenalty(scoreboard),
         saslMechanisms=options["sasl-mechanisms"],
+        timeCommands=options["metrics"] is not None,
     )
     log.info(
         "serving at most {maxConnections} connections, {perAddress} from one address",
@@ -197,6 +206,9 @@ def makeService(
         event="limits",
     )
     service = PopsrvService()
+    if metrics is not None:
+        # First: it watches the log before any connection comes.
+        metrics.setServiceParent(service)
     if not worker or options["tls"] is not None:
         # (A worker without TLS has nothing to reload: it keeps ignoring
         # the SIGHUP its parent passes on.)
@@ -206,7 +218,7 @@ def makeService(
         endpoint = endpointFor(inner)
         if implicitTLS:
             endpoint = ImplicitTLSEndpoint(endpoint, options["tls"])
-        ListeningService(endpoint, factory, announce).setServiceParent(service)
+        _listener(endpoint, factory, announce).setServiceParent(service)
     # Stopping stops every child at once: the listeners close while this
     # waits for the sessions.
     GracefulShutdown([factory], reactor, options["shutdown-grace"]).setServiceParent(service)
@@ -214,6 +226,23 @@ def makeService(
         # Workers have their parent's identity: the parent warns for them.
         RootWarning().setServiceParent(service)
     return service
+
+
+def _listener(
+    endpoint: IStreamServerEndpoint, factory: POP3Factory, announce: Optional[Callable[[IListeningPort], None]],
+) -> ListeningService:
+    """
+    The service of one C{--listen} endpoint: its connections are named in
+    the log (and in the metrics) by the address it listens on.
+    """
+    listenerFactory = factory.forListener("-")
+
+    def listening(port: IListeningPort) -> None:
+        listenerFactory.listener = describeAddress(port.getHost())
+        if announce is not None:
+            announce(port)
+
+    return ListeningService(endpoint, listenerFactory, listening)
 
 
 def _capacityFor(maxConnections: int) -> int:
@@ -229,15 +258,19 @@ def _capacityFor(maxConnections: int) -> int:
 
 def _workerPool(
     options: Options, reactor: Any, announce: Optional[Callable[[IListeningPort], None]], scoreboard: Scoreboard,
+    metrics: Optional[IService],
 ) -> IService:
     """
     The service of a parent process: it binds the listening sockets and runs
     the workers, which serve them with the same options and share its
-    scoreboard.
+    scoreboard; and serves the metrics, if asked.
     """
     from popsrv.app.workers import WorkerPool
 
     service = PopsrvService()
+    if metrics is not None:
+        # First: it watches the log before the first worker starts.
+        metrics.setServiceParent(service)
     pool = WorkerPool(
         reactor, options["listen"], options.arguments, options["workers"], announce, scoreboard=scoreboard,
         stopGrace=options["shutdown-grace"] + STOP_MARGIN,

@@ -119,6 +119,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         sys.stderr.write("popsrv worker: one inherited socket per --listen is needed\n")
         sys.exit(USAGE_ERROR)
     inherited = iter(adopted)
+    # Every event, whatever its level: the parent filters what its own log
+    # shows, and its --metrics count what the events tell.
     globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout, recordSeparator="")], redirectStandardIO=False)
     try:
         scoreboard = None

@@ -4,6 +4,7 @@ L{POP3Factory}: a server's settings, shared by its POP3 sessions.
 
 from __future__ import annotations
 
+import copy
 import re
 import secrets
 import socket
@@ -58,6 +59,12 @@ class POP3Factory(Factory):
         of them that the checkers can verify), or C{None} for all.
     @ivar connections: the connections open now (admitted ones), for a
         graceful shutdown to wait for and then close.
+    @ivar timeCommands: whether sessions time their commands, for the
+        C{commands} of their C{session-end} event (see
+        L{popsrv.pop3.timing}).
+    @ivar listener: the name of the listener the connections come through,
+        in their log events (C{twistd popsrv} names each by its address);
+        C{"-"} if none is given.
     """
 
     protocol = POP3Protocol
@@ -79,6 +86,8 @@ class POP3Factory(Factory):
         penalty: Optional[AuthPenalty] = None,
         loginQueue: Optional[LoginQueue] = None,
         saslMechanisms: Optional[Collection[str]] = None,
+        listener: str = "-",
+        timeCommands: bool = False,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -100,7 +109,19 @@ class POP3Factory(Factory):
         self.policy = policy or LoginPolicy()
         self.expire = expire
         self.clock: IReactorTime = clock
+        self.listener = listener
+        self.timeCommands = timeCommands
         self._randomToken = randomToken
+
+    def forListener(self, listener: str) -> POP3Factory:
+        """
+        A factory for the connections of one more listener, named
+        C{listener}: the same settings, and the same shared state
+        (connection limits, penalty, login queue, login delays).
+        """
+        factory = copy.copy(self)
+        factory.listener = listener
+        return factory
 
     def makeChallenge(self) -> bytes:
         """

@@ -226,10 +226,13 @@ class LoginAttempt:
             self._log.warn(
                 "authentication unavailable for {user} from {peer}: {why}",
                 user=replies.printable(user, 64), peer=self._peer, why=str(failure.value) or "no reason given",
-                event="auth-unavailable",
+                mechanism=self._method, event="auth-unavailable",
             )
         else:
-            self._log.failure("authentication backend failed for {user!r}", failure, user=user, peer=self._peer)
+            self._log.failure(
+                "authentication backend failed for {user!r}", failure, user=user, peer=self._peer,
+                why=failure.getErrorMessage(), mechanism=self._method, event="auth-unavailable",
+            )
         return Refused(replies.AUTH_UNAVAILABLE)
 
     async def _waitForTurn(self) -> bool:
@@ -342,10 +345,16 @@ class LoginAttempt:
             self._log.info("maildrop of {user} is in use", user=name, peer=self._peer, event="in-use")
             raise _RefusedError(replies.MAILDROP_IN_USE)
         except MaildropUnusable as error:
-            self._log.error("maildrop of {user} is unusable: {error}", user=name, error=str(error))
+            self._log.error(
+                "maildrop of {user} is unusable: {error}", user=name, error=str(error), peer=self._peer,
+                operation="open", event="storage-error",
+            )
             raise _RefusedError(replies.MAILDROP_UNUSABLE)
         except Exception:
-            self._log.failure("could not lock the maildrop of {user}", user=name, peer=self._peer)
+            self._log.failure(
+                "could not lock the maildrop of {user}", user=name, peer=self._peer, operation="lock",
+                event="storage-error",
+            )
             raise _RefusedError(replies.MAILDROP_UNAVAILABLE)
         try:
             listing = maildrop.listMessages()
@@ -355,7 +364,10 @@ class LoginAttempt:
             return snapshot if isinstance(snapshot, MessageList) else list(snapshot)
         except Exception:
             maildrop.release()
-            self._log.failure("could not list the maildrop of {user}", user=name, peer=self._peer)
+            self._log.failure(
+                "could not list the maildrop of {user}", user=name, peer=self._peer, operation="list",
+                event="storage-error",
+            )
             raise _RefusedError(replies.MAILDROP_UNAVAILABLE)
 
 

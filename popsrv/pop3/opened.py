@@ -62,11 +62,17 @@ class OpenedMaildrop:
             if gone():
                 return None
             if consumer.started:
-                self._log.failure("message {uid} failed while streaming", failure, uid=uid, peer=self._peer)
+                self._log.failure(
+                    "message {uid} failed while streaming", failure, uid=uid, peer=self._peer,
+                    user=self.maildrop.name, operation="stream", event="storage-error",
+                )
                 raise StreamBroken()
             if failure.check(MessageVanished):
                 return replies.messageVanished(number)
-            self._log.failure("message {uid} could not be read", failure, uid=uid, peer=self._peer)
+            self._log.failure(
+                "message {uid} could not be read", failure, uid=uid, peer=self._peer, user=self.maildrop.name,
+                operation="read", event="storage-error",
+            )
             return replies.messageUnreadable(number)
 
         sending: defer.Deferred[None] = defer.maybeDeferred(self.maildrop.sendMessage, uid, consumer)
@@ -83,7 +89,8 @@ class OpenedMaildrop:
             await defer.maybeDeferred(self.maildrop.commit, update.deleted, update.seen)
         except Exception:
             self._log.failure(
-                "could not apply the deletions of {user}", user=self.maildrop.name, peer=self._peer
+                "could not apply the deletions of {user}", user=self.maildrop.name, peer=self._peer,
+                operation="commit", event="storage-error",
             )
             return False
         return True
@@ -98,5 +105,8 @@ class OpenedMaildrop:
         try:
             self.maildrop.release()
         except Exception:
-            self._log.failure("could not release the maildrop of {user}", user=self.maildrop.name)
+            self._log.failure(
+                "could not release the maildrop of {user}", user=self.maildrop.name, peer=self._peer,
+                operation="release", event="storage-error",
+            )
         self._logout()

@@ -43,6 +43,7 @@ from popsrv.pop3.opened import OpenedMaildrop, StreamBroken
 from popsrv.pop3.reading import ReadControl
 from popsrv.pop3.sending import MessageConsumer, ReadGate, sendListing
 from popsrv.pop3.session import Session
+from popsrv.pop3.timing import CommandTimes, commandName
 from popsrv.pop3.transport import eagerFlusher, tuneForPOP3
 from popsrv.wire.framing import MessageFramer
 
@@ -90,6 +91,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self._admitted = False
         self._started = 0.0
         self._endReason = "connection lost"
+        self._commandTimes = CommandTimes() if factory.timeCommands else None
 
     def callLater(self, delay: float, function: Callable[..., object], *args: object) -> IDelayedCall:
         """Set a timer on the factory's clock (C{TimeoutMixin}'s timers too)."""
@@ -128,7 +130,9 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         if not secure:
             # Over TLS the gate waits for the handshake (handshakeCompleted).
             self.gate.attach()
-        self.log.info("connection from {peer}", peer=self._peer, event="connect")
+        self.log.info(
+            "connection from {peer}", peer=self._peer, listener=self.factory.listener, tls=secure, event="connect",
+        )
         transport.write(self.session.greet())
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -151,11 +155,14 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self.session.close()
         if not self._committing:
             self._endSession()
+        summary = self.session.summary()
+        if self._commandTimes is not None:
+            summary["commands"] = self._commandTimes.summary()
         self.log.info(
             "session of {user} from {peer} ended ({reason}): retrieved {retrieved} messages "
             "({retrievedOctets} octets), deleted {deleted}, {duration:.3f}s",
             peer=self._peer, reason=self._endReason, duration=self.factory.clock.seconds() - self._started,
-            event="session-end", **self.session.summary(),
+            listener=self.factory.listener, event="session-end", **summary,
         )
 
     def handshakeCompleted(self) -> None:
@@ -229,14 +236,34 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             return
         if self.session.state is not State.AUTHORIZATION and self.session.state is not State.TRANSACTION:
             return  # pipelined after QUIT
+        times = self._commandTimes
+        started = self.factory.clock.seconds() if times is not None else 0.0
         try:
             result = self._perform(self.session.receive(line))
         except Exception:
             self._unexpected(Failure())
             return
-        if result is not None:
-            result.addErrback(self._unexpected)
-            self.reading.commandStarted(result)
+        if result is None:
+            if times is not None:
+                times.record(commandName(line), self.factory.clock.seconds() - started)
+            return
+        result.addErrback(self._unexpected)
+        if times is not None:
+            # Before commandStarted's callback, which may run the next
+            # pipelined command at once.
+            result.addCallback(self._timed, commandName(line), started)
+        self.reading.commandStarted(result)
+
+    def _timed(self, result: object, command: str, started: float) -> object:
+        """
+        A command that waited is done: record how long it took, from its
+        line to its reply (for a login, that includes the checker, the
+        penalty, the pause before a failure is answered, and an AUTH
+        exchange's round trips).
+        """
+        assert self._commandTimes is not None
+        self._commandTimes.record(command, self.factory.clock.seconds() - started)
+        return result
 
     def sendLine(self, line: bytes) -> None:
         """Send one line; POP3's lines end in CRLF."""

@@ -101,6 +101,11 @@ def test_makeServiceListens(tmp_path):
     assert factory.penalty is not None
     assert isinstance(factory.portal.realm, MaildirRealm)
     assert factory.portal.realm.root == str(tmp_path)
+    # Each listener's connections are named by its address in the log (the
+    # memory reactor's ports say 0.0.0.0), with everything else shared.
+    other = reactor.tcpServers[1][1]
+    assert [factory.listener, other.listener] == ["0.0.0.0:1110", "0.0.0.0:1995"]
+    assert other.limits is factory.limits and other.loginQueue is factory.loginQueue
     service.stopService()
 
 

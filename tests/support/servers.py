@@ -80,8 +80,9 @@ def runTwist(args: Sequence[str], cwd: Path, timeout: float = 30.0) -> subproces
 
 class TwistdProcess:
     """
-    A running C{twistd -n ... popsrv ...} whose output is collected, line by
-    line, by a daemon thread so that tests can wait for log lines.
+    A running C{twistd -n ... popsrv ...} (or, given C{twistArgs}, C{twist
+    TWISTARGS popsrv ...}) whose output is collected, line by line, by a
+    daemon thread so that tests can wait for log lines.
     """
 
     def __init__(
@@ -91,9 +92,14 @@ class TwistdProcess:
         application: Optional[Path] = None,
         env: Optional[Dict[str, str]] = None,
         twistdArgs: Sequence[str] = (),
+        twistArgs: Optional[Sequence[str]] = None,
     ) -> None:
         run = ["-y", str(application)] if application is not None else ["popsrv", *popsrvArgs]
-        self.args = [TWISTD, "-n", "--pidfile=", "--logfile=-", *twistdArgs, *run]
+        if twistArgs is not None:
+            # Twisted's other runner, which logs to standard output.
+            self.args = [TWIST, *twistArgs, "popsrv", *popsrvArgs]
+        else:
+            self.args = [TWISTD, "-n", "--pidfile=", "--logfile=-", *twistdArgs, *run]
         self.cwd = cwd
         self._lines: List[str] = []
         self._eof = False
@@ -290,7 +296,8 @@ class Launcher:
         """
         Start C{twistd -n popsrv ARGS} (or, given C{application}, C{twistd -n
         -y APPLICATION}; given C{twistdArgs}, with those options of twistd's
-        own) in C{cwd}, without waiting for it.
+        own; given C{twistArgs}, C{twist TWISTARGS popsrv ARGS}) in C{cwd},
+        without waiting for it.
         """
         process = TwistdProcess(popsrvArgs, cwd, **kwargs)
         self._started.append(process)

@@ -1,0 +1,170 @@
+"""
+The structured fields of the log events that operators' tools (and
+popsrv's own metrics, L{popsrv.app.metrics}) read: which listener a
+connection came through and whether it is TLS, the mechanism of a login
+that could not be checked, and one C{storage-error} event, naming the
+operation, for every failure of a maildrop.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.portal import Portal
+from twisted.internet import defer
+from twisted.internet.interfaces import ISSLTransport
+from twisted.logger import capturedLogs
+from zope.interface import implementer
+
+from popsrv.errors import MaildropError, MaildropUnusable
+from popsrv.store.memory import MemoryMaildrop, MemoryRealm
+from tests.support.session import NoDelayTransport, Session, makePortal
+
+MESSAGE = b"Subject: one\r\n\r\nfirst body\r\n"
+
+
+def eventsNamed(events, name: str) -> list:
+    """
+    The events of C{events} whose C{event} is C{name}.
+    """
+    return [e for e in events if e.get("event") == name]
+
+
+@implementer(ISSLTransport)
+class TLSTransport(NoDelayTransport):
+    """
+    A string transport that says it is TLS, as an C{ssl:} listener's is.
+    """
+
+    def getPeerCertificate(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("transport, tls", [(NoDelayTransport, False), (TLSTransport, True)])
+def test_connectAndSessionEndNameTheListener(transport, tls):
+    """
+    C{connect} carries the factory's listener and whether the connection
+    is TLS from its start; C{session-end} carries the listener too.
+    """
+    portal, realm = makePortal()
+    realm.maildrop("alice").add(MESSAGE)
+    with capturedLogs() as events:
+        session = Session(portal, transport=transport, listener="127.0.0.1:995")
+        session.login()
+        session.send("QUIT")
+        session.lose()
+    (connect,) = eventsNamed(events, "connect")
+    assert connect["listener"] == "127.0.0.1:995" and connect["tls"] is tls
+    (end,) = eventsNamed(events, "session-end")
+    assert end["listener"] == "127.0.0.1:995"
+
+
+def test_aFactoryWithoutAListenerNameSaysSo():
+    """
+    An embedding's factory that names no listener logs C{"-"}.
+    """
+    portal, _ = makePortal()
+    with capturedLogs() as events:
+        Session(portal)
+    (connect,) = eventsNamed(events, "connect")
+    assert connect["listener"] == "-" and connect["tls"] is False
+
+
+def test_forListenerSharesEverythingButTheName():
+    """
+    A factory made for another listener has the same settings and shares
+    the state that must be one for the whole server.
+    """
+    portal, _ = makePortal()
+    first = Session(portal).factory
+    second = first.forListener("[::]:110")
+    assert second.listener == "[::]:110" and first.listener == "-"
+    for name in ("portal", "limits", "penalty", "loginQueue", "policy", "clock", "tls", "timeout", "hostname"):
+        assert getattr(second, name) is getattr(first, name), name
+
+
+def test_authUnavailableNamesTheMechanism():
+    """
+    Both kinds of C{auth-unavailable}, a backend that says it cannot
+    answer and one that breaks, carry the login's mechanism.
+    """
+    from popsrv.errors import CredentialsUnavailable
+
+    realm = MemoryRealm()
+    for error, failure in ((CredentialsUnavailable("database down"), False), (RuntimeError("bug"), True)):
+
+        @implementer(ICredentialsChecker)
+        class Failing:
+            credentialInterfaces = (IUsernamePassword,)
+
+            def requestAvatarId(self, credentials, error=error):
+                return defer.fail(error)
+
+        session = Session(Portal(realm, [Failing()]))
+        with capturedLogs() as events:
+            session.login()
+        (event,) = eventsNamed(events, "auth-unavailable")
+        assert event["mechanism"] == "USER/PASS"
+        assert bool(event.get("log_failure")) is failure
+        assert event["why"] in ("database down", "bug")
+
+
+class BrokenMaildrop(MemoryMaildrop):
+    """
+    A memory maildrop whose one named operation fails.
+    """
+
+    breaks = ""
+
+    def lock(self) -> None:
+        if self.breaks == "open":
+            raise MaildropUnusable("the Maildir is a symbolic link")
+        if self.breaks == "lock":
+            raise OSError("no locks available")
+        super().lock()
+
+    def listMessages(self):
+        if self.breaks == "list":
+            raise MaildropError("disk on fire")
+        return super().listMessages()
+
+    def sendMessage(self, uid, consumer):
+        if self.breaks == "read":
+            return defer.fail(MaildropError("unreadable"))
+        if self.breaks == "stream":
+            consumer.registerProducer(object(), False)
+            consumer.write(b"partial\n")
+            consumer.unregisterProducer()
+            return defer.fail(OSError("I/O error"))
+        return super().sendMessage(uid, consumer)
+
+    def commit(self, deleted, seen):
+        if self.breaks == "commit":
+            raise MaildropError("read-only file system")
+        super().commit(deleted, seen)
+
+    def release(self) -> None:
+        super().release()
+        if self.breaks == "release":
+            raise OSError("bad file descriptor")
+
+
+@pytest.mark.parametrize("operation", ["open", "lock", "list", "read", "stream", "commit", "release"])
+def test_everyStorageFailureIsOneStorageErrorEvent(operation):
+    """
+    Each way a maildrop can fail is logged once as C{storage-error}, with
+    the C{operation} that failed, the user and the peer.
+    """
+    maildrop = BrokenMaildrop("alice", [MESSAGE])
+    maildrop.breaks = operation
+    portal, _ = makePortal(realm=MemoryRealm({"alice": maildrop}))
+    session = Session(portal)
+    with capturedLogs() as events:
+        session.login()
+        session.send("DELE 1" if operation == "commit" else "RETR 1")
+        session.send("QUIT")
+        session.lose()
+    (event,) = eventsNamed(events, "storage-error")
+    assert event["operation"] == operation
+    assert event["user"] == "alice" and event["peer"] == "127.0.0.1:40000"
