@@ -139,7 +139,9 @@ class ProxyHeaderParser:
     """
 
     def __init__(self) -> None:
-        self._buffer = b""
+        # Appended to in place: a version 2 header may announce 64 KiB and
+        # come an octet at a time.
+        self._buffer = bytearray()
 
     def feed(self, data: bytes) -> Optional[Tuple[ProxyHeader, bytes]]:
         """
@@ -151,32 +153,33 @@ class ProxyHeaderParser:
         @raise BadProxyHeader: as soon as the octets cannot begin a valid
             header.
         """
-        buffer = self._buffer = self._buffer + data
+        self._buffer += data
+        buffer = self._buffer
         if V2_SIGNATURE.startswith(buffer[:len(V2_SIGNATURE)]):
             return self._feedV2(buffer)
         if V1_SIGNATURE.startswith(buffer[:len(V1_SIGNATURE)]):
             return self._feedV1(buffer)
         raise BadProxyHeader("no PROXY header")
 
-    def _feedV1(self, buffer: bytes) -> Optional[Tuple[ProxyHeader, bytes]]:
+    def _feedV1(self, buffer: bytearray) -> Optional[Tuple[ProxyHeader, bytes]]:
         end = buffer.find(b"\r\n", 0, MAX_V1_OCTETS)
         if end < 0:
             if len(buffer) >= MAX_V1_OCTETS:
                 raise BadProxyHeader(f"PROXY header line longer than {MAX_V1_OCTETS} octets")
             return None
-        return _parseV1(buffer[:end]), buffer[end + 2:]
+        return _parseV1(bytes(buffer[:end])), bytes(buffer[end + 2:])
 
-    def _feedV2(self, buffer: bytes) -> Optional[Tuple[ProxyHeader, bytes]]:
+    def _feedV2(self, buffer: bytearray) -> Optional[Tuple[ProxyHeader, bytes]]:
         if len(buffer) < _V2_FIXED_OCTETS:
             return None
         length = self._checkV2(buffer)
         end = _V2_FIXED_OCTETS + length
         if len(buffer) < end:
             return None
-        return _parseV2(buffer[:end]), buffer[end:]
+        return _parseV2(bytes(buffer[:end])), bytes(buffer[end:])
 
     @staticmethod
-    def _checkV2(buffer: bytes) -> int:
+    def _checkV2(buffer: bytearray) -> int:
         """
         Check the fixed part of a version 2 header; return the length of
         the rest.

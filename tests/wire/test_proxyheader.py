@@ -195,3 +195,13 @@ def test_anyOctetsAfterASignature(signature: bytes, data: bytes) -> None:
         parse(signature + data)
     except BadProxyHeader:
         pass
+
+
+def test_theLongestVersion2HeaderOctetByOctet() -> None:
+    """
+    A version 2 header of the largest length (64 KiB of TLVs after the
+    addresses), fed an octet at a time, is read whole.
+    """
+    tlvs = b"\x05" + struct.pack("!H", 65535 - 12 - 3) + b"u" * (65535 - 12 - 3)
+    header = v2(body=v2()[16:] + tlvs)
+    assert parseByOctet(header + TAIL) == (ProxyHeader(2, TCP4.source, TCP4.destination), TAIL)
