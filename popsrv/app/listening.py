@@ -1,8 +1,9 @@
 """
 Listening on the endpoints of C{--listen}: L{ListeningService}, the default
-listen backlog of TCP endpoints (L{withDefaultBacklog}), implicit TLS over
-any endpoint (C{tls:}, L{ImplicitTLSEndpoint}), and how a listening address
-is written in the log.
+listen backlog of TCP endpoints (L{withDefaultBacklog}), listeners behind
+HAProxy (C{haproxy:}, see L{serverEndpoint}), implicit TLS over any endpoint
+(C{tls:}, L{ImplicitTLSEndpoint}), and how a listening address is written in
+the log.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from popsrv.tls import TLSSettings
+from popsrv.wire.proxied import ProxiedFactory
 
 __all__ = [
     "DEFAULT_BACKLOG",
@@ -147,11 +149,85 @@ def withDefaultBacklog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
     return f"{description}:backlog={backlog}"
 
 
+class _ProxiedReactor:
+    """
+    A reactor for building the endpoint behind a C{haproxy:} prefix: it
+    listens where the reactor it wraps would, with every connection reading
+    a PROXY header first (L{ProxiedFactory}).  Where the endpoint would
+    listen with TLS (C{ssl:}), the header is read beneath TLS, as a proxy
+    sends it: in the clear, before the client's handshake.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def _proxied(self, factory: Any) -> ProxiedFactory:
+        return ProxiedFactory(factory, self._reactor)
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> IListeningPort:
+        """Listen on TCP, each connection reading a PROXY header first."""
+        listening: IListeningPort = self._reactor.listenTCP(port, self._proxied(factory), backlog, interface)
+        return listening
+
+    def listenSSL(
+        self, port: int, factory: Any, contextFactory: Any, backlog: int = 50, interface: str = "",
+    ) -> IListeningPort:
+        """Listen on TCP with TLS above the PROXY header."""
+        return self.listenTCP(port, TLSMemoryBIOFactory(contextFactory, False, factory), backlog, interface)
+
+    def listenUNIX(self, address: str, factory: Any, backlog: int = 50, mode: int = 0o666, wantPID: int = 0) -> Any:
+        """Listen on a UNIX socket, each connection reading a PROXY header first."""
+        return self._reactor.listenUNIX(address, self._proxied(factory), backlog, mode, wantPID)
+
+    def adoptStreamPort(self, fileDescriptor: int, addressFamily: Any, factory: Any) -> IListeningPort:
+        """Adopt a listening socket, each connection reading a PROXY header first."""
+        listening: IListeningPort = self._reactor.adoptStreamPort(fileDescriptor, addressFamily, self._proxied(factory))
+        return listening
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith(("listen", "adopt")):
+            # A way of listening that would bypass the PROXY header.
+            raise AttributeError(f"haproxy: cannot wrap {name}")
+        return getattr(self._reactor, name)
+
+
+def _behindProxy(description: str) -> Optional[str]:
+    """
+    The rest of a description that starts with C{haproxy:} (in any case,
+    as Twisted matches its plugins' names), else C{None}.
+    """
+    head, current = "", 0
+    while current < len(description):
+        character = description[current]
+        if character == "\\":
+            head += description[current + 1:current + 2]
+            current += 2
+            continue
+        if character == ":":
+            break
+        head += character
+        current += 1
+    else:
+        return None
+    return description[current + 1:] if head.lower() == "haproxy" else None
+
+
 def serverEndpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
     """
     The endpoint of a C{--listen} description, with L{DEFAULT_BACKLOG} for
     TCP listeners that do not set theirs.
+
+    Behind C{haproxy:}, each connection reads a PROXY header before its
+    protocol is even built, and that protocol's transport reports the
+    header's source as the peer from the start (see
+    L{popsrv.wire.proxied}); for C{haproxy:ssl:}, the header comes before
+    TLS, as HAProxy sends it.  (Twisted's own C{haproxy:} endpoint connects
+    the protocol before the header is read, so the greeting and the first
+    C{getPeer()} saw the proxy; and it expects the header inside TLS.)
     """
+    inner = _behindProxy(description)
+    if inner is not None:
+        return serverEndpoint(_ProxiedReactor(reactor), inner)
     endpoint: IStreamServerEndpoint = endpoints.serverFromString(reactor, withDefaultBacklog(description))
     return endpoint
 

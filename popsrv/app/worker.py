@@ -14,13 +14,13 @@ import sys
 import threading
 from typing import Any, Optional, Sequence
 
-from twisted.internet import endpoints
 from twisted.internet.interfaces import IListeningPort, IReactorSSL, IReactorTCP, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from zope.interface import implementer
 
+from popsrv.app.listening import serverEndpoint
 from popsrv.app.options import Options
 from popsrv.app.service import makeService
 from popsrv.app.workers import USAGE_ERROR
@@ -75,10 +75,11 @@ def adoptingEndpoint(reactor: Any, description: str, fileno: int, family: int) -
     """
     Return the endpoint of a C{--listen} description that, instead of
     binding, adopts the listening socket C{fileno} inherited from the
-    parent (for C{ssl:} endpoints, with their TLS settings).
+    parent (for C{ssl:} endpoints, with their TLS settings; behind
+    C{haproxy:}, reading PROXY headers as in one process: see
+    L{serverEndpoint}).
     """
-    endpoint: IStreamServerEndpoint = endpoints.serverFromString(_AdoptingReactor(reactor, fileno, family), description)
-    return endpoint
+    return serverEndpoint(_AdoptingReactor(reactor, fileno, family), description)
 
 
 def _parseArguments(argv: Sequence[str]) -> argparse.Namespace:

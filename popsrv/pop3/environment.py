@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, List, Optional
 
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
-from twisted.internet.interfaces import ITLSTransport, ITransport
+from twisted.internet.interfaces import IAddress, ITLSTransport, ITransport
 
 from popsrv.auth import sasl
 from popsrv.interfaces import ILoginMethods
@@ -29,13 +29,17 @@ class ConnectionEnvironment:
     def __init__(self, factory: POP3Factory) -> None:
         self._factory = factory
         self._transport: Optional[ITransport] = None
+        self._peer: Optional[IAddress] = None
         self._secure = False
 
-    def connected(self, transport: ITransport, secure: bool) -> None:
+    def connected(self, transport: ITransport, secure: bool, peer: Optional[IAddress] = None) -> None:
         """
-        The connection is made, over TLS already or not.
+        The connection is made, over TLS already or not, from C{peer} (the
+        client's address, as the protocol took it once from the
+        transport: behind a proxy, the address the proxy reported).
         """
         self._transport = transport
+        self._peer = peer if peer is not None else transport.getPeer()
         self._secure = secure
 
     def tlsStarted(self) -> None:
@@ -54,8 +58,7 @@ class ConnectionEnvironment:
 
     def plaintextAllowed(self) -> bool:
         """Whether a password may be sent in plaintext now."""
-        peer = self._transport.getPeer() if self._transport is not None else None
-        return self._factory.policy.plaintextAllowed(self._secure, peer)
+        return self._factory.policy.plaintextAllowed(self._secure, self._peer)
 
     def stlsWouldAllowPlaintext(self) -> bool:
         """Whether the policy allows plaintext passwords over TLS only."""

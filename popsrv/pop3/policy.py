@@ -18,6 +18,8 @@ from typing import Optional
 
 from twisted.internet.address import UNIXAddress
 
+from popsrv.wire.proxied import ProxiedAddress
+
 __all__ = ["PLAINTEXT_POLICIES", "LoginPolicy", "isLoopback"]
 
 PLAINTEXT_POLICIES = ("tls-only", "always", "never")
@@ -27,7 +29,14 @@ def isLoopback(address: object) -> bool:
     """
     Whether a peer address (a Twisted address object) is on this machine:
     127.0.0.0/8, ::1 or an IPv4-mapped loopback address, or a UNIX socket.
+
+    A client behind a proxy (a L{ProxiedAddress}) is on this machine only if
+    both are: the client's address in the PROXY header, and the proxy's
+    own connection (a password from the proxy's loopback would otherwise
+    cross the network from the proxy to here).
     """
+    if isinstance(address, ProxiedAddress):
+        return isLoopback(address.client) and isLoopback(address.proxy)
     if isinstance(address, UNIXAddress):
         return True
     host = getattr(address, "host", None)

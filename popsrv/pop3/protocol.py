@@ -113,6 +113,10 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         assert transport is not None
         clock = self.factory.clock
         self._started = clock.seconds()
+        # The one place that asks who the client is: every address-based
+        # decision and log line of the session uses this.  Behind a
+        # haproxy: listener, it is the PROXY header's source (the header
+        # is read before this protocol is connected).
         peer = transport.getPeer()
         self._host = str(getattr(peer, "host", ""))
         self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
@@ -123,7 +127,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
                 return
         self.factory.connections.add(self)
         secure = ISSLTransport.providedBy(transport) or INegotiated.providedBy(transport)
-        self.environment.connected(transport, secure)
+        self.environment.connected(transport, secure, peer)
         self._flush = tuneForPOP3(transport)
         self.gate = self.reading.gate = ReadGate(transport, self.reading.update, self.gone)  # type: ignore[arg-type]
         self.setTimeout(self.factory.loginTimeout)

@@ -243,6 +243,68 @@ def test_theWorkerPoolBindsWithTheDefaultBacklog() -> None:
     assert [(port, backlog) for port, _, backlog, _ in reactor.tcpServers] == [(1110, DEFAULT_BACKLOG), (1111, 128)]
 
 
+def unwrap(factory: object) -> list[str]:
+    """
+    The layers of a listening factory, outermost first, by class name.
+    """
+    layers = []
+    while factory is not None:
+        layers.append(type(factory).__name__)
+        factory = getattr(factory, "wrappedFactory", None)
+    return layers
+
+
+def test_haproxyListenersReadTheHeaderBeneathTLS(tmp_path) -> None:
+    """
+    Behind haproxy:, popsrv's own PROXY layer wraps the server's factory,
+    in any case of the prefix; for ssl:, the header is read beneath TLS
+    (HAProxy sends it in the clear, before the client's handshake), so
+    the port is a TCP one.
+    """
+    from popsrv.app.listening import serverEndpoint
+    from tests.support.certificates import makePKI
+
+    pki = makePKI(tmp_path / "pki")
+    reactor = MemoryReactorClock()
+    factory = Factory()
+    for description in (
+        "haproxy:tcp:1110", "HAProxy:tcp6:1111", "h\\aproxy:tcp:1112",
+        f"haproxy:ssl:1995:privateKey={pki.key}:certKey={pki.chain}",
+        "haproxy:haproxy:tcp:1113", "tcp:1114",
+    ):
+        serverEndpoint(reactor, description).listen(factory)
+    assert reactor.sslServers == []
+    assert [(port, unwrap(wrapped), backlog) for port, wrapped, backlog, _ in reactor.tcpServers] == [
+        (1110, ["ProxiedFactory", "Factory"], DEFAULT_BACKLOG),
+        (1111, ["ProxiedFactory", "Factory"], DEFAULT_BACKLOG),
+        (1112, ["ProxiedFactory", "Factory"], DEFAULT_BACKLOG),
+        (1995, ["ProxiedFactory", "TLSMemoryBIOFactory", "Factory"], DEFAULT_BACKLOG),
+        (1113, ["ProxiedFactory", "ProxiedFactory", "Factory"], DEFAULT_BACKLOG),
+        (1114, ["Factory"], DEFAULT_BACKLOG),
+    ]
+    serverEndpoint(reactor, f"haproxy:unix:{tmp_path / 'popsrv.sock'}").listen(factory)
+    assert unwrap(reactor.unixServers[0][1]) == ["ProxiedFactory", "Factory"]
+
+
+def test_workersAdoptHaproxyListenersAsOneProcessListens(tmp_path) -> None:
+    """
+    A worker adopting an inherited socket for a haproxy: listener wraps it
+    as one process does: the PROXY layer outermost, beneath TLS for ssl:.
+    """
+    import os
+
+    from popsrv.app.worker import adoptingEndpoint
+    from tests.support.certificates import makePKI
+
+    pki = makePKI(tmp_path / "pki")
+    reactor = MemoryReactorClock()
+    for description in ("haproxy:tcp:0", f"haproxy:ssl:0:privateKey={pki.key}:certKey={pki.chain}"):
+        adoptingEndpoint(reactor, description, os.dup(0), socket.AF_INET).listen(Factory())
+    assert [unwrap(factory) for _, _, factory in reactor.adoptedPorts] == [
+        ["ProxiedFactory", "Factory"], ["ProxiedFactory", "TLSMemoryBIOFactory", "Factory"],
+    ]
+
+
 CLIENTS = 300
 DEADLINE = 10.0
 

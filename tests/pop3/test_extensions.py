@@ -181,6 +181,28 @@ def test_isLoopback():
     assert isLoopback(UNIXAddress("/run/popsrv.sock"))
 
 
+def test_aProxiedClientIsLocalOnlyIfBothHopsAre():
+    """
+    A client behind a proxy (its address from a PROXY header) is local
+    only if its own address is loopback and so is the proxy's connection:
+    a remote client is not local because the proxy connects from
+    127.0.0.1, and a client on the proxy's loopback is not local if the
+    proxy is elsewhere.
+    """
+    from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+
+    from popsrv.wire.proxied import ProxiedAddress
+
+    local, remote = IPv4Address("TCP", "127.0.0.1", 40000), IPv4Address("TCP", "192.0.2.1", 40000)
+    assert not isLoopback(ProxiedAddress(IPv4Address("TCP", "192.0.2.7", 5555), local))
+    assert not isLoopback(ProxiedAddress(IPv6Address("TCP", "2001:db8::7", 5555), UNIXAddress(b"/run/p.sock")))
+    assert not isLoopback(ProxiedAddress(IPv4Address("TCP", "127.0.0.5", 5555), remote))
+    assert isLoopback(ProxiedAddress(IPv4Address("TCP", "127.0.0.5", 5555), local))
+    assert isLoopback(ProxiedAddress(IPv6Address("TCP", "::1", 5555), UNIXAddress(b"/run/p.sock")))
+    assert not LoginPolicy().plaintextAllowed(False, ProxiedAddress(IPv4Address("TCP", "192.0.2.7", 1), local))
+    assert LoginPolicy().plaintextAllowed(True, ProxiedAddress(IPv4Address("TCP", "192.0.2.7", 1), local))
+
+
 # STLS
 
 def test_stlsDiscardsPipelinedPlaintext(realm, tls):

@@ -6,6 +6,7 @@ and the queue of checks.
 
 from __future__ import annotations
 
+import base64
 from typing import Iterator, List
 
 import pytest
@@ -282,3 +283,60 @@ def test_aClientLeavingWhileItsLoginWaitsIsNoticed(board: Scoreboard) -> None:
     assert board.total() == 0
     queue.leave()
     assert checker.verdicts == []
+
+
+def test_behindAProxyEveryDecisionUsesTheHeadersSource(board: Scoreboard) -> None:
+    """
+    Behind a PROXY-protocol listener, the session's log lines, its
+    connection count, its penalty and the plaintext policy all know the
+    client by the header's source, never by the proxy's 127.0.0.1: the
+    limit of one address is reached by that address only, and a remote
+    client is not taken for a local one.
+    """
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+    from twisted.logger import capturedLogs
+
+    from popsrv.pop3 import POP3Factory
+    from popsrv.wire.proxied import ProxiedFactory
+
+    portal, _ = makePortal()
+    clock = Clock()
+    penalty = AuthPenalty(board)
+    factory = POP3Factory(
+        portal, clock=clock, authFailureDelay=0, penalty=penalty,
+        limits=ConnectionLimits(board, maxConnections=None, maxPerAddress=2),
+    )
+    proxied = ProxiedFactory(factory, clock)
+
+    def connect(source: str) -> StringTransport:
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        transport.protocol = proxied.buildProtocol(transport.getPeer())  # type: ignore[attr-defined]
+        transport.protocol.makeConnection(transport)  # type: ignore[attr-defined]
+        transport.protocol.dataReceived(f"PROXY TCP4 {source} 127.0.0.1 5555 110\r\n".encode())  # type: ignore
+        return transport
+
+    with capturedLogs() as events:
+        first = [connect("192.0.2.7") for _ in range(2)]
+        assert all(t.value().startswith(b"+OK") for t in first)
+        over = connect("192.0.2.7")
+        other = connect("192.0.2.8")
+    assert over.value() == FULL
+    assert other.value().startswith(b"+OK")
+    peers = [(e["event"], e["peer"]) for e in events if e.get("event") in ("connect", "connection-refused")]
+    assert peers == [("connect", "192.0.2.7:5555")] * 2 + [
+        ("connection-refused", "192.0.2.7:5555"), ("connect", "192.0.2.8:5555"),
+    ]
+    session = first[0].protocol  # type: ignore[attr-defined]
+    first[0].clear()
+    session.dataReceived(b"USER alice\r\n")
+    assert first[0].value().startswith(b"-ERR [AUTH] plaintext authentication is not allowed")
+    first[0].clear()
+    with capturedLogs() as events:
+        session.dataReceived(b"AUTH CRAM-MD5\r\n")
+        session.dataReceived(base64.b64encode(b"alice " + b"0" * 32) + b"\r\n")
+        clock.advance(0.1)
+    [failed] = [e for e in events if e.get("event") == "login-failed"]
+    assert failed["peer"] == "192.0.2.7:5555"
+    assert penalty.reserve("192.0.2.7", clock.seconds()) > clock.seconds()
+    assert penalty.reserve("127.0.0.1", clock.seconds()) == clock.seconds()
