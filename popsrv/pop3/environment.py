@@ -42,10 +42,14 @@ class ConnectionEnvironment:
         self._peer = peer if peer is not None else transport.getPeer()
         self._secure = secure
 
-    def tlsStarted(self) -> None:
+    def startTLS(self) -> None:
         """
-        STLS started TLS.
+        Start TLS on the connection (STLS), with the server's settings in
+        force now.
         """
+        tls = self._factory.tls
+        assert tls is not None
+        self._transport.startTLS(tls.options)  # type: ignore[union-attr]
         self._secure = True
 
     def secure(self) -> bool:

@@ -123,6 +123,30 @@ class POP3Factory(Factory):
         factory.listener = listener
         return factory
 
+    def admit(self, connection: POP3Protocol, host: str, peer: str) -> bool:
+        """
+        Admit a new connection from C{host} (C{peer}, for logs) within the
+        limits, or turn it away at once; an admitted one is counted among
+        L{connections} until L{release}.
+        """
+        if self.limits is not None:
+            assert connection.transport is not None
+            if not self.limits.enter(connection.transport, host, peer, self.clock.seconds()):
+                return False
+        self.connections.add(connection)
+        return True
+
+    def release(self, connection: POP3Protocol, host: str) -> None:
+        """
+        An admitted connection from C{host} closed (nothing happens for one
+        that was not admitted).
+        """
+        if connection not in self.connections:
+            return
+        self.connections.discard(connection)
+        if self.limits is not None:
+            self.limits.leave(host, self.clock.seconds())
+
     def makeChallenge(self) -> bytes:
         """
         Return a new APOP challenge in the shape of RFC 1939's example and

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, Optional, Union
 
+from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -20,7 +21,6 @@ from twisted.internet.interfaces import (
     INegotiated,
     ISSLTransport,
 )
-from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -38,12 +38,13 @@ from popsrv.pop3.effects import (
     Update,
 )
 from popsrv.pop3.environment import ConnectionEnvironment
+from popsrv.pop3.events import SessionLog
 from popsrv.pop3.login import Accepted, LoginAttempt
 from popsrv.pop3.opened import OpenedMaildrop, StreamBroken
 from popsrv.pop3.reading import ReadControl
 from popsrv.pop3.sending import MessageConsumer, ReadGate, sendListing
 from popsrv.pop3.session import Session
-from popsrv.pop3.timing import CommandTimes, commandName
+from popsrv.pop3.timing import CommandTimes
 from popsrv.pop3.transport import eagerFlusher, tuneForPOP3
 from popsrv.wire.framing import MessageFramer
 
@@ -71,10 +72,11 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
 
     delimiter = b"\n"
     MAX_LENGTH = MAX_LINE_OCTETS
-    log = Logger()
 
     def __init__(self, factory: POP3Factory) -> None:
         self.factory = factory
+        self.events = SessionLog(factory.listener, factory.clock)
+        self.log = self.events.log
         self.challenge = factory.makeChallenge()
         self.environment = ConnectionEnvironment(factory)
         self.session = Session(self.environment, self.challenge, factory.expire, factory.policy.loginDelay)
@@ -88,8 +90,6 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self._method = ""
         self._peer = ""
         self._host = ""
-        self._admitted = False
-        self._started = 0.0
         self._endReason = "connection lost"
         self._commandTimes = CommandTimes() if factory.timeCommands else None
 
@@ -111,8 +111,6 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         """
         transport = self.transport
         assert transport is not None
-        clock = self.factory.clock
-        self._started = clock.seconds()
         # The one place that asks who the client is: every address-based
         # decision and log line of the session uses this.  Behind a
         # haproxy: listener, it is the PROXY header's source (the header
@@ -120,12 +118,8 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         peer = transport.getPeer()
         self._host = str(getattr(peer, "host", ""))
         self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
-        limits = self.factory.limits
-        if limits is not None:
-            self._admitted = limits.enter(transport, self._host, self._peer, self._started)
-            if not self._admitted:
-                return
-        self.factory.connections.add(self)
+        if not self.factory.admit(self, self._host, self._peer):
+            return
         secure = ISSLTransport.providedBy(transport) or INegotiated.providedBy(transport)
         self.environment.connected(transport, secure, peer)
         self._flush = tuneForPOP3(transport)
@@ -134,9 +128,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         if not secure:
             # Over TLS the gate waits for the handshake (handshakeCompleted).
             self.gate.attach()
-        self.log.info(
-            "connection from {peer}", peer=self._peer, listener=self.factory.listener, tls=secure, event="connect",
-        )
+        self.events.connected(self._peer, secure)
         transport.write(self.session.greet())
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -149,25 +141,19 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self.setTimeout(None)
         if self.session.state is State.GREETING:
             return  # refused by a connection limit
-        self.factory.connections.discard(self)
-        if self._admitted and self.factory.limits is not None:
-            self._admitted = False
-            self.factory.limits.leave(self._host, self.factory.clock.seconds())
+        self.factory.release(self, self._host)
         if self._abortLater is not None and self._abortLater.active():
             self._abortLater.cancel()
         self.reading.connectionLost()
         self.session.close()
         if not self._committing:
             self._endSession()
+        if reason is not None and reason.check(SSL.Error):
+            self.events.tlsFailed(reason.getErrorMessage())
         summary = self.session.summary()
         if self._commandTimes is not None:
             summary["commands"] = self._commandTimes.summary()
-        self.log.info(
-            "session of {user} from {peer} ended ({reason}): retrieved {retrieved} messages "
-            "({retrievedOctets} octets), deleted {deleted}, {duration:.3f}s",
-            peer=self._peer, reason=self._endReason, duration=self.factory.clock.seconds() - self._started,
-            listener=self.factory.listener, event="session-end", **summary,
-        )
+        self.events.ended(self._endReason, summary)
 
     def handshakeCompleted(self) -> None:
         """
@@ -182,7 +168,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         Close an idle session without a reply and without deleting anything
         (RFC 1939, section 3).
         """
-        self.log.info("closing idle session from {peer}", peer=self._peer, event="timeout")
+        self.events.idle()
         self._close("idle timeout")
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -247,27 +233,12 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         except Exception:
             self._unexpected(Failure())
             return
-        if result is None:
-            if times is not None:
-                times.record(commandName(line), self.factory.clock.seconds() - started)
-            return
-        result.addErrback(self._unexpected)
+        if result is not None:
+            result.addErrback(self._unexpected)
         if times is not None:
-            # Before commandStarted's callback, which may run the next
-            # pipelined command at once.
-            result.addCallback(self._timed, commandName(line), started)
-        self.reading.commandStarted(result)
-
-    def _timed(self, result: object, command: str, started: float) -> object:
-        """
-        A command that waited is done: record how long it took, from its
-        line to its reply (for a login, that includes the checker, the
-        penalty, the pause before a failure is answered, and an AUTH
-        exchange's round trips).
-        """
-        assert self._commandTimes is not None
-        self._commandTimes.record(command, self.factory.clock.seconds() - started)
-        return result
+            times.timed(line, started, self.factory.clock, result)
+        if result is not None:
+            self.reading.commandStarted(result)
 
     def sendLine(self, line: bytes) -> None:
         """Send one line; POP3's lines end in CRLF."""
@@ -282,7 +253,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         A command failed in a way nothing expected: log it for the operator,
         and give the client a plain error, never a traceback.
         """
-        self.log.failure("unexpected error in POP3 command", failure, peer=self._peer)
+        self.events.unexpected(failure)
         if not self.gone():
             self._write(replies.INTERNAL_ERROR)
 
@@ -321,12 +292,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             return
         reply = self.session.loginSucceeded(maildrop.name, outcome.snapshot)
         self.setTimeout(self.factory.timeout)
-        count, octets = self.session.transaction.totals()
-        self.log.info(
-            "{user} logged in from {peer} with {mechanism}, {count} messages ({octets} octets)",
-            user=maildrop.name, peer=self._peer, count=count, octets=octets, mechanism=self._method,
-            tls=self.environment.secure(), event="login",
-        )
+        self.events.loggedIn(maildrop.name, self._method, *self.session.transaction.totals(), self.environment.secure())
         self._write(reply)
 
     def _startTLS(self, effect: StartTLS) -> None:
@@ -338,15 +304,11 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self._write(effect.data)
         discarded = self.clearLineBuffer()
         if discarded:
-            self.log.warn(
-                "discarded {count} octets {peer} sent before the TLS handshake",
-                count=len(discarded), peer=self._peer, event="stls-injection",
-            )
-        assert self.gate is not None and self.factory.tls is not None
+            self.events.tlsInjection(len(discarded))
+        assert self.gate is not None
         self.gate.detach()
-        self.transport.startTLS(self.factory.tls.options)  # type: ignore[union-attr]
-        self.environment.tlsStarted()
-        self.log.info("TLS started with {peer}", peer=self._peer, event="stls")
+        self.environment.startTLS()
+        self.events.tlsStarted()
 
     def _stream(self, effect: Stream) -> defer.Deferred[None]:
         """

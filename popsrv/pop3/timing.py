@@ -21,7 +21,10 @@ lost.
 from __future__ import annotations
 
 import bisect
-from typing import Dict, List, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 
 from popsrv.pop3.commands import COMMANDS
 
@@ -77,6 +80,25 @@ class CommandTimes:
         entry[0] += 1
         entry[1] += seconds
         entry[2 + bisect.bisect_left(COMMAND_SECONDS_BUCKETS, seconds)] += 1
+
+    def timed(self, line: bytes, started: float, clock: IReactorTime, result: Optional[Deferred[Any]]) -> None:
+        """
+        Record the command of C{line}, begun at C{started}: now if it is
+        done (C{result} is C{None}), else when C{result} fires (for a
+        login, that includes the checker, the penalty, the pause before a
+        failure is answered, and an AUTH exchange's round trips).  Call it
+        before anything that may run the next pipelined command.
+        """
+        name = commandName(line)
+        if result is None:
+            self.record(name, clock.seconds() - started)
+            return
+
+        def done(value: object) -> object:
+            self.record(name, clock.seconds() - started)
+            return value
+
+        result.addBoth(done)
 
     def summary(self) -> Dict[str, Dict[str, object]]:
         """

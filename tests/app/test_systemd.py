@@ -233,3 +233,32 @@ def test_theContainerRunsUnprivilegedWithUsableOptions(tmp_path: Path) -> None:
     options = Options()
     options.parseOptions([paths.get(word, word) for word in words[words.index("popsrv") + 1:]])
     assert options["listen"] == ["tcp:1110", "tls:tcp:1995"]
+
+
+def test_aFailedTLSHandshakeIsLoggedWithWhy(launcher: Launcher, tmp_path: Path) -> None:
+    """
+    A client that speaks plain POP3 to the implicit-TLS port, and one that
+    does not trust the certificate, end with a tls-failed event saying why,
+    with the session's id.
+    """
+    pki = makePKI(tmp_path / "pki")
+    passwd = writePasswordFile(tmp_path / "passwd", {"alice": "secret"})
+    process: TwistdProcess = launcher.twistd(
+        ["--listen", "tls:tcp:0:interface=127.0.0.1", "--tls-cert", str(pki.chain), "--tls-key", str(pki.key),
+         "--auth", f"file:{passwd}", "--maildir-root", str(tmp_path / "mail")], tmp_path,
+    )
+    port = process.waitListening()
+    mark = process.mark()
+    with socket.create_connection((HOST, port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"USER alice\r\n" * 20)
+        try:
+            while sock.recv(4096):
+                pass
+        except ConnectionResetError:
+            pass
+    line = process.waitFor(r"TLS with 127\.0\.0\.1:\d+ failed: .+", since=mark)
+    assert "wrong version number" in line.group(0) or "http request" in line.group(0) or "SSL" in line.group(0)
+    mark = process.mark()
+    with pytest.raises(ssl.SSLError):
+        poplib.POP3_SSL(HOST, port, context=ssl.create_default_context(), timeout=TIMEOUT)
+    process.waitFor(r"TLS with 127\.0\.0\.1:\d+ failed: ", since=mark)

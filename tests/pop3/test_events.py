@@ -168,3 +168,25 @@ def test_everyStorageFailureIsOneStorageErrorEvent(operation):
     (event,) = eventsNamed(events, "storage-error")
     assert event["operation"] == operation
     assert event["user"] == "alice" and event["peer"] == "127.0.0.1:40000"
+
+
+def test_everyEventOfASessionCarriesItsId():
+    """
+    Every event of one session (connect, login-failed, login, session-end)
+    carries the same session id; another session's differs.
+    """
+    portal, realm = makePortal()
+    with capturedLogs() as events:
+        first = Session(portal)
+        first.login(password="wrong")
+        first.login()
+        first.send("QUIT")
+        first.lose()
+        second = Session(portal)
+        second.send("QUIT")
+        second.lose()
+    sessions = [e["session"] for e in events if e.get("event") == "session-end"]
+    assert len(sessions) == 2 and sessions[0] != sessions[1]
+    firstEvents = [e for e in events if e.get("session") == sessions[0]]
+    assert [e["event"] for e in firstEvents if "event" in e] == ["connect", "login-failed", "login", "session-end"]
+    assert all(len(session) >= 12 for session in sessions)
