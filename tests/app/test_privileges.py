@@ -10,6 +10,8 @@ import grp
 import os
 import poplib
 import pwd
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -131,3 +133,67 @@ def test_aServerThatDroppedRootDoesNotWarn(launcher: Launcher, tmp_path: Path) -
     assert greeted(port).startswith(b"+OK")
     process.stop()
     assert "as root" not in process.output
+
+
+def test_everyWorkerServesUnprivileged(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """
+    twistd -u nobody -g nogroup popsrv --workers 2: the parent binds as
+    root, then it and every worker run as nobody, and serve a login.  The
+    workers are Python processes of their own, so the interpreter must be
+    one that nobody can run: .ci/run makes one from the system's Python and
+    names it in POPSRV_UNPRIVILEGED_PYTHON.
+    """
+    import re
+    import subprocess
+    import time
+
+    python = os.environ.get("POPSRV_UNPRIVILEGED_PYTHON")
+    if not python or os.geteuid() != 0:
+        pytest.skip("needs root and POPSRV_UNPRIVILEGED_PYTHON, a Python nobody can run (.ci/run makes one)")
+    user, group = pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid
+    # Outside pytest's private (mode 0700) temporary directory: nobody must
+    # reach the mail and the passwd file.
+    base = Path(tempfile.mkdtemp(prefix="popsrv-unprivileged-"))
+    try:
+        base.chmod(0o755)
+        mail = base / "mail"
+        mail.mkdir()
+        os.chown(mail, user, group)
+        passwd = base / "passwd"
+        passwd.write_text("alice:secret\n")
+        passwd.chmod(0o644)
+        twistd = os.path.join(os.path.dirname(python), "twistd")
+        process = subprocess.Popen(
+            [twistd, "-n", "--pidfile=", "--logfile=-", "-u", str(user), "-g", str(group), "popsrv",
+             "--listen", "tcp:0:interface=127.0.0.1", "--auth", f"file:{passwd}", "--maildir-root", str(mail),
+             "--workers", "2", "--secret-file", str(base / "secret")],
+            cwd=str(base), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env={key: value for key, value in os.environ.items() if key != "PYTHONPATH"},
+        )
+        output = []
+        try:
+            assert process.stdout is not None
+            deadline = time.monotonic() + 60
+            while sum("worker ready" in line for line in output) < 2:
+                line = process.stdout.readline().decode("utf-8", "replace")
+                assert line and time.monotonic() < deadline, "".join(output)
+                output.append(line)
+            text = "".join(output)
+            port = int(re.search(r"popsrv listening on 127\.0\.0\.1:(\d+)", text).group(1))  # type: ignore[union-attr]
+            pids = [int(pid) for pid in re.findall(r"worker \d started \(pid (\d+)\)", text)]
+            assert len(pids) == 2
+            for pid in [process.pid, *pids]:
+                status = Path(f"/proc/{pid}/status").read_text()
+                uids = re.search(r"^Uid:\s+(.*)$", status, re.MULTILINE).group(1).split()  # type: ignore[union-attr]
+                gids = re.search(r"^Gid:\s+(.*)$", status, re.MULTILINE).group(1).split()  # type: ignore[union-attr]
+                assert uids == [str(user)] * 4 and gids == [str(group)] * 4, (pid, uids, gids)
+            client = poplib.POP3(HOST, port, timeout=30)
+            client.user("alice")
+            assert client.pass_("secret").startswith(b"+OK alice has 0 messages")
+            client.quit()
+            assert (mail / "alice" / "cur").stat().st_uid == user
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
