@@ -22,6 +22,7 @@ import scramp
 
 from popsrv.auth import schemes
 from popsrv.store.maildir import deliver
+from tests.support.scram import HandScramClient
 from tests.support.servers import LISTEN_LOCAL, twistdEnvironment
 
 if TYPE_CHECKING:
@@ -325,3 +326,31 @@ def test_sasl_mechanisms_chosen_by_the_operator(moduleLauncher: Launcher, tmp_pa
     )
     assert refused.returncode != 0
     assert b"--sasl-mechanisms takes names among" in refused.stdout
+
+
+@pytest.mark.parametrize("user", ["scram", "plain"])
+def test_scram_with_an_authorization_identity(passwdServer: PasswdServer, user: str) -> None:
+    """
+    SCRAM-SHA-256 from a client that names an authorization identity equal
+    to the user (as Cyrus and GNU SASL clients do) logs in, against stored
+    keys and a PLAIN secret, and the server proves itself; another identity
+    is refused.
+    """
+    client = poplib.POP3(HOST, passwdServer.port, timeout=SOCKET_TIMEOUT)
+    try:
+        scram = HandScramClient("SCRAM-SHA-256", user, PASSWORD, authzid=user)
+        reply = client._shortcmd("AUTH SCRAM-SHA-256 " + base64.b64encode(scram.first()).decode())
+        final = scram.final(base64.b64decode(reply[2:]))
+        reply = client._shortcmd(base64.b64encode(final).decode())
+        assert scram.serverSignatureIs(base64.b64decode(reply[2:]))
+        assert client._shortcmd("").startswith(b"+OK")
+        assert retrieve(client) == message(user)
+    finally:
+        client.close()
+    other = poplib.POP3(HOST, passwdServer.port, timeout=SOCKET_TIMEOUT)
+    try:
+        scram = HandScramClient("SCRAM-SHA-256", user, PASSWORD, authzid="argon")
+        with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+            other._shortcmd("AUTH SCRAM-SHA-256 " + base64.b64encode(scram.first()).decode())
+    finally:
+        other.close()

@@ -23,6 +23,7 @@ from zope.interface.verify import verifyObject
 from popsrv.auth import credentials
 from popsrv.auth.sasl import MECHANISMS, Challenge, CramMD5Credentials, SASLError, ScramCredentials, mechanism
 from popsrv.auth.schemes import deriveScramKeys
+from tests.support.scram import HandScramClient
 
 SESSION_CHALLENGE = b"<4711.1700000000@pop.example>"
 RFC2195_CHALLENGE = b"<1896.697170952@postoffice.reston.mci.net>"
@@ -785,41 +786,6 @@ def test_fuzzSCRAMNearMisses(name, firstPieces, finalPieces, useRealFirst):
     except SASLError:
         return
     assert credentials.checkPassword("secret") is False
-
-
-class HandScramClient:
-    """
-    A SCRAM client written from RFC 5802 with the standard library, which
-    (unlike scramp's) can send an authorization identity: as Cyrus SASL,
-    GNU SASL, nmh and neomutt do, equal to the user.
-    """
-
-    def __init__(self, name: str, user: str, password: str, authzid: str = "", flag: str = "n") -> None:
-        self.digest = hashlib.sha256 if name == "SCRAM-SHA-256" else hashlib.sha1
-        self.password = password.encode("utf-8")
-        escaped = lambda text: text.replace("=", "=3D").replace(",", "=2C")  # noqa: E731
-        self.header = f"{flag},{'a=' + escaped(authzid) if authzid else ''},"
-        self.bare = f"n={escaped(user)},r=clientnonce123"
-
-    def first(self) -> bytes:
-        return (self.header + self.bare).encode("utf-8")
-
-    def final(self, serverFirst: bytes, binding: str = "") -> bytes:
-        fields = dict(item.split("=", 1) for item in serverFirst.decode("ascii").split(","))
-        salted = hashlib.pbkdf2_hmac(self.digest().name, self.password, base64.b64decode(fields["s"]), int(fields["i"]))
-        clientKey = hmac.new(salted, b"Client Key", self.digest).digest()
-        storedKey = self.digest(clientKey).digest()
-        binding = binding or base64.b64encode(self.header.encode("utf-8")).decode("ascii")
-        withoutProof = f"c={binding},r={fields['r']}"
-        self.authMessage = f"{self.bare},{serverFirst.decode('ascii')},{withoutProof}".encode()
-        signature = hmac.new(storedKey, self.authMessage, self.digest).digest()
-        proof = bytes(a ^ b for a, b in zip(clientKey, signature))
-        self.serverKey = hmac.new(salted, b"Server Key", self.digest).digest()
-        return f"{withoutProof},p={base64.b64encode(proof).decode('ascii')}".encode("ascii")
-
-    def serverSignatureIs(self, serverFinal: bytes) -> bool:
-        expected = base64.b64encode(hmac.new(self.serverKey, self.authMessage, self.digest).digest())
-        return serverFinal == b"v=" + expected
 
 
 def handConversation(name, client, binding=""):
