@@ -5,6 +5,7 @@ driven over real TCP by Python's poplib, curl and raw sockets.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import poplib
 import random
@@ -646,3 +647,37 @@ def test_virtual_hosting_domain_case_and_missing_domain(virtualHosts: VirtualHos
     assert sorted(os.listdir(virtualHosts.vmail)) == ["example.com", "example.org"]
     assert os.listdir(virtualHosts.vmail / "example.org") == ["bob"]
     assert filesUnder(virtualHosts.vmail, virtualHosts.alice, virtualHosts.bob) == before
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_apop_challenge_session_ids_and_logout_counters(launcher: Launcher, workers: int) -> None:
+    """
+    The greeting's APOP challenge has qpopper's shape, and APOP logs in with
+    it; the connect and session-end lines of a session share its id, and
+    the session-end line gives Dovecot's logout counters (in one process
+    and with workers).
+    """
+    server = launcher.popsrv("--workers", str(workers))
+    for index in range(workers if workers > 1 else 0):
+        server.twistd.waitFor(rf"worker {index}\] worker ready", timeout=30)
+    maildir = server.maildir("alice")
+    deliver(maildir, b"Subject: one\r\n\r\nfirst\r\n")
+    deliver(maildir, b"Subject: two\r\n\r\nsecond\r\n")
+    mark = server.twistd.mark()
+    client = poplib.POP3("127.0.0.1", server.port, timeout=30)
+    try:
+        challenge = re.fullmatch(rb"\+OK popsrv ready (<\d{1,29}\.\d+@[^>]+>)", client.getwelcome())
+        assert challenge is not None
+        digest = hashlib.md5(challenge.group(1) + b"secret").hexdigest()
+        assert client._shortcmd(f"APOP alice {digest}").startswith(b"+OK alice has 2 messages")
+        client.top(2, 0)
+        client.retr(1)
+        client.dele(1)
+    finally:
+        client.quit()
+    connect = server.twistd.waitFor(r"connection from 127\.0\.0\.1:(\d+) \[session ([-\w]+)\]", since=mark)
+    end = server.twistd.waitFor(
+        r"session of alice from 127\.0\.0\.1:(\d+) ended \(quit\): top 1, retrieved 1 messages \(23 octets\), "
+        r"deleted 1 \(23 octets\), maildrop 2/47 -> 1/24, [\d.]+s \[session ([-\w]+)\]", since=mark,
+    )
+    assert connect.group(1) == end.group(1) and connect.group(2) == end.group(2)

@@ -174,7 +174,7 @@ def test_logged_under_the_client_address(setup: Setup, version: str) -> None:
     assert line.ask(b"QUIT").startswith(b"+OK")
     assert line.read() == b""
     line.close()
-    setup.waitFor(rf"{PROTOCOL}connection from {peer}$", since)
+    setup.waitFor(rf"{PROTOCOL}connection from {peer} \[session [-\w]+\]$", since)
     setup.waitFor(rf"{PROTOCOL}alice logged in from {peer} with USER/PASS", since)
     setup.waitFor(rf"{PROTOCOL}session of alice from {peer} ended \(quit\)", since)
     ours = [line for line in setup.linesSince(since) if re.search(PROTOCOL, line)]
@@ -267,7 +267,7 @@ def test_plaintext_policy_uses_the_header_address(setup: Setup, header: bytes) -
     assert b"STLS" in capabilities and b"USER" not in capabilities
     assert line.ask(b"QUIT").startswith(b"+OK")
     line.close()
-    setup.waitFor(rf"{PROTOCOL}connection from 192\.0\.2\.7:5555$", since)
+    setup.waitFor(rf"{PROTOCOL}connection from 192\.0\.2\.7:5555 \[session [-\w]+\]$", since)
     setup.waitFor(rf"{PROTOCOL}session of - from 192\.0\.2\.7:5555 ended \(quit\)", since)
 
     local = header.replace(b"192.0.2.7", b"127.0.0.9") if header.startswith(b"PROXY") else v2Header("127.0.0.9", 5555)
@@ -359,4 +359,4 @@ def test_a_header_in_pieces_is_read(setup: Setup) -> None:
     assert line.read().startswith(b"+OK")
     assert line.ask(b"QUIT").startswith(b"+OK")
     line.close()
-    setup.waitFor(rf"{PROTOCOL}connection from 192\.0\.2\.9:6666$", since)
+    setup.waitFor(rf"{PROTOCOL}connection from 192\.0\.2\.9:6666 \[session [-\w]+\]$", since)

@@ -59,7 +59,9 @@ class SessionLog:
         """A client connected (and was admitted)."""
         self.peer = peer
         self._started = self._clock.seconds()
-        self.log.info("connection from {peer}", peer=peer, listener=self.listener, tls=tls, event="connect")
+        self.log.info(
+            "connection from {peer} [session {session}]", peer=peer, listener=self.listener, tls=tls, event="connect",
+        )
 
     def loggedIn(self, user: str, mechanism: str, count: int, octets: int, tls: bool) -> None:
         """A login succeeded: the maildrop is locked."""
@@ -94,8 +96,9 @@ class SessionLog:
     def ended(self, reason: str, summary: Dict[str, object]) -> None:
         """The connection is closed: the session's figures."""
         self.log.info(
-            "session of {user} from {peer} ended ({reason}): retrieved {retrieved} messages "
-            "({retrievedOctets} octets), deleted {deleted}, {duration:.3f}s",
+            "session of {user} from {peer} ended ({reason}): top {top}, retrieved {retrieved} messages "
+            "({retrievedOctets} octets), deleted {deleted} ({deletedOctets} octets), maildrop "
+            "{messagesBefore}/{octetsBefore} -> {messagesAfter}/{octetsAfter}, {duration:.3f}s [session {session}]",
             peer=self.peer, reason=reason, duration=self._clock.seconds() - self._started,
             listener=self.listener, event="session-end", **summary,
         )
