@@ -27,6 +27,7 @@ __all__ = [
     "IKnownSchemes",
     "ILoginMethods",
     "IMaildrop",
+    "IReloadable",
     "IScramCredentials",
     "IScramParameters",
     "ISecretSource",
@@ -142,6 +143,19 @@ class IKnownSchemes(Interface):
         """
         The schemes (C{"PLAIN"}, C{"ARGON2ID"}, ...) of the secrets in force
         now.  It is asked at each connection: it must be cheap.
+        """
+
+
+class IReloadable(Interface):
+    """
+    Something that reads its configuration again on request (on SIGHUP):
+    a credential source whose settings file may change.
+    """
+
+    def reload() -> None:
+        """
+        Read the configuration again; keep the one in force if the new one
+        cannot be used (and log why).
         """
 
 

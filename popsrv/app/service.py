@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 from types import FrameType
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
@@ -33,6 +33,7 @@ from popsrv.app.secret import deriveKey
 from popsrv.app.shutdown import GracefulShutdown
 from popsrv.auth.penalty import AuthPenalty
 from popsrv.auth.scram import setPlaceholderKey
+from popsrv.interfaces import IReloadable
 from popsrv.pop3.factory import POP3Factory
 from popsrv.pop3.limits import ConnectionLimits, defaultMaxConnections, raiseDescriptorLimit
 from popsrv.pop3.policy import LoginPolicy
@@ -54,11 +55,15 @@ class ReloadOnHangup(Service):
     """
     Handles SIGHUP (C{systemctl reload}, a certificate renewal) while the
     service runs: reloads the TLS certificate and key, if there are any,
-    and logs the reload; SIGHUP never stops the server.
+    and the checkers that can reload (L{IReloadable}: a C{pgsql:} settings
+    file), and logs the reload; SIGHUP never stops the server.
     """
 
-    def __init__(self, tls: Optional[TLSSettings], reactor: IReactorFromThreads) -> None:
+    def __init__(
+        self, tls: Optional[TLSSettings], reactor: IReactorFromThreads, reloadable: Sequence[object] = (),
+    ) -> None:
         self.tls = tls
+        self.reloadable = [each for each in reloadable if IReloadable.providedBy(each)]
         self.reactor = reactor
         self._previous: Union[Callable[[int, Optional[FrameType]], Any], int, None] = None
 
@@ -93,6 +98,8 @@ class ReloadOnHangup(Service):
         log.info("SIGHUP: reloading", event="reload")
         if self.tls is not None:
             self.tls.reload()
+        for each in self.reloadable:
+            each.reload()
 
 
 class PopsrvService(MultiService):
@@ -209,10 +216,8 @@ def makeService(
     if metrics is not None:
         # First: it watches the log before any connection comes.
         metrics.setServiceParent(service)
-    if not worker or options["tls"] is not None:
-        # (A worker without TLS has nothing to reload: it keeps ignoring
-        # the SIGHUP its parent passes on.)
-        ReloadOnHangup(options["tls"], reactor).setServiceParent(service)
+    # (A worker's parent passes SIGHUP on to it.)
+    ReloadOnHangup(options["tls"], reactor, checkers).setServiceParent(service)
     for description in options["listen"]:
         inner, implicitTLS = splitTLS(description)
         endpoint = endpointFor(inner)

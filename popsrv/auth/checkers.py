@@ -34,6 +34,7 @@ from popsrv.errors import CredentialsUnavailable
 from popsrv.interfaces import (
     IKnownSchemes,
     ILoginMethods,
+    IReloadable,
     IScramCredentials,
     IScramParameters,
     ISecretSource,
@@ -60,7 +61,7 @@ def _reactorRunner() -> Callable[..., defer.Deferred[Any]]:
     return threadRunner(reactor)  # type: ignore[arg-type]  # the global reactor provides IReactorThreads
 
 
-@implementer(ICredentialsChecker, IScramParameters, ILoginMethods)
+@implementer(ICredentialsChecker, IScramParameters, ILoginMethods, IReloadable)
 class StoredSecretChecker:
     """
     Checks USER/PASS, PLAIN and LOGIN (C{IUsernamePassword}) against any
@@ -114,6 +115,14 @@ class StoredSecretChecker:
         (such as L{CredentialsUnavailable}) if it cannot answer.
         """
         return defer.ensureDeferred(self._check(credentials))
+
+    def reload(self) -> None:
+        """
+        Have the source read its configuration again, if it can (see
+        L{IReloadable}).
+        """
+        if IReloadable.providedBy(self.source):
+            self.source.reload()
 
     def loginMethods(self) -> Optional[FrozenSet[str]]:
         """

@@ -39,7 +39,7 @@ import math
 import re
 import threading
 import time
-from typing import Any, Dict, FrozenSet, Optional
+from typing import Any, Dict, FrozenSet, List, Optional
 
 import attr
 import psycopg
@@ -54,7 +54,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from popsrv.errors import CredentialsUnavailable
-from popsrv.interfaces import ISecretSource
+from popsrv.interfaces import IReloadable, ISecretSource
 
 __all__ = [
     "DEFAULT_POOL",
@@ -62,11 +62,13 @@ __all__ = [
     "PLACEHOLDERS",
     "PostgresSecretSource",
     "PostgresSettings",
+    "ReloadingPostgresSource",
     "SettingsError",
     "checkQuery",
     "probe",
     "queryParameters",
     "readSettings",
+    "reloadingSourceForReactor",
     "sourceForReactor",
 ]
 
@@ -517,6 +519,77 @@ class PostgresSecretSource:
             "PostgreSQL credential lookup for {user!r} failed: {why}", user=user, why=why, event="pgsql-unavailable"
         )
         raise CredentialsUnavailable(why)
+
+
+@implementer(ISecretSource, IReloadable)
+class ReloadingPostgresSource:
+    """
+    The source of a settings file that L{reload} (SIGHUP) reads again: a
+    changed file starts a new pool, which takes the next lookups at once;
+    the old one stops once the lookups it was given had their time.
+
+    @ivar path: the settings file.
+    @ivar current: the L{PostgresSecretSource} of the settings in force.
+    """
+
+    def __init__(self, path: str, reactor: Any) -> None:
+        self.path = path
+        self._reactor = reactor
+        self.current = PostgresSecretSource(readSettings(path), reactor)
+        self._retired: List[PostgresSecretSource] = []
+
+    def start(self) -> None:
+        """Start the source of the settings in force."""
+        self.current.start()
+
+    def stop(self) -> defer.Deferred[None]:
+        """Stop every pool, the retired ones too."""
+        sources, self._retired = [self.current, *self._retired], []
+        stopped: defer.Deferred[Any] = defer.gatherResults([source.stop() for source in sources])
+        return stopped.addCallback(lambda _: None)
+
+    def secretFor(self, username: bytes) -> defer.Deferred[Optional[str]]:
+        """Look C{username} up with the settings in force."""
+        return self.current.secretFor(username)
+
+    def reload(self) -> None:
+        """
+        Read the settings file again; use it if it changed and can be used,
+        else keep the settings in force (and log why).
+        """
+        try:
+            settings = readSettings(self.path)
+        except SettingsError as error:
+            log.error(
+                "keeping the PostgreSQL settings in force: {error}", error=str(error), event="pgsql-reload-failed",
+            )
+            return
+        if settings == self.current.settings:
+            return
+        old, self.current = self.current, PostgresSecretSource(settings, self._reactor)
+        self.current.start()
+        self._retired.append(old)
+        self._reactor.callLater(old.settings.timeout + 1, self._retire, old)
+        log.info(
+            "reloaded the PostgreSQL settings from {path}: {where}", path=self.path,
+            where=_describeConninfo(settings.conninfo), event="pgsql-reload",
+        )
+
+    def _retire(self, source: PostgresSecretSource) -> None:
+        if source in self._retired:
+            self._retired.remove(source)
+            source.stop()
+
+
+def reloadingSourceForReactor(path: str, reactor: Any) -> ReloadingPostgresSource:
+    """
+    Return the source of the settings file C{path}, reloaded on request,
+    started when the reactor runs and stopped before it shuts down.
+    """
+    source = ReloadingPostgresSource(path, reactor)
+    reactor.callWhenRunning(source.start)
+    reactor.addSystemEventTrigger("before", "shutdown", source.stop)
+    return source
 
 
 def sourceForReactor(settings: PostgresSettings, reactor: Any) -> PostgresSecretSource:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import poplib
+import signal
 import time
 from pathlib import Path
 from typing import Callable, Iterator, List
@@ -918,3 +919,53 @@ def test_probeReportsAWrongPasswordWithoutIt(postgres: PostgresServer, database:
         probe(PostgresSettings(conninfo=conninfo, query=QUERY))
     assert "password authentication failed" in str(raised.value)
     assert "not-the-password" not in str(raised.value)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sighupReloadsTheSettingsFile(
+    launcher: Launcher, tmp_path: Path, postgres: PostgresServer, database: str, workers: str,
+):
+    """
+    SIGHUP reads the pgsql: settings file again: a new query answers the
+    next logins, a session logged in before goes on, and an unusable file
+    keeps the settings in force (in one process and with workers).
+    """
+    pytest.importorskip("popsrv.auth.checkers")
+    table = f"users_reloaded_{workers}"
+    with psycopg.connect(postgres.conninfo(), autocommit=True) as admin:
+        admin.execute(f"DROP TABLE IF EXISTS {table}")
+        admin.execute(f"CREATE TABLE {table} (userid text PRIMARY KEY, password text)")
+        admin.execute(f"INSERT INTO {table} VALUES ('bob', '{{PLAIN}}changed')")
+        admin.execute(f"GRANT SELECT ON {table} TO popsrv")
+    settings = writeSettings(tmp_path / "pgsql.conf", database)
+    root = tmp_path / "mail"
+    deliver(str(root / "alice"), b"Subject: hello\r\n\r\nfrom PostgreSQL\r\n")
+    process = launcher.twistd(
+        ["--listen", LISTEN_LOCAL, "--maildir-root", str(root), "--auth", f"pgsql:{settings}", "--workers", workers],
+        tmp_path,
+    )
+    port = process.waitListening()
+    indexes = range(int(workers)) if workers != "1" else []
+    for index in indexes:
+        process.waitFor(rf"worker {index}\] worker ready", timeout=30)
+    assert popLogin(port, "bob", "hunter2").startswith(b"+OK")
+    open_ = poplib.POP3(HOST, port, timeout=SOCKET_TIMEOUT)
+    open_.user("alice")
+    assert open_.pass_("secret").startswith(b"+OK")
+    writeSettings(settings, database, query=QUERY.replace("users", table))
+    mark = process.mark()
+    process.process.send_signal(signal.SIGHUP)
+    for index in indexes or [None]:
+        prefix = rf"worker {index}\].*" if index is not None else ""
+        process.waitFor(rf"{prefix}reloaded the PostgreSQL settings from", since=mark)
+    deadline = time.monotonic() + 30
+    while (reply := popLogin(port, "bob", "changed")) != b"+OK bob has 0 messages (0 octets)":
+        assert time.monotonic() < deadline, reply
+    assert popLogin(port, "bob", "hunter2") == AUTH_FAILED
+    assert open_.stat() == (1, 35)
+    open_.quit()
+    settings.write_text("[pgsql]\nconninfo = \n")
+    mark = process.mark()
+    process.process.send_signal(signal.SIGHUP)
+    process.waitFor("keeping the PostgreSQL settings in force", since=mark)
+    assert popLogin(port, "bob", "changed").startswith(b"+OK")

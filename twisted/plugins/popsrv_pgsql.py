@@ -46,17 +46,17 @@ class PostgresCheckerFactory:
     def generateChecker(self, argstring: str):
         """
         Read the settings file C{argstring} and return the checker; the
-        source connects when the reactor starts.
+        source connects when the reactor starts, and reads the file again
+        on SIGHUP.
         """
         try:
-            from popsrv.auth.pgsql import readSettings, sourceForReactor
+            from popsrv.auth.pgsql import reloadingSourceForReactor
         except ImportError as error:
             if not (error.name or "").startswith("psycopg"):
                 raise
             raise ValueError("pgsql needs psycopg: pip install 'popsrv[pgsql]'")
         if not argstring.strip():
             raise ValueError("pgsql needs the path of its settings file: --auth pgsql:/etc/popsrv/pgsql.conf")
-        settings = readSettings(argstring)
         try:
             from popsrv.auth.checkers import StoredSecretChecker
         except ModuleNotFoundError as error:
@@ -66,6 +66,6 @@ class PostgresCheckerFactory:
         reactor = self.reactor
         if reactor is None:
             from twisted.internet import reactor
-        return StoredSecretChecker(sourceForReactor(settings, reactor))
+        return StoredSecretChecker(reloadingSourceForReactor(argstring, reactor))
 
 pgsql = PostgresCheckerFactory()
