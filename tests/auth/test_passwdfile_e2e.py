@@ -65,13 +65,12 @@ class PasswdServer:
         return f"pop3://{HOST}:{self.port}/{path}"
 
 
-@pytest.fixture(scope="module")
-def passwdServer(moduleLauncher: Launcher) -> PasswdServer:
+def startPasswdServer(launcher: Launcher, name: str, *extra: str) -> PasswdServer:
     """
-    popsrv with one user per scheme (password PASSWORD), one line with an
-    unknown scheme, and one message in each user's Maildir.
+    Start popsrv with one user per scheme (password PASSWORD), one line with
+    an unknown scheme, and one message in each user's Maildir.
     """
-    workdir = moduleLauncher.base / "passwd-file"
+    workdir = launcher.base / name
     root = workdir / "mail"
     workdir.mkdir(parents=True)
     lines = ["# users of every scheme", ""]
@@ -81,10 +80,26 @@ def passwdServer(moduleLauncher: Launcher) -> PasswdServer:
     passwd.write_text("\n".join(lines), encoding="utf-8")
     for user in USERS:
         deliver(str(root / user), message(user))
-    process = moduleLauncher.twistd(
-        ["--listen", LISTEN_LOCAL, "--maildir-root", str(root), "--auth", f"passwd-file:{passwd}"], workdir,
+    process = launcher.twistd(
+        ["--listen", LISTEN_LOCAL, "--maildir-root", str(root), "--auth", f"passwd-file:{passwd}", *extra], workdir,
     )
-    return PasswdServer(process, passwd, root, process.waitListening())
+    server = PasswdServer(process, passwd, root, process.waitListening())
+    if "--workers" in extra:
+        for index in range(int(extra[extra.index("--workers") + 1])):
+            process.waitFor(rf"worker {index}\] worker ready", timeout=30)
+    return server
+
+
+@pytest.fixture(scope="module")
+def passwdServer(moduleLauncher: Launcher) -> PasswdServer:
+    """popsrv in one process with a user of every scheme (L{startPasswdServer})."""
+    return startPasswdServer(moduleLauncher, "passwd-file")
+
+
+@pytest.fixture(scope="module")
+def passwdWorkers(moduleLauncher: Launcher) -> PasswdServer:
+    """The same with two workers."""
+    return startPasswdServer(moduleLauncher, "passwd-file-workers", "--workers", "2")
 
 
 def retrieve(client: poplib.POP3) -> bytes:
@@ -328,14 +343,16 @@ def test_sasl_mechanisms_chosen_by_the_operator(moduleLauncher: Launcher, tmp_pa
     assert b"--sasl-mechanisms takes names among" in refused.stdout
 
 
+@pytest.mark.parametrize("servers", ["passwdServer", "passwdWorkers"])
 @pytest.mark.parametrize("user", ["scram", "plain"])
-def test_scram_with_an_authorization_identity(passwdServer: PasswdServer, user: str) -> None:
+def test_scram_with_an_authorization_identity(request: pytest.FixtureRequest, servers: str, user: str) -> None:
     """
     SCRAM-SHA-256 from a client that names an authorization identity equal
     to the user (as Cyrus and GNU SASL clients do) logs in, against stored
     keys and a PLAIN secret, and the server proves itself; another identity
-    is refused.
+    is refused (in one process and with workers).
     """
+    passwdServer: PasswdServer = request.getfixturevalue(servers)
     client = poplib.POP3(HOST, passwdServer.port, timeout=SOCKET_TIMEOUT)
     try:
         scram = HandScramClient("SCRAM-SHA-256", user, PASSWORD, authzid=user)
