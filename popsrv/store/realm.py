@@ -29,6 +29,7 @@ from popsrv.names import (
     splitLogin,
 )
 from popsrv.store.maildir import MaildirMaildrop
+from popsrv.store.uidlformat import UidlFormat
 from popsrv.threads import Runner
 
 __all__ = [
@@ -190,6 +191,9 @@ class MaildirRealm:
         L{MaildirTemplate.base}).
     @ivar runner: how the maildrops do their blocking file work (see
         L{MaildirMaildrop}); C{None} runs it inline.
+    @ivar uidlFormat: the C{pop3_uidl_format} of the Dovecot the Maildirs
+        may come from, or C{None} for Dovecot's default (see
+        L{popsrv.store.maildir.migrated}).
     """
 
     def __init__(
@@ -197,6 +201,7 @@ class MaildirRealm:
         root: Optional[str] = None,
         runner: Optional[Runner] = None,
         template: Union[MaildirTemplate, str, None] = None,
+        uidlFormat: Optional[UidlFormat] = None,
     ) -> None:
         if (root is None) == (template is None):
             raise TypeError("MaildirRealm takes either a root directory or a template")
@@ -208,6 +213,7 @@ class MaildirRealm:
         self.template = template
         self.root = template.base
         self.runner = runner
+        self.uidlFormat = uidlFormat
 
     def maildropFor(self, avatarId: Union[bytes, str]) -> MaildirMaildrop:
         """
@@ -216,7 +222,9 @@ class MaildirRealm:
         """
         login = mailboxName(avatarId)
         path = self.template.expand(login)
-        return MaildirMaildrop(path, canonicalLogin(login), runner=self.runner, trusted=self.template.base)
+        return MaildirMaildrop(
+            path, canonicalLogin(login), runner=self.runner, trusted=self.template.base, uidlFormat=self.uidlFormat,
+        )
 
     def requestAvatar(
         self, avatarId: Union[bytes, str, Tuple[()]], mind: object, *interfaces: Type[Interface]

@@ -259,10 +259,13 @@ class OpenedMaildir:
 
     @ivar cur: C{cur/}.
     @ivar new: C{new/}.
+    @ivar top: the Maildir itself, for the files other servers keep there
+        (not to be closed: L{close} does).
     """
 
     def __init__(self, root: int, cur: Directory, new: Directory, lock: int) -> None:
         self._root = root
+        self.top = Directory(root, ".")
         self.cur = cur
         self.new = new
         self._lock = lock

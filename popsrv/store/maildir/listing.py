@@ -29,7 +29,7 @@ OrderKey = Tuple[int, int, str, str]
 # A parsed name of cur/: its sort key, base name, uid, POP3 size, seen flag.
 ParsedName = Tuple[OrderKey, str, str, int, bool]
 
-__all__ = ["CurListing", "ListingCache", "orderKey", "splitName", "uidFor"]
+__all__ = ["CurListing", "ListingCache", "orderKey", "splitName", "uidFor", "uniquePart"]
 
 _SIZE_FIELDS = re.compile(r",[SW]=\d+")
 _VIRTUAL_SIZE = re.compile(r",W=(\d+)")
@@ -53,13 +53,21 @@ def hashedUid(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
 
+def uniquePart(base: str) -> str:
+    """
+    A Maildir base name without its size fields (C{,S=} and C{,W=}, which
+    tools add and fix): what names one message whatever they record.
+    """
+    return _SIZE_FIELDS.sub("", base) if "=" in base else base
+
+
 def uidFor(base: str) -> str:
     """
-    Return the POP3 unique id of a message from its Maildir base name: the
-    name without its size fields (which tools add and fix), or a hash of
-    that if it is not 1 to 70 printable ASCII characters.
+    Return the POP3 unique id of a message from its Maildir base name: its
+    L{uniquePart}, or a hash of that if it is not 1 to 70 printable ASCII
+    characters.
     """
-    uid = _SIZE_FIELDS.sub("", base)
+    uid = uniquePart(base)
     return uid if _UID_OCTETS.fullmatch(uid) else hashedUid(uid)
 
 

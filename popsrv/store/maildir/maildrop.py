@@ -15,6 +15,9 @@ Layout and rules (the Maildir conventions of qmail, Courier and Dovecot):
       C{W=} is added to their name.
     - Messages are numbered by delivery time (the leading number of the
       name), then name.
+    - A Maildir moved from Dovecot or Courier, with the file in which that
+      server kept its UIDLs, is served with those (see
+      L{popsrv.store.maildir.migrated}).
     - The maildrop lock is C{flock} on C{<maildir>/popsrv.lock}: exclusive
       across processes, and freed by the kernel when a process dies.
     - The Maildir, C{cur/} and C{new/} are opened once, at lock time, and
@@ -28,7 +31,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from typing import AbstractSet, BinaryIO, List, Optional, Sequence, Tuple, Union
+from typing import AbstractSet, BinaryIO, List, Mapping, Optional, Sequence, Tuple, Union
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IConsumer
@@ -41,8 +44,11 @@ from popsrv.messages import MessageInfo, MessageList
 from popsrv.store.maildir.directory import LOCK_FILE, OpenedMaildir
 from popsrv.store.maildir.files import MessageFiles, NeedsListing
 from popsrv.store.maildir.listing import ListingCache, recordedSize, splitName
+from popsrv.store.maildir.migrated import Found, NeedsReading, findOldUids, logFindings, serveWithOldUids
 from popsrv.store.maildir.newmail import ENTRY_WORK, NAME_WORK, GILPacer, recordSize
 from popsrv.store.maildir.newmail import deliverNew as takeNewMail
+from popsrv.store.maildir.olduids import Note
+from popsrv.store.uidlformat import DEFAULT_UIDL_FORMAT, UidlFormat, parseUidlFormat
 from popsrv.threads import Runner, inline
 from popsrv.wire.streaming import CHUNK_SIZE, sendFile
 
@@ -68,6 +74,7 @@ _nowNS = time.time_ns
 log = Logger()
 # The parsed cur/ listings of the big Maildirs this process served lately.
 LISTINGS = ListingCache()
+_DEFAULT_FORMAT = parseUidlFormat(DEFAULT_UIDL_FORMAT)
 
 # The messages a commit could not mark seen, with why.
 _Problems = List[Tuple[str, Exception]]
@@ -81,8 +88,9 @@ LOGGED_NAMES = 20
 
 class _NeedsMeasuring(Exception):
     """
-    A listing begun at once turned out to need messages measured (reading
-    files of any size): it is to be done by the runner.
+    A listing begun at once turned out to need messages measured, or a
+    file of old UIDLs read (reading files of any size): it is to be done by
+    the runner.
     """
 
 
@@ -119,6 +127,8 @@ class MaildirMaildrop:
     @ivar trusted: a directory above L{path} (the realm's root) below which
         no directory on the way to the Maildir may be a symbolic link, or
         C{None}: then only the Maildir itself may not be.
+    @ivar uidlFormat: the C{pop3_uidl_format} of the Dovecot the Maildir
+        may come from (by default Dovecot's).
     """
 
     def __init__(
@@ -128,10 +138,12 @@ class MaildirMaildrop:
         chunkSize: int = CHUNK_SIZE,
         runner: Optional[Runner] = None,
         trusted: Optional[str] = None,
+        uidlFormat: Optional[UidlFormat] = None,
     ) -> None:
         self.path = path
         self.name = name
         self.trusted = trusted
+        self.uidlFormat = uidlFormat or _DEFAULT_FORMAT
         self._run = runner or inline
         self._chunkSize = chunkSize
         self._listingKey = os.path.join(path, "cur")
@@ -142,6 +154,9 @@ class MaildirMaildrop:
         self._files: Optional[MessageFiles] = None
         self._inThread = False
         self._unusable: List[Tuple[str, str]] = []
+        # The old UIDLs of the last snapshot, and what to log about them.
+        self._found: Optional[Found] = None
+        self._oldUidNotes: Tuple[Sequence[Note], Optional[int]] = ([], None)
 
     def lock(self) -> None:
         """
@@ -208,6 +223,9 @@ class MaildirMaildrop:
                 names=[f"{name} ({why})" for name, why in unusable[:LOGGED_NAMES]],
                 event="unusable-file",
             )
+        if self._found is not None:
+            notes, matched = self._oldUidNotes
+            logFindings(self.path, self._found, notes, matched, len(messages))
         return messages
 
     def _quickToList(self) -> bool:
@@ -243,6 +261,10 @@ class MaildirMaildrop:
         """
         with maildir.using():
             self._inThread = inThread
+            try:
+                self._found = findOldUids(maildir.top, self.uidlFormat, mayMeasure, self._pause)
+            except NeedsReading:
+                raise _NeedsMeasuring() from None
             skipped: List[str] = []
             self._unusable = []
             if deliverNew:
@@ -277,8 +299,16 @@ class MaildirMaildrop:
                 settled = settled and not any(name.startswith("cur/") for name, _ in self._unusable)
                 listing.signature = _signature(before) if settled else None
             LISTINGS.give(self._listingKey, listing)
-        self._files = MessageFiles(maildir.cur, listing.fileNames, self._accountEntry)
-        return listing.messages, skipped, self._unusable
+        messages = listing.messages
+        fileNames: Mapping[str, str] = listing.fileNames
+        self._oldUidNotes = ([], None)
+        if self._found is not None:
+            messages, fileNames, notes, matched = serveWithOldUids(
+                self._listingKey, self._found.oldUids, messages, fileNames, self._pause
+            )
+            self._oldUidNotes = (notes, matched)
+        self._files = MessageFiles(maildir.cur, fileNames, self._accountEntry)
+        return messages, skipped, self._unusable
 
     def _accountName(self) -> None:
         self._pacer.account(NAME_WORK)
