@@ -59,6 +59,7 @@ from popsrv.app.secret import SecretError, defaultSecretPath, loadSecret
 from popsrv.auth.passwdfile import lintPasswd
 from popsrv.errors import CredentialsUnavailable
 from popsrv.store.realm import MaildirTemplate
+from popsrv.store.uidlformat import DEFAULT_UIDL_FORMAT
 from popsrv.tls import TLSConfigError, TLSSettings, certificateValidity, loadCertificateOptions
 
 __all__ = ["EXPIRY_WARNING", "OK", "PROBLEMS", "USAGE", "CheckOptions", "Report", "main", "oneLine"]
@@ -479,6 +480,8 @@ def _summary(options: CheckOptions, identity: Identity, listeners: List[str], ba
     if base is not None:
         parts.append(f"keeps Maildirs under {base}")
     parts.append(f"checks users with {', '.join(users)}")
+    if options["uidl-format"] is not None and options["uidl-format"].text != DEFAULT_UIDL_FORMAT:
+        parts.append(f"shows Dovecot's UIDLs as {options['uidl-format'].text}")
     warnings = report.count("warning")
     more = f" ({warnings} warning{'s' if warnings != 1 else ''})" if warnings else ""
     return oneLine(f"ok: popsrv {'; '.join(parts)}; serving as {identity}{more}")

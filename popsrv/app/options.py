@@ -25,6 +25,7 @@ from popsrv.pop3.factory import DEFAULT_LOGIN_TIMEOUT, DEFAULT_TIMEOUT
 from popsrv.pop3.limits import DEFAULT_MAX_PER_ADDRESS
 from popsrv.pop3.policy import PLAINTEXT_POLICIES
 from popsrv.store.realm import BadMaildirTemplate, MaildirTemplate
+from popsrv.store.uidlformat import DEFAULT_UIDL_FORMAT, BadUidlFormat, parseUidlFormat
 from popsrv.tls import TLSConfigError, TLSSettings
 
 __all__ = ["DEFAULT_LISTEN", "DEMO_DIRECTORY", "MAX_WORKERS", "WORKER_LISTENERS", "Options", "checkerName"]
@@ -144,6 +145,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ],
         ["expire", None, "NEVER", "Days the server keeps messages, advertised as EXPIRE in CAPA (or NEVER)."],
         ["login-delay", None, None, "Minimum seconds between two logins of one user (LOGIN-DELAY)."],
+        [
+            "uidl-format", None, DEFAULT_UIDL_FORMAT,
+            "Maildirs moved from Dovecot keep the UIDLs it showed, which its pop3_uidl_format made: give "
+            "that, e.g. %v.%u, %f or UID%u-%v (from %u %v %f %g, with modifiers such as %08Xu). Maildirs "
+            "moved from Courier keep Courier's UIDLs whatever this says.",
+        ],
         ["hostname", None, None, "Host name in the greeting's APOP challenge [default: this machine's name]."],
         [
             "workers", None, 1,
@@ -307,6 +314,11 @@ serves those of every worker)."""
         if self["plaintext-auth"] not in PLAINTEXT_POLICIES:
             self._refuse(f"--plaintext-auth must be one of: {', '.join(PLAINTEXT_POLICIES)}")
         self["expire"] = _daysOrNever(self["expire"])
+        try:
+            self["uidl-format"] = parseUidlFormat(self["uidl-format"])
+        except BadUidlFormat as error:
+            self._refuse(f"--uidl-format {self['uidl-format']!r}: {error}")
+            self["uidl-format"] = None
         if self["login-delay"] is not None:
             self["login-delay"] = _nonNegative("--login-delay", self["login-delay"])
         if bool(self["tls-cert"]) != bool(self["tls-key"]):

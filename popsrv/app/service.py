@@ -192,7 +192,8 @@ def makeService(
         metrics = MetricsService(endpoints.serverFromString(reactor, options["metrics"]))
     if options["workers"] > 1 and not worker:
         return _workerPool(options, reactor, announce, scoreboard, metrics)
-    portal = Portal(MaildirRealm(template=template, runner=threadRunner(reactor)), checkers)
+    realm = MaildirRealm(template=template, runner=threadRunner(reactor), uidlFormat=options["uidl-format"])
+    portal = Portal(realm, checkers)
     factory = POP3Factory(
         portal,
         hostname=options["hostname"],

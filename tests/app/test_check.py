@@ -532,3 +532,19 @@ def test_moduleUsageListsCheck(tmp_path: Path) -> None:
     assert b"Usage: python -m popsrv check" in result.stdout
     for option in (b"--uid=", b"--gid=", b"--listen=", b"--auth="):
         assert option in result.stdout
+
+
+def test_uidlFormat(config: Config) -> None:
+    """
+    --uidl-format: one popsrv cannot serve is a problem (with why, on one
+    line); one it can, other than Dovecot's default, is named in the ok line.
+    """
+    checked = config.check("--uidl-format", "%08Xm")
+    assert checked.status == 1
+    assert checked.problems == [
+        "--uidl-format '%08Xm': %m (the MD5 of the message header) is refused: Dovecot computes it for mbox only, "
+        "and its pop3 fails on a Maildir with it, so no Maildir was ever served with %m UIDLs"
+    ]
+    checked = config.check("--uidl-format", "UID%u-%v")
+    assert checked.status == 0, checked.text
+    assert "; shows Dovecot's UIDLs as UID%u-%v; " in checked.out[0]

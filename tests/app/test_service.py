@@ -101,6 +101,7 @@ def test_makeServiceListens(tmp_path):
     assert factory.penalty is not None
     assert isinstance(factory.portal.realm, MaildirRealm)
     assert factory.portal.realm.root == str(tmp_path)
+    assert factory.portal.realm.uidlFormat.text == "%08Xu%08Xv"
     # Each listener's connections are named by its address in the log (the
     # memory reactor's ports say 0.0.0.0), with everything else shared.
     other = reactor.tcpServers[1][1]
@@ -444,3 +445,24 @@ def test_sighupNeverStopsTheServer(launcher, workers):
         assert client.pass_("secret").startswith(b"+OK")
         client.quit()
     assert server.twistd.process.poll() is None
+
+
+def test_uidlFormatParsedOnceAndGivenToTheRealm(tmp_path):
+    """
+    --uidl-format is parsed at startup, and the realm makes every maildrop
+    with it; one popsrv cannot serve is refused with one line.
+    """
+    reactor = MemoryReactorClock()
+    options = parse("--auth", "memory:alice:secret", "--maildir-root", str(tmp_path), "--uidl-format", "UID%u-%v")
+    service = makeService(options, reactor=reactor)
+    service.privilegedStartService()
+    service.startService()
+    realm = reactor.tcpServers[0][1].portal.realm
+    service.stopService()
+    assert realm.maildropFor("alice").uidlFormat is options["uidl-format"]
+    assert options["uidl-format"].text == "UID%u-%v"
+    for bad, why in [("%m", "Dovecot computes it for mbox only"), ("%u %v", "' ' cannot be in a UIDL"),
+                     ("%Zu", "%Z is not a UIDL variable")]:
+        with pytest.raises(usage.UsageError) as refused:
+            parse("--auth", "memory:alice:secret", "--uidl-format", bad)
+        assert str(refused.value).startswith(f"--uidl-format {bad!r}: ") and why in str(refused.value)
