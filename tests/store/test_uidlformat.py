@@ -1,7 +1,7 @@
 """
 Tests of L{popsrv.store.uidlformat}: Dovecot's C{pop3_uidl_format} parsed
 once and expanded per message as Dovecot does (the expansions here are
-those Dovecot 2.3.19's pop3 showed; C{tests/store/test_dovecot_uidlist.py}
+those Dovecot 2.3.19's pop3 showed; C{tests/test_migration_e2e.py}
 compares with a real Dovecot), and every format popsrv cannot serve refused
 with one line.
 """
