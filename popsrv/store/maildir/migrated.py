@@ -39,14 +39,18 @@ from popsrv.store.uidlformat import UidlFormat
 __all__ = ["MAX_FILE_SIZE", "SERVED", "SOURCES", "TABLES", "Found", "NeedsReading", "findOldUids", "logFindings",
            "serveWithOldUids"]
 
-# A dovecot-uidlist of 100,000 messages is about 8 MB (10 MB with GUIDs);
-# 64 MiB holds some 700,000, and takes about ... s to read.
-MAX_FILE_SIZE = 64 * 2**20
+# A dovecot-uidlist of 100,000 messages is about 10 MB, read in about
+# 0.6 s (benchmarks/migrated.py), taking some 60 MB while it is parsed and
+# 27 MB kept: 32 MiB holds some 330,000 messages, more than a kept listing
+# (see CAPACITY).
+MAX_FILE_SIZE = 32 * 2**20
 READ_CHUNK = 2**20
 # The files looked for, in the order they are looked for.
 SOURCES = (DOVECOT_UIDLIST, COURIER_SIZELIST)
 # How many records (and messages) the kept files (and snapshots) may hold in
-# all, in each process.
+# all, in each process: as many as the kept listings of cur/
+# (popsrv.store.maildir.listing.ListingCache), at about 270 (and 60)
+# octets each.
 CAPACITY = 250_000
 
 log = Logger()
