@@ -108,9 +108,8 @@ def readUidlist(data: bytes, uidlFormat: UidlFormat, pause: Callable[[], None] =
     @return: its UIDLs; a file whose header cannot be used is refused
         whole (L{OldUids.refused} says why).
     """
-    firstLine = data[:data.find(b"\n")] if b"\n" in data else data
     try:
-        version, uidValidity = _header(firstLine[:MAX_LINE])
+        version, uidValidity = _header(data[:MAX_LINE].partition(b"\n")[0])
     except ValueError as error:
         return OldUids(DOVECOT_UIDLIST, refused=str(error))
     skipped = Tally("uidlist-lines-skipped", "lines not used")
