@@ -12,7 +12,6 @@ import os
 import pickle
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Callable, List, TypeVar
@@ -70,26 +69,6 @@ def logIn(maildrop: MboxMaildrop) -> int:
         maildrop.release()
 
 
-def inThread(function: Callable[[], _T]) -> Callable[[], _T]:
-    """
-    Start C{function} in a thread; return a function that waits for its
-    result (or raises what it raised).
-    """
-    outcome: List[tuple] = []
-    thread = threading.Thread(target=lambda: outcome.append(_attempt(function)), daemon=True)
-    thread.start()
-
-    def result() -> _T:
-        thread.join(DEADLINE)
-        assert not thread.is_alive(), "it did not end in time"
-        ok, value = outcome[0]
-        if not ok:
-            raise value
-        return value
-
-    return result
-
-
 def _attempt(function: Callable[[], _T]) -> tuple:
     try:
         return True, function()
@@ -97,31 +76,86 @@ def _attempt(function: Callable[[], _T]) -> tuple:
         return False, error
 
 
+def lockSpool(spool: Path, sleep: Callable[[float], None], wait: float = 5.0) -> SpoolLocks:
+    """
+    Take the locks of a spool with C{sleep} as the pause between tries;
+    return them (taken).
+    """
+    locks = SpoolLocks(OpenedSpool.open(str(spool), None), wait=wait, sleep=sleep)
+    assert locks.acquire() is not None
+    return locks
+
+
 def test_aDotlockHeldByLockfileIsWaitedFor(tmp_path: Path) -> None:
     """
-    While procmail's lockfile holds the dotlock, a login waits; once it is
-    removed, the login goes on.
+    While procmail's lockfile holds the dotlock, taking the locks waits
+    (pauses, tries again); once the dotlock is gone, they are taken.
     """
     spool = makeSpool(tmp_path)
     subprocess.run([lockfileProgram(), "-r0", f"{spool}.lock"], check=True)
-    started = time.monotonic()
-    waiting = inThread(lambda: logIn(maildropOf(spool, tmp_path / "state")))
-    time.sleep(0.3)
-    os.unlink(f"{spool}.lock")
-    assert waiting() == 1
-    assert time.monotonic() - started >= 0.3
+    pauses: List[float] = []
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) == 3:
+            os.unlink(f"{spool}.lock")
+
+    locks = lockSpool(spool, pause)
+    assert pauses == [0.01, 0.02, 0.04]
+    assert b"popsrv" in Path(f"{spool}.lock").read_bytes()
+    locks.release()
     assert not os.path.exists(f"{spool}.lock")
 
 
 def test_anFcntlLockHeldByAnotherProcessIsWaitedFor(tmp_path: Path, spawn) -> None:  # noqa: F811
-    """While another process holds the fcntl lock, a login waits, and goes on once it is gone."""
+    """
+    While another process holds the fcntl lock, taking the locks waits,
+    without holding the dotlock meanwhile; once that process is gone, they
+    are taken.
+    """
     spool = makeSpool(tmp_path)
     holder = spawn(FCNTL_HOLDER, str(spool))
     assert readLine(holder) == b"locked\n"
-    waiting = inThread(lambda: logIn(maildropOf(spool, tmp_path / "state")))
-    time.sleep(0.3)
-    killAndWait(holder)
-    assert waiting() == 1
+    pauses: List[float] = []
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        assert not os.path.exists(f"{spool}.lock"), "the dotlock is held while waiting"
+        killAndWait(holder)
+
+    locks = lockSpool(spool, pause)
+    assert len(pauses) == 1
+    locks.release()
+
+
+def test_procmailWaitsForPopsrvsLocks(tmp_path: Path) -> None:
+    """
+    The real procmail, delivering while popsrv holds the spool's locks,
+    waits for them, and delivers once they are given up.
+    """
+    procmail = shutil.which("procmail")
+    if procmail is None:
+        pytest.fail("procmail is not installed (apt-get install procmail)")
+    spool = makeSpool(tmp_path)
+    before = spool.read_bytes()
+    rc = tmp_path / "procmailrc"
+    rc.write_text(f"LOCKSLEEP=1\nDEFAULT={spool}\n")
+    locks = lockSpool(spool, time.sleep)
+    process = subprocess.Popen([procmail, "-f", "late@example.org", "-m", str(rc)], stdin=subprocess.PIPE)
+    try:
+        assert process.stdin is not None
+        process.stdin.write(b"Subject: late\n\nwaited\n")
+        process.stdin.close()
+        deadline = time.monotonic() + DEADLINE
+        while "nanosleep" not in Path(f"/proc/{process.pid}/wchan").read_text():
+            assert process.poll() is None, "procmail did not wait"
+            assert time.monotonic() < deadline, "procmail never waited"
+            time.sleep(0.01)
+        assert spool.read_bytes() == before
+    finally:
+        locks.release()
+    assert process.wait(DEADLINE) == 0
+    assert spool.read_bytes().startswith(before) and spool.read_bytes().endswith(b"Subject: late\n\nwaited\n\n")
 
 
 def test_theWaitIsBounded(tmp_path: Path) -> None:
