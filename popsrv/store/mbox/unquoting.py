@@ -22,9 +22,11 @@ import re
 
 __all__ = ["Unquoter", "unquote"]
 
-# A quoted From line that starts after a line end in the data (the line
-# start at the data's beginning is dealt with by prefixing a line end).
-_QUOTED = re.compile(rb"(?<=\n)>(>*From )")
+# A quoted From line after a line end in the data (a leading literal lets
+# the regular expression engine skip to the candidates), and one at the
+# data's start.
+_QUOTED = re.compile(rb"\n>(>*From )")
+_QUOTED_START = re.compile(rb">(>*From )")
 # What a line's start may be while it can still become a quoted From line:
 # one or more >, then a proper prefix of "From ".
 _UNDECIDED = re.compile(rb">+(?:F|Fr|Fro|From)?")
@@ -52,10 +54,9 @@ class Unquoter:
         if self._pending:
             data = self._pending + data
             self._pending = b""
-        if self._atLineStart:
-            out = _QUOTED.sub(rb"\1", b"\n" + data)[1:]
-        else:
-            out = _QUOTED.sub(rb"\1", data)
+        if self._atLineStart and data[:1] == b">" and _QUOTED_START.match(data):
+            data = data[1:]
+        out = _QUOTED.sub(rb"\n\1", data) if b"\n>" in data else data
         lastEnd = out.rfind(b"\n")
         if lastEnd < 0 and not self._atLineStart:
             # No line starts in this chunk.
