@@ -71,11 +71,11 @@ def openDirectory(name: str, shown: str, parent: Optional[int] = None, create: b
 
 def walk(path: str, trusted: Optional[str], create: bool = True) -> int:
     """
-    Open the directory C{path}: from C{trusted} (opened as its path says),
-    one directory at a time, none of them a link; without C{trusted}, or
-    if C{path} is not below it, by its path with only its last part
-    checked.  Missing directories are made (mode 0700) if C{create} is
-    true.
+    Open the directory C{path}: from C{trusted} (opened as its path says,
+    links and all), one directory at a time, none of them a link; without
+    C{trusted}, or if C{path} is not C{trusted} or below it, by its path
+    with only its last part checked.  Missing directories are made (mode
+    0700) if C{create} is true.
 
     @return: the directory's descriptor, for the caller to close.
     @raise MaildropUnusable: if a directory on the way is not a directory
@@ -85,11 +85,15 @@ def walk(path: str, trusted: Optional[str], create: bool = True) -> int:
     if trusted is None:
         return openDirectory(path, path, create=create)
     relative = os.path.relpath(path, trusted)
-    if relative == os.curdir or relative.split(os.sep)[0] == os.pardir:
+    if relative.split(os.sep)[0] == os.pardir:
         return openDirectory(path, path, create=create)
     if create:
         os.makedirs(trusted, mode=0o700, exist_ok=True)
     fd = os.open(trusted, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    if relative == os.curdir:
+        # The trusted directory itself (as /var/mail for /var/mail/%u): the
+        # operator's, which may be a link (to /var/spool/mail).
+        return fd
     shown = trusted
     try:
         for part in relative.split(os.sep):

@@ -481,6 +481,22 @@ def test_spoolsThatAreNotRegularFilesAreRefused(tmp_path: Path, make) -> None:
         other.lock()
 
 
+def test_theBaseDirectoryMayBeALink(tmp_path: Path) -> None:
+    """
+    The template's fixed part is the operator's: with /var/mail/%u, /var/mail
+    may be a link (to /var/spool/mail), and its spools are served.
+    """
+    real = tmp_path / "spool" / "mail"
+    real.mkdir(parents=True)
+    makeSpool(real / "alice")
+    (tmp_path / "mail").symlink_to(real)
+    realm = MboxRealm(str(tmp_path / "mail" / "%u"), str(tmp_path / "state"))
+    maildrop = realm.maildropFor("alice")
+    maildrop.lock()
+    assert len(maildrop.listMessages()) == len(MESSAGES)  # type: ignore[arg-type]
+    maildrop.release()
+
+
 def test_symlinkedDirectoryOnTheWayIsRefused(tmp_path: Path) -> None:
     """
     With a template /base/%u/mbox, a user's directory that is a symbolic
