@@ -219,15 +219,18 @@ def test_aSecondSessionIsInUse(mboxServer: Popsrv) -> None:
 
 def test_uidsAndLastSurviveARestart(launcher: Launcher, mboxServer: Popsrv, tmp_path: Path) -> None:
     """
-    UIDL is the same after new mail, deletions and a restart of popsrv; a
-    message retrieved in one session is seen (LAST) in the next ones, also
-    after the restart, while the spool itself is never changed for it.
+    UIDL is the same after new mail, deletions and a restart of popsrv (a
+    message qpopper gave an X-UIDL keeps it); a message retrieved in one
+    session is seen (LAST) in the next ones, also after the restart, while
+    the spool itself is never changed for it.
     """
     spool = spoolOf(mboxServer)
-    for number in range(3):
+    for number in range(2):
         procmailDeliver(spool, b"Subject: %d\n\nbody %d\n" % (number, number))
+    procmailDeliver(spool, b"X-UIDL: 3e1d3c6a00000042\nSubject: from qpopper's days\n\nbody\n")
     delivered = spool.read_bytes()
     before = currentListing(mboxServer)
+    assert before[3] == "3e1d3c6a00000042"
     client = login(mboxServer)
     client.retr(2)
     client.quit()

@@ -66,6 +66,12 @@ class JournalCorrupt(Exception):
     """
 
 
+class _ShortRead(OSError):
+    """
+    A file ended before the octets to copy from it.
+    """
+
+
 @attr.s(frozen=True, auto_attribs=True)
 class Plan:
     """
@@ -132,7 +138,7 @@ def _copy(readFrom: Callable[[int, int], bytes], source: int, length: int, write
     while done < length:
         chunk = readFrom(min(CHUNK, length - done), source + done)
         if not chunk:
-            raise OSError(f"unexpected end of file at {source + done}")
+            raise _ShortRead(f"unexpected end of file at {source + done}")
         write(chunk)
         done += len(chunk)
 
@@ -224,7 +230,10 @@ def readJournal(path: str) -> Journal:
         if any(len(pair) != 2 for pair in removed) or not _ordered(plan):
             raise JournalCorrupt(f"{path} has ranges out of order")
         checksum = hashlib.sha256(magic + line)
-        _copy(lambda size, at: os.pread(fd, size, at), original, end - start, checksum.update)
+        try:
+            _copy(functools.partial(_pread, fd), original, end - start, checksum.update)
+        except _ShortRead:
+            raise JournalCorrupt(f"{path} is incomplete") from None
         if os.pread(fd, _CHECKSUM_OCTETS, original + end - start) != checksum.digest():
             raise JournalCorrupt(f"{path} does not match its checksum")
     except BaseException:
@@ -318,7 +327,8 @@ def recover(
         journal = readJournal(path)
     except FileNotFoundError:
         return None
-    except (JournalCorrupt, OSError) as error:
+    except JournalCorrupt as error:
+        # (Any other error, one reading it, say, leaves it for next time.)
         os.unlink(path)
         return "incomplete", str(error)
     try:
