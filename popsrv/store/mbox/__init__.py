@@ -9,7 +9,8 @@ L{MboxMaildrop} is the maildrop; the modules, one job each:
       do, L{state} keeps popsrv's own files about it (session lock, seen
       marks);
     - L{journal} removes messages crash-safely, L{snapshot} finds a
-      session's messages in a spool another program may have changed;
+      session's messages in a spool another program may have changed,
+      L{index} keeps scans for the next login;
     - L{opened} is one session's blocking work, L{maildrop} the
       L{popsrv.interfaces.IMaildrop} around it;
     - L{delivery} appends a message as a delivery agent does.

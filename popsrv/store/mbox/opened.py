@@ -19,6 +19,7 @@ import threading
 from typing import AbstractSet, BinaryIO, Callable, Iterator, List, Optional, Set
 
 from popsrv.errors import MaildropError, MessageVanished
+from popsrv.store.mbox.index import ScanCache, scanWithCache
 from popsrv.store.mbox.journal import Checkpoint, recover, rewrite
 from popsrv.store.mbox.locking import LOCK_WAIT, Note, SpoolLocks
 from popsrv.store.mbox.parsing import SpoolScan, readMessage, scanSpool
@@ -26,11 +27,13 @@ from popsrv.store.mbox.snapshot import Snapshot, planRemoval
 from popsrv.store.mbox.spool import OpenedSpool, SpoolFile
 from popsrv.store.mbox.state import SpoolState
 
-__all__ = ["SMALL_MESSAGE", "OpenedMbox"]
+__all__ = ["SCANS", "SMALL_MESSAGE", "OpenedMbox"]
 
 # Messages up to this size are read into memory for sending; bigger ones
 # into an unnamed file in the state directory.
 SMALL_MESSAGE = 1024 * 1024
+# The scans of the spools this process served lately.
+SCANS = ScanCache()
 
 
 def _nothing() -> None:
@@ -170,7 +173,10 @@ class OpenedMbox:
         """
         with self._using() as spool:
             with self._locked(spool) as file:
-                scan = scanSpool(file.fd, pause) if file is not None else SpoolScan()
+                if file is None:
+                    scan = SpoolScan()
+                else:
+                    scan = scanWithCache(SCANS, self.path, file.fd, file.identity, pause)
             if not scan.junkIsBlank:
                 self.notes.append((
                     "warn", "{path} has {count} octets before its first From line; they are not served",
@@ -202,6 +208,8 @@ class OpenedMbox:
             read = self._readAt(spool, snapshot, index)
             if read is not None:
                 return read
+            # The spool changed: the next login reads it whole.
+            SCANS.forget(self.path)
             with self._locked(spool) as file:
                 snapshot.moved(scanSpool(file.fd) if file is not None else SpoolScan())
                 read = self._readAt(spool, snapshot, index)
@@ -250,6 +258,7 @@ class OpenedMbox:
                         if not file.writable:
                             raise MaildropError(f"popsrv may not write {self.path}")
                         self.state.makeDirectory()
+                        SCANS.forget(self.path)
                         rewrite(self.state.path("journal"), file, plan, self._checkpoint)
             if missing:
                 self.notes.append((

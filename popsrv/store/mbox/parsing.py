@@ -212,9 +212,9 @@ class _Scanner:
     separator line, in a message's content) and the message being read.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, start: int) -> None:
         self.scan = SpoolScan()
-        self.cursor = 0
+        self.cursor = start
         self.reader: Optional[MessageReader] = None
         self.inSeparator = False
         self.start = 0
@@ -295,15 +295,20 @@ class _Scanner:
         return self.scan
 
 
-def scanSpool(fd: int, pause: Callable[[], None] = _nothing, readSize: int = READ_SIZE) -> SpoolScan:
+def scanSpool(
+    fd: int, pause: Callable[[], None] = _nothing, readSize: int = READ_SIZE, start: int = 0,
+) -> SpoolScan:
     """
     Split the spool open as C{fd} into messages, reading it to its end.
 
     @param pause: called after each chunk (to let other threads run).
+    @param start: where to start reading, as if the spool started there
+        (a message's separator line, for a scan that goes on from a kept
+        one); offsets are the spool's all the same.
     """
-    scanner = _Scanner()
+    scanner = _Scanner(start)
     overlap = _BEFORE_SPOOL
-    offset = 0
+    offset = start
     while True:
         chunk = os.pread(fd, readSize, offset)
         buffer = overlap + chunk
