@@ -157,6 +157,7 @@ class OpenedMbox:
             file = locks.acquire()
             outcome = recover(self.state.path("journal"), file, self._checkpoint)
             if outcome is not None:
+                SCANS.forget(self.path)
                 what, why = outcome
                 event = "mbox-journal-replayed" if what in ("replayed", "done") else "mbox-journal-discarded"
                 self.notes.append(("warn", "journal of {path}: {what}: {why}",
