@@ -162,6 +162,7 @@ class SpoolLocks:
 
     @property
     def _lockName(self) -> str:
+        """The dotlock's name, in the spool's directory."""
         return self._spool.name + ".lock"
 
     def acquire(self) -> Optional[SpoolFile]:

@@ -192,6 +192,7 @@ class MboxMaildrop:
         return self._send(reading, consumer)
 
     def _send(self, message: BinaryIO, consumer: IConsumer) -> Deferred[None]:
+        """Stream a message read by the runner."""
         return sendFile(message, consumer, self._chunkSize)
 
     def commit(self, deleted: AbstractSet[str], seen: AbstractSet[str]) -> Union[None, Deferred[None]]:

@@ -57,6 +57,9 @@ class _Collected:
         self._file: Optional[BinaryIO] = None
 
     def write(self, data: bytes) -> None:
+        """
+        Keep the next octets of the message.
+        """
         if self._file is not None:
             self._file.write(data)
             return
@@ -77,6 +80,9 @@ class _Collected:
         return self._file
 
     def discard(self) -> None:
+        """
+        Drop what was kept (the message was not the one wanted).
+        """
         if self._file is not None:
             self._file.close()
         self._chunks = []
@@ -187,6 +193,11 @@ class OpenedMbox:
             return self._snapshot
 
     def _session(self) -> Snapshot:
+        """
+        The session's snapshot.
+
+        @raise MaildropError: if there is none yet.
+        """
         if self._snapshot is None:
             raise MaildropError(f"maildrop of {self.owner} has no snapshot")
         return self._snapshot
@@ -299,6 +310,9 @@ class OpenedMbox:
             self._closeNow()
 
     def _closeNow(self) -> None:
+        """
+        Close the spool and give up the session lock, now.
+        """
         spool, self._spool = self._spool, None
         if spool is not None:
             spool.close()
