@@ -3,7 +3,7 @@ popsrv: a POP3 server framework on Twisted.
 
 Run it with C{twistd -n popsrv}.  Embed it with L{POP3Factory} and a
 twisted.cred portal whose realm yields L{IMaildrop} avatars (such as
-L{MaildirRealm} or L{MemoryRealm}), served by a L{ListeningService}; test a
+L{MaildirRealm}, L{MboxRealm} or L{MemoryRealm}), served by a L{ListeningService}; test a
 backend or an embedding with L{connect} and L{memoryPortal} from
 L{popsrv.testing}.
 
@@ -32,8 +32,9 @@ from popsrv.messages import MessageInfo, MessageList  # noqa: E402
 from popsrv.pop3 import POP3Factory, POP3Protocol, State  # noqa: E402
 from popsrv.pop3.policy import LoginPolicy  # noqa: E402
 from popsrv.store.maildir import MaildirMaildrop  # noqa: E402
+from popsrv.store.mbox import MboxMaildrop  # noqa: E402
 from popsrv.store.memory import MemoryMaildrop, MemoryRealm  # noqa: E402
-from popsrv.store.realm import MaildirRealm, MaildirTemplate  # noqa: E402
+from popsrv.store.realm import MaildirRealm, MaildirTemplate, MboxRealm, PathTemplate  # noqa: E402
 from popsrv.testing import POP3TestClient, connect, memoryPortal  # noqa: E402
 from popsrv.threads import threadRunner  # noqa: E402
 from popsrv.tls import TLSSettings  # noqa: E402
@@ -51,6 +52,8 @@ __all__ = [
     "MaildropError",
     "MaildropLocked",
     "MaildropUnusable",
+    "MboxMaildrop",
+    "MboxRealm",
     "MemoryMaildrop",
     "MemoryRealm",
     "MessageInfo",
@@ -60,6 +63,7 @@ __all__ = [
     "POP3Factory",
     "POP3Protocol",
     "POP3TestClient",
+    "PathTemplate",
     "State",
     "StoredSecretChecker",
     "TLSSettings",

@@ -215,17 +215,19 @@ class TLSServer:
         assert logins == []
 
 
-def startTLSServer(launcher: Launcher, pki: TestPKI, *extra: str) -> TLSServer:
+def startTLSServer(launcher: Launcher, pki: TestPKI, *extra: str, mbox: bool = False) -> TLSServer:
     """
     Start popsrv with STLS on a first listener and implicit TLS on a second
-    one, both on ephemeral ports of 127.0.0.1, and wait for both.
+    one, both on ephemeral ports of 127.0.0.1, and wait for both (serving
+    mbox spools if C{mbox} is true).
     """
     implicit = (
         f"ssl:0:interface={HOST}:privateKey={endpointValue(pki.key)}:certKey={endpointValue(pki.chain)}"
     )
     users = {f"user{number:02d}": f"pw{number:02d} Tr0ub4dör,=x" for number in range(1, USERS_PER_SERVER + 1)}
     server = launcher.popsrv(
-        "--tls-cert", str(pki.chain), "--tls-key", str(pki.key), "--listen", implicit, *extra, users=users
+        "--tls-cert", str(pki.chain), "--tls-key", str(pki.key), "--listen", implicit, *extra, users=users,
+        mbox=mbox,
     )
     first, second = server.twistd.waitListeningPorts(2)
     assert first == server.port

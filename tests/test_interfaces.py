@@ -27,21 +27,24 @@ from popsrv.interfaces import (
     ISecretSource,
 )
 from popsrv.store.maildir import MaildirMaildrop
+from popsrv.store.mbox import MboxMaildrop
 from popsrv.store.memory import MemoryMaildrop, MemoryRealm
-from popsrv.store.realm import MaildirRealm
+from popsrv.store.realm import MaildirRealm, MboxRealm
 from popsrv.wire.streaming import FileProducer
 
 
 def test_maildrops(tmp_path: Path) -> None:
-    """The memory and Maildir maildrops provide IMaildrop."""
+    """The memory, Maildir and mbox maildrops provide IMaildrop."""
     assert verifyObject(IMaildrop, MemoryMaildrop("alice", [b"Subject: x\r\n\r\n"]))
     assert verifyObject(IMaildrop, MaildirMaildrop(str(tmp_path), "alice"))
+    assert verifyObject(IMaildrop, MboxMaildrop(str(tmp_path / "alice"), "alice", str(tmp_path / "state")))
 
 
 def test_realms(tmp_path: Path) -> None:
-    """The memory and Maildir realms provide IRealm."""
+    """The memory, Maildir and mbox realms provide IRealm."""
     assert verifyObject(IRealm, MemoryRealm())
     assert verifyObject(IRealm, MaildirRealm(root=str(tmp_path)))
+    assert verifyObject(IRealm, MboxRealm(str(tmp_path / "%u"), str(tmp_path / "state")))
 
 
 def test_secretSourceAndChecker(tmp_path: Path) -> None:

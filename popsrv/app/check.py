@@ -53,6 +53,7 @@ from popsrv.app.access import (
     unusableDirectory,
     unwritableDirectory,
 )
+from popsrv.app.checkmbox import checkSpools
 from popsrv.app.listening import serverEndpoint, sslFiles
 from popsrv.app.options import DEMO_DIRECTORY, Options, checkerName
 from popsrv.app.secret import SecretError, defaultSecretPath, loadSecret
@@ -478,7 +479,7 @@ def _summary(options: CheckOptions, identity: Identity, listeners: List[str], ba
     if options["tls-cert"]:
         parts.append("offers STLS")
     if base is not None:
-        parts.append(f"keeps Maildirs under {base}")
+        parts.append(f"serves mbox spools under {base}" if options["mbox"] else f"keeps Maildirs under {base}")
     parts.append(f"checks users with {', '.join(users)}")
     if options["uidl-format"] is not None and options["uidl-format"].text != DEFAULT_UIDL_FORMAT:
         parts.append(f"shows Dovecot's UIDLs as {options['uidl-format'].text}")
@@ -511,7 +512,7 @@ def main(
         report.problem(problem)
     listeners = checkListeners(reactor, options, report)
     checkTLS(options, identity, report, datetime.datetime.now(datetime.timezone.utc))
-    base = checkMaildirs(options, identity, report)
+    base = checkMaildirs(options, identity, report) or checkSpools(options, identity, report)
     checkAuth(options, identity, report)
     checkSecret(options, report)
     if identity.uid == 0:

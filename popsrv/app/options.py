@@ -24,7 +24,7 @@ from popsrv.auth.passwdfile import PasswdFileError
 from popsrv.pop3.factory import DEFAULT_LOGIN_TIMEOUT, DEFAULT_TIMEOUT
 from popsrv.pop3.limits import DEFAULT_MAX_PER_ADDRESS
 from popsrv.pop3.policy import PLAINTEXT_POLICIES
-from popsrv.store.realm import BadMaildirTemplate, MaildirTemplate
+from popsrv.store.realm import BadPathTemplate, MaildirTemplate, PathTemplate
 from popsrv.store.uidlformat import DEFAULT_UIDL_FORMAT, BadUidlFormat, parseUidlFormat
 from popsrv.tls import TLSConfigError, TLSSettings
 
@@ -108,7 +108,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     The options of C{twistd popsrv}.
     """
 
-    synopsis = "[--listen ENDPOINT]... [--maildir-root DIR | --maildir TEMPLATE] [--auth CHECKER]... [options]"
+    synopsis = (
+        "[--listen ENDPOINT]... [--maildir-root DIR | --maildir TEMPLATE | --mbox TEMPLATE] [--auth CHECKER]... "
+        "[options]"
+    )
     longdesc = (
         "Serve the Maildirs of a directory over POP3 (RFC 1939). "
         "User alice's Maildir is DIR/alice/ (cur/ new/ tmp/, created at her first login), "
@@ -135,6 +138,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "Where each user's Maildir is, with %u (the login), %n (its local part, before the last @), "
             "%d (its domain, lower-cased; a login without one is refused) and %% (a %), "
             "e.g. /var/vmail/%d/%n. Instead of --maildir-root.",
+        ],
+        [
+            "mbox", None, None,
+            "Serve classic Unix mbox spools instead of Maildirs: where each user's spool is, with the "
+            "placeholders of --maildir, e.g. /var/mail/%u. popsrv locks a spool as delivery agents do "
+            "(dotlock and fcntl) only while it reads it at login and rewrites it at QUIT.",
         ],
         ["tls-cert", None, None, "PEM file with the TLS certificate (and its chain) for STLS; reloaded on SIGHUP."],
         ["tls-key", None, None, "PEM file with the TLS private key for STLS."],
@@ -305,7 +314,8 @@ serves those of every worker)."""
                     )
         self._checkDemo()
         self._checkOneCheckerPerCredential()
-        self["maildir-template"] = self._maildirTemplate()
+        self["mbox-template"] = self._mboxTemplate()
+        self["maildir-template"] = None if self["mbox"] is not None else self._maildirTemplate()
         if self["timeout"] <= 0:
             self._refuse("--timeout must be a positive number of seconds")
         self._checkLimits()
@@ -314,6 +324,11 @@ serves those of every worker)."""
         if self["plaintext-auth"] not in PLAINTEXT_POLICIES:
             self._refuse(f"--plaintext-auth must be one of: {', '.join(PLAINTEXT_POLICIES)}")
         self["expire"] = _daysOrNever(self["expire"])
+        if self["mbox"] is not None and self["uidl-format"] != DEFAULT_UIDL_FORMAT:
+            self._refuse(
+                "--uidl-format is for Maildirs moved from Dovecot: --mbox spools take their UIDLs "
+                "from qpopper's X-UIDL headers or their content"
+            )
         try:
             self["uidl-format"] = parseUidlFormat(self["uidl-format"])
         except BadUidlFormat as error:
@@ -396,7 +411,7 @@ serves those of every worker)."""
             return
         if self.authDescriptions:
             self._refuse("--demo serves its own demo user: give --demo or --auth, not both")
-        for option in ("maildir-root", "maildir"):
+        for option in ("maildir-root", "maildir", "mbox"):
             if self[option] is not None:
                 self._refuse(
                     f"--demo serves its own Maildir in ./{DEMO_DIRECTORY}/: give --demo or --{option}, not both"
@@ -438,8 +453,26 @@ serves those of every worker)."""
             if self["maildir-root"] is None:
                 self["maildir-root"] = DEFAULT_MAILDIR_ROOT
             return MaildirTemplate.forRoot(self["maildir-root"])
-        except BadMaildirTemplate as error:
+        except BadPathTemplate as error:
             self._refuse(f"--maildir: {error}")
+            return None
+
+    def _mboxTemplate(self) -> Optional[PathTemplate]:
+        """
+        The spool template of --mbox, or C{None} without it (or after a
+        refusal that does not stop the parsing); --mbox serves spools
+        instead of Maildirs, so it goes with no Maildir option.
+        """
+        if self["mbox"] is None:
+            return None
+        for option in ("maildir-root", "maildir"):
+            if self[option] is not None:
+                self._refuse(f"give --mbox TEMPLATE or --{option}, not both: popsrv serves one kind of maildrop")
+                return None
+        try:
+            return PathTemplate(self["mbox"], "mbox")
+        except BadPathTemplate as error:
+            self._refuse(f"--mbox: {error}")
             return None
 
 

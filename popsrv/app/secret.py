@@ -12,7 +12,7 @@ import os
 import stat
 from typing import Optional
 
-__all__ = ["SECRET_OCTETS", "SecretError", "defaultSecretPath", "deriveKey", "loadSecret"]
+__all__ = ["SECRET_OCTETS", "SecretError", "defaultSecretPath", "defaultStateDirectory", "deriveKey", "loadSecret"]
 
 SECRET_OCTETS = 32
 
@@ -21,21 +21,32 @@ class SecretError(Exception):
     """The secret file cannot be read or made."""
 
 
-def defaultSecretPath(uid: Optional[int] = None) -> str:
+def defaultStateDirectory(uid: Optional[int] = None) -> str:
     """
-    Where the secret lives by default: in the service's state directory
+    The directory where popsrv keeps its state by default (its secret, the
+    journals and records of mbox spools): the service's state directory
     when a service manager gives one (systemd's C{StateDirectory=} sets
-    C{$STATE_DIRECTORY}), else C{/var/lib/popsrv/secret} for root, else
-    under the user's state directory (C{$XDG_STATE_HOME}, or
-    C{~/.local/state}).
+    C{$STATE_DIRECTORY}), else C{/var/lib/popsrv} for root, else the
+    user's state directory (C{$XDG_STATE_HOME/popsrv}, or
+    C{~/.local/state/popsrv}).
+
+    @param uid: the user popsrv runs as (by default, this process's).
     """
     given = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
     if given:
-        return os.path.join(given, "secret")
+        return given
     if (os.geteuid() if uid is None else uid) == 0:
-        return "/var/lib/popsrv/secret"
+        return "/var/lib/popsrv"
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(state, "popsrv", "secret")
+    return os.path.join(state, "popsrv")
+
+
+def defaultSecretPath(uid: Optional[int] = None) -> str:
+    """
+    Where the secret lives by default: C{secret} in the state directory
+    (see L{defaultStateDirectory}).
+    """
+    return os.path.join(defaultStateDirectory(uid), "secret")
 
 
 def loadSecret(path: str) -> bytes:

@@ -29,7 +29,7 @@ from popsrv.app.demo import prepareDemo
 from popsrv.app.listening import ImplicitTLSEndpoint, ListeningService, describeAddress, serverEndpoint, splitTLS
 from popsrv.app.options import DEMO_DIRECTORY, Options
 from popsrv.app.privileges import RootWarning
-from popsrv.app.secret import deriveKey
+from popsrv.app.secret import defaultStateDirectory, deriveKey
 from popsrv.app.shutdown import GracefulShutdown
 from popsrv.auth.penalty import AuthPenalty
 from popsrv.auth.scram import setPlaceholderKey
@@ -38,7 +38,7 @@ from popsrv.pop3.factory import POP3Factory
 from popsrv.pop3.limits import ConnectionLimits, defaultMaxConnections, raiseDescriptorLimit
 from popsrv.pop3.policy import LoginPolicy
 from popsrv.scoreboard import CAPACITY, Scoreboard
-from popsrv.store.realm import MaildirRealm, MaildirTemplate
+from popsrv.store.realm import MaildirRealm, MaildirTemplate, MboxRealm
 from popsrv.threads import threadRunner
 from popsrv.tls import TLSSettings
 
@@ -192,7 +192,11 @@ def makeService(
         metrics = MetricsService(endpoints.serverFromString(reactor, options["metrics"]))
     if options["workers"] > 1 and not worker:
         return _workerPool(options, reactor, announce, scoreboard, metrics)
-    realm = MaildirRealm(template=template, runner=threadRunner(reactor), uidlFormat=options["uidl-format"])
+    realm: Union[MaildirRealm, MboxRealm]
+    if options["mbox-template"] is not None:
+        realm = MboxRealm(options["mbox-template"], defaultStateDirectory(), runner=threadRunner(reactor))
+    else:
+        realm = MaildirRealm(template=template, runner=threadRunner(reactor), uidlFormat=options["uidl-format"])
     portal = Portal(realm, checkers)
     factory = POP3Factory(
         portal,
@@ -280,6 +284,9 @@ def _workerPool(
     pool = WorkerPool(
         reactor, options["listen"], options.arguments, options["workers"], announce, scoreboard=scoreboard,
         stopGrace=options["shutdown-grace"] + STOP_MARGIN,
+        # The workers keep the mbox state where this process would: they
+        # may run as another user, whose default differs.
+        environment={"STATE_DIRECTORY": defaultStateDirectory()},
     )
     pool.setServiceParent(service)
     RootWarning(options["workers"]).setServiceParent(service)

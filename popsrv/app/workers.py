@@ -36,7 +36,7 @@ import signal
 import socket
 import sys
 from types import FrameType
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -154,6 +154,9 @@ class WorkerPool(Service):
     serve them, restarting any that dies, until the service stops.
 
     @ivar ports: the listening ports, once bound.
+    @ivar environment: variables the workers get besides this process's
+        own (such as the state directory this process chose, so that
+        workers that run as another user share it).
     """
 
     def __init__(
@@ -166,8 +169,10 @@ class WorkerPool(Service):
         executable: str = sys.executable,
         scoreboard: Optional[Scoreboard] = None,
         stopGrace: float = STOP_GRACE,
+        environment: Optional[Mapping[str, str]] = None,
     ) -> None:
         self.reactor = reactor
+        self.environment = dict(environment or {})
         self.descriptions = list(descriptions)
         self.arguments = list(arguments)
         self.count = count
@@ -244,7 +249,7 @@ class WorkerPool(Service):
         argv = [self._executable, "-m", "popsrv.app.worker", "--index", str(index), *adopt, "--", *self.arguments]
         from popsrv.auth.scram import placeholderKeyEnvironment
 
-        env = {**os.environ, **placeholderKeyEnvironment()}
+        env = {**os.environ, **self.environment, **placeholderKeyEnvironment()}
         self.reactor.spawnProcess(worker, self._executable, argv, env=env, childFDs=childFDs)
         self._workers[index] = worker
         self._started[index] = self.reactor.seconds()

@@ -1,8 +1,10 @@
 """
 The realm: from an authenticated user to that user's maildrop.
 
-Where a user's Maildir is comes from a L{MaildirTemplate} such as
-C{/var/vmail/%d/%n}, filled in with parts of the login name.  The rules for
+Where a user's Maildir (or mbox spool) is comes from a L{PathTemplate}
+such as C{/var/vmail/%d/%n} (or C{/var/mail/%u}), filled in with parts of
+the login name; L{MaildirTemplate} and L{BadMaildirTemplate} are the same
+classes under their first names.  The rules for
 login names are in L{popsrv.names}, in one place (the passwd tool follows
 them too); L{UnsafeMailboxName}, L{canonicalDomain}, L{canonicalLogin},
 L{mailboxName} and L{splitLogin} are also importable from here.
@@ -29,13 +31,17 @@ from popsrv.names import (
     splitLogin,
 )
 from popsrv.store.maildir import MaildirMaildrop
+from popsrv.store.mbox import MboxMaildrop
 from popsrv.store.uidlformat import UidlFormat
 from popsrv.threads import Runner
 
 __all__ = [
     "BadMaildirTemplate",
+    "BadPathTemplate",
     "MaildirRealm",
     "MaildirTemplate",
+    "MboxRealm",
+    "PathTemplate",
     "UnsafeMailboxName",
     "canonicalDomain",
     "canonicalLogin",
@@ -46,16 +52,20 @@ __all__ = [
 PLACEHOLDERS = ("u", "n", "d")
 
 
-class BadMaildirTemplate(ValueError):
+class BadPathTemplate(ValueError):
     """
-    A Maildir template that cannot be used: an unknown C{%} placeholder, no
+    A template that cannot be used: an unknown C{%} placeholder, no
     placeholder naming the user, or a C{.} or C{..} component.
     """
 
 
-class MaildirTemplate:
+BadMaildirTemplate = BadPathTemplate
+
+
+class PathTemplate:
     """
-    Where each user's Maildir is: a path with placeholders filled in from
+    Where each user's Maildir (or mbox spool, for a template of that
+    C{kind}) is: a path with placeholders filled in from
     the login name, C{%u} (the login as given), C{%n} (its local part,
     before the last C{@}, as given; the whole login if it has none), C{%d}
     (its domain, after the last C{@}, in canonical form: see
@@ -76,35 +86,41 @@ class MaildirTemplate:
         first placeholder; every Maildir is below it.
     @ivar uses: the placeholder letters the template uses (C{u}, C{n},
         C{d}).
+    @ivar kind: what the paths name, for messages: C{"Maildir"} or
+        C{"mbox"}.
     """
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, kind: str = "Maildir") -> None:
         self.text = text
-        pieces = _parseTemplate(text)
+        self.kind = kind
+        pieces = _parseTemplate(text, kind)
         self.uses = frozenset(piece for piece, isCode in pieces if isCode)
         if not self.uses & {"u", "n"}:
-            raise BadMaildirTemplate(f"Maildir template {text!r} needs %u or %n, so that users get their own Maildirs")
+            raise BadPathTemplate(
+                f"{kind} template {text!r} needs %u or %n, so that users get their own {_noun(kind)}s"
+            )
         prefix = "" if pieces[0][1] else pieces.pop(0)[0]
         cut = prefix.rfind("/") + 1
         self.base = os.path.abspath(prefix[:cut] or ".")
         if prefix[cut:]:
             pieces.insert(0, (prefix[cut:], False))
         self._pieces = pieces
-        _checkSeparated(text, pieces)
+        _checkSeparated(text, pieces, kind)
         shape = "".join("\0" if isCode else piece for piece, isCode in pieces)
         if any(component in (".", "..") for component in shape.split("/")):
-            raise BadMaildirTemplate(f"Maildir template {text!r} has a . or .. after its first placeholder")
+            raise BadPathTemplate(f"{kind} template {text!r} has a . or .. after its first placeholder")
 
     @classmethod
-    def forRoot(cls, root: str) -> MaildirTemplate:
+    def forRoot(cls, root: str, kind: str = "Maildir") -> PathTemplate:
         """
-        The template of one Maildir per login under C{root}: C{root/%u}.
+        The template of one Maildir (or spool) per login under C{root}:
+        C{root/%u}.
         """
-        return cls(os.path.join(root.replace("%", "%%"), "%u"))
+        return cls(os.path.join(root.replace("%", "%%"), "%u"), kind)
 
     def expand(self, login: str) -> str:
         """
-        Return the Maildir path of a login name, or raise
+        Return the Maildir (or spool) path of a login name, or raise
         L{UnsafeMailboxName} if its domain is not a domain name, or a part
         of the login the template uses is not a safe path component (or is
         missing, as C{%d} without a domain).
@@ -116,7 +132,7 @@ class MaildirTemplate:
         values = {"u": login, "n": local, "d": domain}
         names = {"u": "login name", "n": "local part of the login name", "d": "domain of the login name"}
         if "d" in self.uses and not domain:
-            raise UnsafeMailboxName("login name has no @domain, which %d in the Maildir template needs")
+            raise UnsafeMailboxName(f"login name has no @domain, which %d in the {self.kind} template needs")
         for code in self.uses:
             checkPlainName(values[code], names[code])
         relative = "".join(values[piece] if isCode else piece for piece, isCode in self._pieces)
@@ -126,7 +142,17 @@ class MaildirTemplate:
         return os.path.join(self.base, relative)
 
 
-def _checkSeparated(text: str, pieces: List[Tuple[str, bool]]) -> None:
+MaildirTemplate = PathTemplate
+
+
+def _noun(kind: str) -> str:
+    """
+    What one path of a template of C{kind} names, in a message.
+    """
+    return "Maildir" if kind == "Maildir" else f"{kind} spool"
+
+
+def _checkSeparated(text: str, pieces: List[Tuple[str, bool]], kind: str) -> None:
     """
     Refuse a template in which two placeholders are not kept apart by a
     C{/} (or are C{%n@%d}, the login itself): in C{%n.%d}, logins
@@ -138,14 +164,14 @@ def _checkSeparated(text: str, pieces: List[Tuple[str, bool]]) -> None:
             between += piece
             continue
         if previous is not None and "/" not in between and not (previous + between + piece == "n@d"):
-            raise BadMaildirTemplate(
-                f"Maildir template {text!r} has %{previous} and %{piece} without a / between them, "
-                "so two logins could share a Maildir"
+            raise BadPathTemplate(
+                f"{kind} template {text!r} has %{previous} and %{piece} without a / between them, "
+                f"so two logins could share a {_noun(kind)}"
             )
         previous, between = piece, ""
 
 
-def _parseTemplate(text: str) -> List[Tuple[str, bool]]:
+def _parseTemplate(text: str, kind: str) -> List[Tuple[str, bool]]:
     """
     Split a template into pieces: C{(literal text, False)} or
     C{(placeholder letter, True)}; adjacent literal text is merged.
@@ -169,8 +195,8 @@ def _parseTemplate(text: str) -> List[Tuple[str, bool]]:
             pieces.append((code, True))
         else:
             shown = f"%{code}" if code else "a lone % at the end"
-            raise BadMaildirTemplate(
-                f"Maildir template {text!r} has {shown}: use %u (login), %n (local part), "
+            raise BadPathTemplate(
+                f"{kind} template {text!r} has {shown}: use %u (login), %n (local part), "
                 "%d (domain) or %% (a literal %)"
             )
         position += 2
@@ -184,11 +210,11 @@ class MaildirRealm:
     """
     A realm whose users' maildrops are Maildirs: one per login under a root
     directory (user C{alice}'s is C{<root>/alice/}), or wherever a
-    L{MaildirTemplate} puts them.
+    L{PathTemplate} puts them.
 
-    @ivar template: the L{MaildirTemplate}.
+    @ivar template: the L{PathTemplate}.
     @ivar root: the directory every Maildir is below (the template's
-        L{MaildirTemplate.base}).
+        L{PathTemplate.base}).
     @ivar runner: how the maildrops do their blocking file work (see
         L{MaildirMaildrop}); C{None} runs it inline.
     @ivar uidlFormat: the C{pop3_uidl_format} of the Dovecot the Maildirs
@@ -200,15 +226,15 @@ class MaildirRealm:
         self,
         root: Optional[str] = None,
         runner: Optional[Runner] = None,
-        template: Union[MaildirTemplate, str, None] = None,
+        template: Union[PathTemplate, str, None] = None,
         uidlFormat: Optional[UidlFormat] = None,
     ) -> None:
         if (root is None) == (template is None):
             raise TypeError("MaildirRealm takes either a root directory or a template")
         if root is not None:
-            template = MaildirTemplate.forRoot(root)
+            template = PathTemplate.forRoot(root)
         elif isinstance(template, str):
-            template = MaildirTemplate(template)
+            template = PathTemplate(template)
         assert template is not None
         self.template = template
         self.root = template.base
@@ -238,3 +264,47 @@ class MaildirRealm:
             raise UnauthorizedLogin("anonymous logins are not served")
         return IMaildrop, self.maildropFor(avatarId), lambda: None
 
+
+
+@implementer(IRealm)
+class MboxRealm:
+    """
+    A realm whose users' maildrops are classic Unix mbox spools, wherever a
+    L{PathTemplate} puts them (C{/var/mail/%u}).
+
+    @ivar template: the L{PathTemplate} (of kind C{"mbox"}).
+    @ivar stateDirectory: popsrv's own directory for what it keeps about
+        the spools (session locks, journals, seen marks).
+    @ivar runner: how the maildrops do their blocking file work (see
+        L{MboxMaildrop}); C{None} runs it inline.
+    """
+
+    def __init__(
+        self, template: Union[PathTemplate, str], stateDirectory: str, runner: Optional[Runner] = None,
+    ) -> None:
+        self.template = PathTemplate(template, "mbox") if isinstance(template, str) else template
+        self.stateDirectory = stateDirectory
+        self.runner = runner
+
+    def maildropFor(self, avatarId: Union[bytes, str]) -> MboxMaildrop:
+        """
+        Return the maildrop of one user, whose name must be safe; it is named
+        by the login with its domain in canonical form (L{canonicalLogin}).
+        """
+        login = mailboxName(avatarId)
+        path = self.template.expand(login)
+        return MboxMaildrop(
+            path, canonicalLogin(login), self.stateDirectory, runner=self.runner, trusted=self.template.base
+        )
+
+    def requestAvatar(
+        self, avatarId: Union[bytes, str, Tuple[()]], mind: object, *interfaces: Type[Interface]
+    ) -> Tuple[Type[Interface], IMaildrop, Callable[[], None]]:
+        """
+        Return C{(IMaildrop, maildrop, logout)} for the user C{avatarId}.
+        """
+        if IMaildrop not in interfaces:
+            raise NotImplementedError("MboxRealm only provides IMaildrop")
+        if not isinstance(avatarId, (bytes, str)):
+            raise UnauthorizedLogin("anonymous logins are not served")
+        return IMaildrop, self.maildropFor(avatarId), lambda: None

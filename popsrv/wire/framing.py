@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
-__all__ = ["MessageFramer", "normalizedSize", "TERMINATOR"]
+__all__ = ["MessageFramer", "SizeCounter", "normalizedSize", "TERMINATOR"]
 
 TERMINATOR = b".\r\n"
 
@@ -133,22 +133,49 @@ class MessageFramer:
         return data[:end]
 
 
+class SizeCounter:
+    """
+    Count, chunk by chunk, the octets L{MessageFramer} sends for a whole
+    message before dot-stuffing (what L{normalizedSize} counts at once).
+
+    @ivar counted: the octets counted so far, without the CRLF that
+        L{total} adds after an unterminated last line.
+    """
+
+    __slots__ = ("counted", "_lastByte")
+
+    def __init__(self) -> None:
+        self.counted = 0
+        self._lastByte = b""
+
+    def feed(self, chunk: bytes) -> None:
+        """
+        Count the next chunk of the stored message.
+        """
+        if not chunk:
+            return
+        bareLFs = chunk.count(b"\n") - chunk.count(b"\r\n")
+        if self._lastByte == b"\r" and chunk[:1] == b"\n":
+            bareLFs -= 1
+        self.counted += len(chunk) + bareLFs
+        self._lastByte = chunk[-1:]
+
+    def total(self) -> int:
+        """
+        The size of the message fed so far, as if it ended here.
+        """
+        if self.counted and self._lastByte != b"\n":
+            return self.counted + 2
+        return self.counted
+
+
 def normalizedSize(chunks: Iterable[bytes]) -> int:
     """
     Return the number of octets L{MessageFramer} sends for a whole message
     before dot-stuffing, given the stored message as chunks: the size POP3
     reports in STAT and LIST.
     """
-    size = 0
-    lastByte = b""
+    counter = SizeCounter()
     for chunk in chunks:
-        if not chunk:
-            continue
-        bareLFs = chunk.count(b"\n") - chunk.count(b"\r\n")
-        if lastByte == b"\r" and chunk[:1] == b"\n":
-            bareLFs -= 1
-        size += len(chunk) + bareLFs
-        lastByte = chunk[-1:]
-    if size and lastByte != b"\n":
-        size += 2
-    return size
+        counter.feed(chunk)
+    return counter.total()

@@ -16,7 +16,14 @@ import pytest
 from twisted.python import usage
 
 from popsrv.app.options import Options
-from popsrv.app.secret import SECRET_OCTETS, SecretError, defaultSecretPath, deriveKey, loadSecret
+from popsrv.app.secret import (
+    SECRET_OCTETS,
+    SecretError,
+    defaultSecretPath,
+    defaultStateDirectory,
+    deriveKey,
+    loadSecret,
+)
 from tests.support.servers import LISTEN_LOCAL
 
 if TYPE_CHECKING:
@@ -72,6 +79,20 @@ def test_defaultPath(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert defaultSecretPath(0) == "/var/lib/popsrv/secret"
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
     assert defaultSecretPath(1000) == str(tmp_path / "popsrv" / "secret")
+
+
+def test_defaultStateDirectory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """
+    The state directory (the secret's, and the mbox store's files) is the
+    service manager's first, else /var/lib/popsrv for root, else the user's.
+    """
+    monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}/a:{tmp_path}/b")
+    assert defaultStateDirectory(1000) == f"{tmp_path}/a"
+    monkeypatch.delenv("STATE_DIRECTORY")
+    assert defaultStateDirectory(0) == "/var/lib/popsrv"
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert defaultStateDirectory(1000) == str(tmp_path / "popsrv")
+    assert defaultSecretPath(1000) == os.path.join(defaultStateDirectory(1000), "secret")
 
 
 def test_optionsMakeTheSecretLast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -309,6 +309,7 @@ class Launcher:
         users: Optional[Dict[str, str]] = None,
         root: Optional[Path] = None,
         auth: Optional[str] = None,
+        mbox: bool = False,
     ) -> Popsrv:
         """
         Start popsrv on an ephemeral port of 127.0.0.1 with a fresh Maildir
@@ -316,6 +317,8 @@ class Launcher:
 
         @param auth: the C{--auth} checker instead of the C{file:} checker
             of C{users} (popsrv takes one checker per kind of login).
+        @param mbox: serve mbox spools (C{--mbox ROOT/%u}, the directory
+            made) instead of Maildirs: then C{maildir(user)} is the spool.
         """
         self._count += 1
         workdir = self.base / f"server{self._count}"
@@ -324,9 +327,12 @@ class Launcher:
         if root is None:
             root = workdir / "mail"
         passwords = writePasswordFile(workdir / "passwd", users)
+        if mbox:
+            root.mkdir(parents=True, exist_ok=True)
+        store = ["--mbox", str(root / "%u")] if mbox else ["--maildir-root", str(root)]
         args = [
             "--listen", LISTEN_LOCAL,
-            "--maildir-root", str(root),
+            *store,
             "--auth", auth or f"file:{passwords}",
             *extra,
         ]

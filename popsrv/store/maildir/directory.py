@@ -24,20 +24,16 @@ import threading
 from typing import BinaryIO, Callable, Iterator, List, Optional, Tuple
 
 from popsrv.errors import MaildropError, MaildropLocked, MaildropUnusable
+from popsrv.store.paths import NOT_A_FILE_ERRORS as _NOT_A_FILE_ERRORS
+from popsrv.store.paths import OPEN_DIRECTORY
+from popsrv.store.paths import openDirectory as _openDirectory
+from popsrv.store.paths import walk as _walk
 
 __all__ = ["LOCK_FILE", "Directory", "NotAFile", "OpenedMaildir"]
 
 LOCK_FILE = "popsrv.lock"
-OPEN_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 OPEN_MESSAGE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 OPEN_LOCK = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-# What opening a name that is not a regular file (any more) fails with:
-# a symbolic link with O_NOFOLLOW, a socket, a device without a driver, a
-# directory opened for writing.
-_NOT_A_FILE_ERRORS = (errno.ELOOP, errno.EMLINK, errno.ENXIO, errno.ENODEV, errno.EISDIR)
-# What opening a directory that is not a directory fails with: a symbolic
-# link with O_NOFOLLOW | O_DIRECTORY (ELOOP on some systems), a file.
-_NOT_A_DIRECTORY_ERRORS = (errno.ENOTDIR, errno.ELOOP)
 
 
 class NotAFile(Exception):
@@ -158,66 +154,6 @@ class Directory:
         Close the descriptor.
         """
         os.close(self._fd)
-
-
-def _openExisting(name: str, shown: str, parent: Optional[int]) -> int:
-    """
-    Open a directory without following a link: C{name} relative to the
-    descriptor C{parent}, or, without one, a path.
-
-    @param shown: the directory's path, for errors.
-    @raise MaildropUnusable: if it is not a directory.
-    @raise FileNotFoundError: if it is missing.
-    """
-    try:
-        return os.open(name, OPEN_DIRECTORY, dir_fd=parent)
-    except OSError as error:
-        if error.errno in _NOT_A_DIRECTORY_ERRORS:
-            raise MaildropUnusable(f"{shown} is not a directory (a symbolic link?)") from None
-        raise
-
-
-def _openDirectory(name: str, shown: str, parent: Optional[int] = None) -> int:
-    """
-    Open a directory as L{_openExisting} does, creating it (mode 0700) if
-    it is missing, and, given a path, its missing parents too.
-    """
-    try:
-        return _openExisting(name, shown, parent)
-    except FileNotFoundError:
-        pass
-    if parent is None:
-        os.makedirs(name, mode=0o700, exist_ok=True)
-    else:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(name, mode=0o700, dir_fd=parent)
-    return _openExisting(name, shown, parent)
-
-
-def _walk(path: str, trusted: Optional[str]) -> int:
-    """
-    Open the directory C{path}: from C{trusted} (opened as its path says),
-    one directory at a time, none of them a link; without C{trusted}, or
-    if C{path} is not below it, by its path with only its last part
-    checked.
-    """
-    if trusted is None:
-        return _openDirectory(path, path)
-    relative = os.path.relpath(path, trusted)
-    if relative == os.curdir or relative.split(os.sep)[0] == os.pardir:
-        return _openDirectory(path, path)
-    os.makedirs(trusted, mode=0o700, exist_ok=True)
-    fd = os.open(trusted, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    shown = trusted
-    try:
-        for part in relative.split(os.sep):
-            shown = os.path.join(shown, part)
-            parent, fd = fd, _openDirectory(part, shown, parent=fd)
-            os.close(parent)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def _lockExclusively(root: int, path: str, owner: str) -> int:
