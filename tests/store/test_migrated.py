@@ -241,6 +241,27 @@ def test_fileGrowingWhileReadIsRefused(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 @pytest.mark.parametrize(
+    ("fileName", "header", "line"),
+    [("dovecot-uidlist", b"3 V1 N1\n", b"%d :%x\n"), ("courierpop3dsizelist", b"/3 1 1\n", b"%x 0 %d:1\n")],
+)
+def test_fileOfTooManyLinesIsRefusedUnparsed(tmp_path: Path, fileName: str, header: bytes, line: bytes) -> None:
+    """
+    A file under the size limit but of more short lines than a file of that
+    size of its server's holds (whose parsing would take gigabytes) is
+    refused without being parsed, and logged.
+    """
+    count = migrated.MAX_LINES + 1
+    content = header + b"".join(line % (number, number) for number in range(1, count + 1))
+    assert len(content) < migrated.MAX_FILE_SIZE
+    maildir = makeMaildir(tmp_path, content, fileName)
+    with capturedLogs() as events:
+        uids = [info.uid for info in snapshot(maildir)]
+    assert uids == NAMES[:3]
+    [refused] = refusedEvents(events)
+    assert f"more than {migrated.MAX_LINES} lines" in refused["why"]
+
+
+@pytest.mark.parametrize(
     "content",
     [b"", b"\n", b"\xff" * 5000, b"3 V1 N2\n" + os.urandom(20000), b"3 V1 N2\n" + b"1 :" + b"x" * 2_000_000],
 )

@@ -36,14 +36,19 @@ from popsrv.store.maildir.dovecot import DOVECOT_UIDLIST, readUidlist
 from popsrv.store.maildir.olduids import Note, OldUids
 from popsrv.store.uidlformat import UidlFormat
 
-__all__ = ["MAX_FILE_SIZE", "SERVED", "SOURCES", "TABLES", "Found", "NeedsReading", "findOldUids", "logFindings",
-           "serveWithOldUids"]
+__all__ = ["MAX_FILE_SIZE", "MAX_LINES", "SERVED", "SOURCES", "TABLES", "Found", "NeedsReading", "findOldUids",
+           "logFindings", "serveWithOldUids"]
 
 # A dovecot-uidlist of 100,000 messages is about 10 MB, read in about
 # 0.6 s (benchmarks/migrated.py), taking some 60 MB while it is parsed and
 # 27 MB kept: 32 MiB holds some 330,000 messages, more than a kept listing
 # (see CAPACITY).
 MAX_FILE_SIZE = 32 * 2**20
+# What parsing costs is per line (some 400 octets and 7 microseconds
+# each), not per octet: 30 MB of short lines (2 million of 15 octets) would
+# take 750 MB and 14 s, at every login (too many to keep).  A file of more
+# lines than 32 MiB of Dovecot's own hold is refused.
+MAX_LINES = 330_000
 READ_CHUNK = 2**20
 # The files looked for, in the order they are looked for.
 SOURCES = (DOVECOT_UIDLIST, COURIER_SIZELIST)
@@ -146,6 +151,8 @@ def _read(opened: BinaryIO, fileName: str, uidlFormat: UidlFormat, pause: Callab
     if size > MAX_FILE_SIZE:
         return OldUids(fileName, refused=f"it is larger than {MAX_FILE_SIZE} octets")
     data = b"".join(chunks)
+    if data.count(b"\n") > MAX_LINES:
+        return OldUids(fileName, refused=f"it has more than {MAX_LINES} lines")
     if fileName == DOVECOT_UIDLIST:
         return readUidlist(data, uidlFormat, pause)
     return readSizelist(data, pause)
