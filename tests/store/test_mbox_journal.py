@@ -289,3 +289,63 @@ def test_theJournalIsInTheStateDirectoryAndHoldsTheOriginalOctets(tmp_path: Path
         opened.close()
     assert Path(files.path("journal")).parent == state / "mbox"
     assert os.listdir(tmp_path) != [] and "alice.journal" not in os.listdir(tmp_path)
+
+
+# A login in a process whose files may not grow past a size (RLIMIT_FSIZE):
+# a write that crosses it writes less than it was given, as on a full disk,
+# and the next one fails (EFBIG).
+LIMITED_LOGIN = """
+import resource, signal, sys
+from popsrv.store.mbox.maildrop import MboxMaildrop
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), resource.RLIM_INFINITY))
+maildrop = MboxMaildrop(sys.argv[1], "alice", sys.argv[2])
+maildrop.lock()
+try:
+    maildrop.listMessages()
+finally:
+    maildrop.release()
+"""
+
+
+@pytest.mark.parametrize("cut", ["spool", "extended journal"])
+def test_aShortWriteNeverLosesMail(tmp_path: Path, cut: str) -> None:
+    """
+    A write that writes less than it was given (a full disk) while a
+    journal is replayed, in the spool's last write or in the checksum of
+    the journal extended with mail delivered since the crash, fails the
+    replay: the journal is kept, never replaced by one cut short, and the
+    next login replays it whole.
+    """
+    template = tmp_path / "template"
+    makeSpool(template)
+    original = template.read_bytes()
+    _, after = expectedStates(tmp_path, original)
+    spool, state = tmp_path / "alice", tmp_path / "state"
+    spool.write_bytes(original)
+    total = runCommitter(spool, state, 0, ",".join(map(str, DELETED)))
+    assert total is not None
+    # Killed while it wrote the spool: the journal is complete.
+    spool.write_bytes(original)
+    assert runCommitter(spool, state, total - 6, ",".join(map(str, DELETED))) is None
+    journal = next((state / "mbox").glob("*.journal"))
+    late = b""
+    if cut == "spool":
+        # Within the last write of the kept octets.
+        limit = len(after) - 10
+    else:
+        deliver(str(spool), b"Subject: late\n\ndelivered after the crash\n", sender="l@example.org",
+                when=1_800_000_000)
+        late = spool.read_bytes()[len(original):]
+        # Within the checksum at the end of the extended journal, which has
+        # the late mail too (and the spool's new size in its header).
+        extended = journal.stat().st_size + len(late) + len(str(len(original) + len(late))) - len(str(len(original)))
+        limit = extended - 10
+    env = dict(os.environ)
+    env["PYTHONPATH"] = SOURCE_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    limited = subprocess.run([sys.executable, "-c", LIMITED_LOGIN, str(spool), str(state), str(limit)],
+                             env=env, capture_output=True, timeout=HELPER_TIMEOUT)
+    assert limited.returncode in (0, 1), limited.stderr.decode()
+    logIn(spool, state)
+    assert spool.read_bytes() == after + late
+    assert list((state / "mbox").glob("*.journal*")) == []

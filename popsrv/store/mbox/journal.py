@@ -32,6 +32,7 @@ spool is finished (L{recover}):
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import os
@@ -130,6 +131,22 @@ def _pread(fd: int, size: int, at: int) -> bytes:
     return os.pread(fd, size, at)
 
 
+def _write(fd: int, data: bytes, at: Optional[int] = None) -> None:
+    """
+    Write all of C{data} to C{fd} (at C{at}, or where it is): a write may
+    write less than it is given (a full disk), and the next one then says
+    why.
+    """
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view) if at is None else os.pwrite(fd, view, at)
+        if written <= 0:
+            raise OSError(errno.EIO, "nothing written")
+        view = view[written:]
+        if at is not None:
+            at += written
+
+
 def _copy(readFrom: Callable[[int, int], bytes], source: int, length: int, write: Callable[[bytes], None]) -> None:
     """
     Copy C{length} octets from C{source}, by chunks.
@@ -169,13 +186,13 @@ def _writeJournal(path: str, plan: Plan, sources: List[_Source], checkpoint: Che
     try:
         def write(data: bytes) -> None:
             checksum.update(data)
-            os.write(fd, data)
+            _write(fd, data)
             checkpoint("journal write")
 
-        os.write(fd, header)
+        _write(fd, header)
         for source, offset, length in sources:
             _copy(functools.partial(_pread, source), offset, length, write)
-        os.write(fd, checksum.digest())
+        _write(fd, checksum.digest())
         checkpoint("journal written")
         os.fsync(fd)
         checkpoint("journal fsync")
@@ -266,7 +283,7 @@ def applyPlan(journal: Journal, spool: SpoolFile, checkpoint: Checkpoint = _noCh
 
     def write(data: bytes) -> None:
         nonlocal position
-        os.pwrite(spool.fd, data, position)
+        _write(spool.fd, data, position)
         position += len(data)
         checkpoint("spool write")
 
@@ -375,11 +392,17 @@ def _withAppended(path: str, journal: Journal, spool: SpoolFile, size: int, chec
         (spool.fd, plan.end, size - plan.end),
     ]
     _writeJournal(temporary, attr.evolve(plan, end=size), sources, _noCheckpoint)
-    os.replace(temporary, path)
-    _syncDirectory(os.path.dirname(path))
+    # Checked whole before it replaces the journal in force.
+    extended = readJournal(temporary)
+    try:
+        os.replace(temporary, path)
+        _syncDirectory(os.path.dirname(path))
+    except BaseException:
+        extended.stream.close()
+        raise
     checkpoint("journal extended")
     journal.stream.close()
-    return readJournal(path)
+    return extended
 
 
 def _setAside(path: str, why: str) -> Tuple[str, str]:
