@@ -12,14 +12,19 @@ import poplib
 import shutil
 import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Tuple
+from typing import TYPE_CHECKING, Dict, List, Set, Tuple
 
 import pytest
 
+from popsrv.store.mbox import deliver
+from popsrv.store.mbox.locking import MAX_WAITING
 from popsrv.store.mbox.parsing import scanSpool
-from tests.app.test_workers import workerPids
-from tests.support.wire import SOCKET_TIMEOUT, topWire, wire
+from popsrv.store.mbox.state import SpoolState
+from tests.app.test_workers import waitUntil, workerPids
+from tests.support.wire import SOCKET_TIMEOUT, RawClient, topWire, wire
 from tests.test_clients import FETCHMAIL_NO_MAIL, fetchmail, filesIn, lfForm, pki, startTLSServer, transcript
 from tests.test_e2e import curl, login, sizeListing, uidListing
 
@@ -275,6 +280,86 @@ def test_aSpoolThatIsASymbolicLinkIsRefused(mboxServer: Popsrv) -> None:
         client.pass_("secret")
     client.close()
     mboxServer.twistd.waitFor(rf"cannot serve the spool {spoolOf(mboxServer)}: .* not a regular file")
+
+
+def heldFlocks() -> Set[int]:
+    """
+    The inodes of the files a C{flock} is held on now, in any process (from
+    C{/proc/locks}, without taking or testing one).
+    """
+    inodes = set()
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "FLOCK":
+            inodes.add(int(fields[5].split(":")[2]))
+    return inodes
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
+def test_spoolLocksNeverHeldForeverHoldUpOtherLogins(
+    launcher: Launcher, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, workers: int,
+) -> None:
+    """
+    Many users whose dotlocks are directories another user made (in a
+    /var/mail anyone may write to; popsrv never removes one) log in at
+    once: a few logins wait for the locks, the others fail at once with
+    [SYS/TEMP] (event mbox-lock-busy), and alice's login, whose spool is
+    free, is not held up behind them for the whole wait (20 s) in the
+    reactor's thread pool.  Once the directories are gone, the logins that
+    waited get their mail.
+    """
+    state = tmp_path / "state"
+    monkeypatch.setenv("STATE_DIRECTORY", str(state))
+    locked = [f"user{number}" for number in range(14)]
+    users = {"alice": "secret", **{user: "pw-" + user for user in locked}}
+    server = launcher.popsrv("--workers", str(workers), "--max-connections-per-ip", "40", users=users, mbox=True)
+    for index in range(workers if workers > 1 else 0):
+        server.twistd.waitFor(rf"worker {index}\] worker ready", timeout=30)
+    for user in ["alice", *locked]:
+        deliver(server.maildir(user), b"Subject: for %s\n\nbody\n" % user.encode())
+    for user in locked:
+        os.mkdir(server.maildir(user) + ".lock")
+    replies: Dict[str, bytes] = {}
+
+    def logIn(user: str) -> None:
+        with RawClient(server.port) as client:
+            client.readLine()
+            client.command(b"USER " + user.encode())
+            reply = client.command(b"PASS " + users[user].encode())
+            replies[user] = reply
+            if reply.startswith(b"+OK"):
+                client.command(b"QUIT")
+
+    threads = [threading.Thread(target=logIn, args=(user,), daemon=True) for user in locked]
+    for thread in threads:
+        thread.start()
+    try:
+        # Each locked login has failed, or holds its session lock (and waits
+        # for the spool's locks, or is about to).
+        sessionLocks = {user: Path(SpoolState(str(state), server.maildir(user)).path("lock")) for user in locked}
+
+        def settled() -> bool:
+            held = heldFlocks()
+            return all(user in replies or (sessionLocks[user].exists() and sessionLocks[user].stat().st_ino in held)
+                       for user in locked)
+
+        waitUntil(settled, "every locked login waiting or refused")
+        started = time.monotonic()
+        client = login(server)
+        took = time.monotonic() - started
+        assert client.stat()[0] == 1
+        client.quit()
+        assert took < 5.0, f"alice waited {took:.1f} s behind the lock waits"
+    finally:
+        for user in locked:
+            os.rmdir(server.maildir(user) + ".lock")
+        for thread in threads:
+            thread.join(SOCKET_TIMEOUT)
+    refused = [user for user in locked if replies[user].startswith(b"-ERR")]
+    assert all(replies[user].startswith(b"-ERR [SYS/TEMP]") for user in refused)
+    assert len(refused) >= len(locked) - MAX_WAITING * workers
+    assert all(replies[user].startswith(b"+OK") for user in locked if user not in refused)
+    server.twistd.waitFor(r"is held by another program, and other threads wait for locks already")
 
 
 def test_fetchmailKeepsAndThenFindsNothingNew(launcher: Launcher, pki: TestPKI, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import os
 import pickle
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Callable, List, TypeVar
@@ -173,6 +174,52 @@ def test_theWaitIsBounded(tmp_path: Path) -> None:
     timeouts = [event for event in events if event.get("event") == "mbox-lock-timeout"]
     assert [(event["path"], event["lock"]) for event in timeouts] == [(str(spool), "dotlock")]
     assert os.path.exists(f"{spool}.lock"), "a lock that is not stale is never removed"
+
+
+def test_onlySoManyThreadsWait(tmp_path: Path) -> None:
+    """
+    Taking busy locks waits only if fewer than MAX_WAITING other threads
+    wait already; else it fails at once (MaildropError, [SYS/TEMP]), noted
+    as mbox-lock-busy.  A wait that ends, taken or timed out, lets another
+    one begin.
+    """
+    spool = makeSpool(tmp_path)
+    os.mkdir(f"{spool}.lock")
+    slots = threading.BoundedSemaphore(1)
+
+    def never(seconds: float) -> None:
+        pytest.fail("waited without a free slot")
+
+    assert slots.acquire(blocking=False)
+    locks = SpoolLocks(OpenedSpool.open(str(spool), None), sleep=never, waiting=slots)
+    with pytest.raises(MaildropError, match="locked by another program"):
+        locks.acquire()
+    assert [(note[2]["event"], note[2]["lock"]) for note in locks.notes] == [("mbox-lock-busy", "dotlock")]
+    slots.release()
+    # With the slot free, a wait begins, and the slot is given back when it
+    # ends (timed out, then taken).
+    clock = [0.0]
+
+    def tick(seconds: float) -> None:
+        assert not slots.acquire(blocking=False), "the waiting thread does not hold the slot"
+        clock[0] += seconds
+
+    locks = SpoolLocks(OpenedSpool.open(str(spool), None), wait=1.0, clock=lambda: clock[0], sleep=tick,
+                       waiting=slots)
+    with pytest.raises(MaildropError):
+        locks.acquire()
+    assert [note[2]["event"] for note in locks.notes] == ["mbox-lock-timeout"]
+    assert slots.acquire(blocking=False)
+    slots.release()
+
+    def removeLock(seconds: float) -> None:
+        tick(seconds)
+        os.rmdir(f"{spool}.lock")
+
+    locks = SpoolLocks(OpenedSpool.open(str(spool), None), clock=lambda: clock[0], sleep=removeLock, waiting=slots)
+    assert locks.acquire() is not None
+    locks.release()
+    assert slots.acquire(blocking=False)
 
 
 def test_locksAreFreeDuringTheSession(tmp_path: Path) -> None:

@@ -13,7 +13,9 @@ busy, the first is given up and both are tried again a little later, until
 L{LOCK_WAIT} has passed: holding one while waiting for the other could
 deadlock with a program that takes them in the other order.  popsrv holds
 them for moments (at login, to read the spool; at QUIT, to rewrite it),
-never for a session, so delivery goes on during sessions.
+never for a session, so delivery goes on during sessions.  At most
+L{MAX_WAITING} threads of a process wait at once; locks found busy while
+they do are not waited for.
 
 A dotlock whose file has not changed for L{STALE_AGE} (five minutes, the
 age at which liblockfile and c-client break one, measured on the clock of
@@ -48,7 +50,7 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 from popsrv.errors import MaildropError
 from popsrv.store.mbox.spool import OpenedSpool, SpoolFile
 
-__all__ = ["LOCK_WAIT", "STALE_AGE", "Note", "SpoolLocks"]
+__all__ = ["LOCK_WAIT", "MAX_WAITING", "STALE_AGE", "WAITING", "Note", "SpoolLocks"]
 
 # How long taking the locks may wait for another program to give them up.
 LOCK_WAIT = 20.0
@@ -57,6 +59,14 @@ STALE_AGE = 300
 # The first pause between two tries, and the longest.
 FIRST_PAUSE = 0.01
 LONGEST_PAUSE = 0.5
+# How many threads of a process may wait for locks at once.  They wait in
+# the reactor's thread pool (Twisted's has 10 threads), which also opens
+# every other maildrop and checks passwords: a dotlock no one gives up (a
+# directory, or a file kept fresh, that a user made in a /var/mail anyone
+# may write to) would otherwise hold a thread for the whole wait at every
+# login, and a few such spools every login of the process.
+MAX_WAITING = 4
+WAITING = threading.BoundedSemaphore(MAX_WAITING)
 # What making the dotlock fails with when popsrv cannot make one there at
 # all (rather than because another program holds it).
 _NO_DOTLOCK_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG)
@@ -140,8 +150,8 @@ class SpoolLocks:
     together.
 
     @ivar notes: what happened that the operator should know (a stale
-        dotlock removed, no dotlock possible, a wait that timed out), to
-        log on the reactor's thread.
+        dotlock removed, no dotlock possible, a wait that timed out or was
+        not begun), to log on the reactor's thread.
     """
 
     def __init__(
@@ -150,11 +160,13 @@ class SpoolLocks:
         wait: float = LOCK_WAIT,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        waiting: threading.BoundedSemaphore = WAITING,
     ) -> None:
         self._spool = spool
         self._wait = wait
         self._clock = clock
         self._sleep = sleep
+        self._waiting = waiting
         self._locked: Optional[SpoolFile] = None
         # The dotlock's device and inode, while popsrv holds it.
         self._dotlock: Optional[Tuple[int, int]] = None
@@ -171,31 +183,46 @@ class SpoolLocks:
         anew if another program replaced it); return that file, or
         C{None} if there is no spool (nothing to lock).
 
-        @raise MaildropError: if they are not free within the wait.
+        @raise MaildropError: if they are not free within the wait, or are
+            busy while L{MAX_WAITING} other threads wait already.
         """
         deadline = self._clock() + self._wait
         pause = FIRST_PAUSE
-        while True:
-            self._spool.refresh()
-            file = self._spool.file
-            if file is None:
-                return None
-            busy = self._tryBoth(file)
-            if busy is None:
-                if self._spool.current() == file.identity:
-                    return file
-                # Replaced meanwhile: lock the new one.
-                self.release()
-                continue
-            left = deadline - self._clock()
-            if left <= 0:
-                self.notes.append((
-                    "warn", "gave up waiting for the {lock} of {path}, held by another program",
-                    {"lock": busy, "path": self._spool.path, "event": "mbox-lock-timeout"},
-                ))
-                raise MaildropError(f"{self._spool.path} is locked by another program ({busy})")
-            self._sleep(min(pause, left))
-            pause = min(pause * 2, LONGEST_PAUSE)
+        waiting = False
+        try:
+            while True:
+                self._spool.refresh()
+                file = self._spool.file
+                if file is None:
+                    return None
+                busy = self._tryBoth(file)
+                if busy is None:
+                    if self._spool.current() == file.identity:
+                        return file
+                    # Replaced meanwhile: lock the new one.
+                    self.release()
+                    continue
+                if not waiting:
+                    waiting = self._waiting.acquire(blocking=False)
+                    if not waiting:
+                        self.notes.append((
+                            "warn", "the {lock} of {path} is held by another program, and other threads wait "
+                            "for locks already: not waiting",
+                            {"lock": busy, "path": self._spool.path, "event": "mbox-lock-busy"},
+                        ))
+                        raise MaildropError(f"{self._spool.path} is locked by another program ({busy})")
+                left = deadline - self._clock()
+                if left <= 0:
+                    self.notes.append((
+                        "warn", "gave up waiting for the {lock} of {path}, held by another program",
+                        {"lock": busy, "path": self._spool.path, "event": "mbox-lock-timeout"},
+                    ))
+                    raise MaildropError(f"{self._spool.path} is locked by another program ({busy})")
+                self._sleep(min(pause, left))
+                pause = min(pause * 2, LONGEST_PAUSE)
+        finally:
+            if waiting:
+                self._waiting.release()
 
     def _tryBoth(self, file: SpoolFile) -> Optional[str]:
         """
