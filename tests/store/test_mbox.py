@@ -25,6 +25,7 @@ from popsrv.interfaces import IMaildrop
 from popsrv.messages import MessageInfo
 from popsrv.store.mbox import MboxMaildrop, deliver
 from popsrv.store.mbox.delivery import fromLine, quote
+from popsrv.store.mbox.parsing import MAX_MESSAGES
 from popsrv.store.realm import BadMaildirTemplate, BadPathTemplate, MaildirTemplate, MboxRealm, PathTemplate
 from popsrv.testing import connect
 from tests.store.test_maildir import RecordingConsumer, killAndWait, readLine, spawn  # noqa: F401
@@ -560,3 +561,32 @@ def test_quotingRoundTrip() -> None:
     """What deliver writes, the store gives back (mboxrd: every >*From line gains a >)."""
     assert quote(b"From a\n>From b\nx From c\n") == b">From a\n>>From b\nx From c\n"
 
+
+
+def test_aSpoolOfTooManyMessagesIsServedItsFirstOnes(tmp_path: Path) -> None:
+    """
+    A spool of more messages than a session takes (MAX_MESSAGES: tiny ones
+    cost little to write but as much as any to list) is served its first
+    MAX_MESSAGES, logged mbox-too-many (also by a login that goes on from
+    the kept scan); deleting one keeps every octet after them, and the next
+    login has the next message.
+    """
+    spool = spoolPath(tmp_path)
+    messages = [b"From %d\nx\n\n" % number for number in range(MAX_MESSAGES + 2)]
+    spool.write_bytes(b"".join(messages))
+    with capturedLogs() as events:
+        listed = listOnce(tmp_path)
+        maildrop = maildropFor(tmp_path)
+        maildrop.lock()
+        assert list(maildrop.listMessages()) == listed  # type: ignore[arg-type]
+    assert len(listed) == MAX_MESSAGES
+    assert [(event["limit"], event["path"]) for event in events if event.get("event") == "mbox-too-many"] == [
+        (MAX_MESSAGES, str(spool))
+    ] * 2
+    assert retrieve(maildrop, listed[-1].uid) == b"x\n"
+    maildrop.commit({listed[0].uid}, set())
+    maildrop.release()
+    assert spool.read_bytes() == b"".join(messages[1:])
+    after = listOnce(tmp_path)
+    assert [info.uid for info in after[:-1]] == [info.uid for info in listed[1:]]
+    assert len(after) == MAX_MESSAGES and after[-1].uid not in {info.uid for info in listed}

@@ -29,7 +29,7 @@ from typing import Callable, List, Optional, Tuple
 
 import attr
 
-from popsrv.store.mbox.parsing import SpoolScan, scanSpool
+from popsrv.store.mbox.parsing import MAX_MESSAGES, SpoolScan, scanSpool
 
 __all__ = ["KEPT_MESSAGES", "SAMPLE_OCTETS", "ScanCache", "scanWithCache"]
 
@@ -92,6 +92,7 @@ def _joined(kept: SpoolScan, tail: SpoolScan) -> SpoolScan:
     scan.read = kept.read[:count] + tail.read
     scan.length = tail.length
     scan.junk, scan.junkIsBlank = kept.junk, kept.junkIsBlank
+    scan.more = tail.more
     return scan
 
 
@@ -156,7 +157,8 @@ def scanWithCache(
     scan: Optional[SpoolScan] = None
     if (kept is not None and kept.identity == identity and len(kept.scan) > 0 and size >= kept.scan.length
             and _fingerprint(fd, _samples(kept.scan)) == kept.fingerprint):
-        tail = scanSpool(fd, pause, start=kept.scan.starts[len(kept.scan) - 1])
+        tail = scanSpool(fd, pause, start=kept.scan.starts[len(kept.scan) - 1],
+                         limit=max(1, MAX_MESSAGES - len(kept.scan) + 1))
         if len(tail) > 0 and tail.junk == 0:
             scan = _joined(kept.scan, tail)
     if scan is None:

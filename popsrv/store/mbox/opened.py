@@ -22,7 +22,7 @@ from popsrv.errors import MaildropError, MessageVanished
 from popsrv.store.mbox.index import ScanCache, scanWithCache
 from popsrv.store.mbox.journal import Checkpoint, recover, rewrite
 from popsrv.store.mbox.locking import LOCK_WAIT, Note, SpoolLocks
-from popsrv.store.mbox.parsing import SpoolScan, readMessage, scanSpool
+from popsrv.store.mbox.parsing import MAX_MESSAGES, SpoolScan, readMessage, scanSpool
 from popsrv.store.mbox.snapshot import Snapshot, planRemoval
 from popsrv.store.mbox.spool import OpenedSpool, SpoolFile
 from popsrv.store.mbox.state import SpoolState
@@ -184,6 +184,11 @@ class OpenedMbox:
                     scan = SpoolScan()
                 else:
                     scan = scanWithCache(SCANS, self.path, file.fd, file.identity, pause)
+            if scan.more:
+                self.notes.append((
+                    "warn", "{path} has more than {limit} messages: the first {limit} are served",
+                    {"path": self.path, "limit": MAX_MESSAGES, "event": "mbox-too-many"},
+                ))
             if not scan.junkIsBlank:
                 self.notes.append((
                     "warn", "{path} has {count} octets before its first From line; they are not served",
