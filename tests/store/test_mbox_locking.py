@@ -418,3 +418,38 @@ def test_aDotlockOfAnotherOwnerIsNotTakenForDead(tmp_path: Path, owner: str) -> 
     with pytest.raises(MaildropError):
         logIn(maildropOf(spool, tmp_path / "state", wait=0.2))
     assert Path(f"{spool}.lock").read_bytes() == content
+
+
+def test_aDotlockIsPopsrvsOnlyIfItIsPopsrvsFile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    While procmail's lockfile holds the dotlock, another user who may write
+    the directory links popsrv's unique file to a name of their own as
+    popsrv links it to the dotlock's name (its count of links is two then
+    too): popsrv does not take the dotlock for its own, and waits, as
+    liblockfile would (it compares the dotlock's inode with its file's).
+    """
+    spool = makeSpool(tmp_path)
+    subprocess.run([lockfileProgram(), "-r0", f"{spool}.lock"], check=True)
+    held = Path(f"{spool}.lock").read_bytes()
+    realLink = os.link
+
+    def linkedByAnother(source: str, target: str, **kwargs: object) -> None:
+        if source.startswith(".popsrv-lk."):
+            realLink(source, "planted", **kwargs)  # type: ignore[arg-type]
+        realLink(source, target, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "link", linkedByAnother)
+    pauses: List[float] = []
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        assert Path(f"{spool}.lock").read_bytes() == held, "the dotlock was taken from procmail"
+        (tmp_path / "planted").unlink()
+        if len(pauses) == 2:
+            os.unlink(f"{spool}.lock")
+
+    locks = lockSpool(spool, pause)
+    assert len(pauses) == 2
+    assert b"popsrv" in Path(f"{spool}.lock").read_bytes()
+    locks.release()
+    assert not os.path.exists(f"{spool}.lock")

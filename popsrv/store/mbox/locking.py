@@ -3,7 +3,7 @@ Locking a spool the way delivery agents do, so that popsrv and they never
 write it at the same time (Debian's mail policy: a dotlock and an C{fcntl}
 lock, both): a dotlock C{<spool>.lock} in the spool's directory, made
 NFS-safely as liblockfile makes it (a file of a unique name, then a hard
-link to the lock's name, which succeeded if the file then has two links),
+link to the lock's name, which succeeded if that name then is the file),
 and an C{fcntl} write lock on the whole spool (an open file description
 lock on Linux, which closing another descriptor of the spool does not
 undo).
@@ -288,11 +288,16 @@ class SpoolLocks:
             try:
                 os.link(unique, self._lockName, src_dir_fd=directory, dst_dir_fd=directory, follow_symlinks=False)
             except OSError as error:
-                # Over NFS, a link that worked may report an error: the
-                # count of links says.
+                # Over NFS, a link that worked may report an error: what the
+                # lock's name is says.  (Not the file's count of links:
+                # another user who may write the directory can link it too.)
                 if error.errno == errno.ENAMETOOLONG:
                     raise _NoDotlock(error.strerror or str(error)) from None
-            if os.stat(unique, dir_fd=directory, follow_symlinks=False).st_nlink == 2:
+            try:
+                held = os.stat(self._lockName, dir_fd=directory, follow_symlinks=False)
+            except FileNotFoundError:
+                return False
+            if (held.st_dev, held.st_ino) == (mine.st_dev, mine.st_ino):
                 self._dotlock = (mine.st_dev, mine.st_ino)
                 return True
             # The file's time is the file server's "now".
