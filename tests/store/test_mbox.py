@@ -8,8 +8,11 @@ that are not regular files.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import List
 
@@ -20,6 +23,7 @@ from twisted.internet import defer
 from twisted.logger import capturedLogs
 from zope.interface.verify import verifyObject
 
+import popsrv
 from popsrv.errors import MaildropError, MaildropLocked, MaildropUnusable, MessageVanished
 from popsrv.interfaces import IMaildrop
 from popsrv.messages import MessageInfo
@@ -562,7 +566,6 @@ def test_quotingRoundTrip() -> None:
     assert quote(b"From a\n>From b\nx From c\n") == b">From a\n>>From b\nx From c\n"
 
 
-
 def test_aSpoolOfTooManyMessagesIsServedItsFirstOnes(tmp_path: Path) -> None:
     """
     A spool of more messages than a session takes (MAX_MESSAGES: tiny ones
@@ -590,3 +593,33 @@ def test_aSpoolOfTooManyMessagesIsServedItsFirstOnes(tmp_path: Path) -> None:
     after = listOnce(tmp_path)
     assert [info.uid for info in after[:-1]] == [info.uid for info in listed[1:]]
     assert len(after) == MAX_MESSAGES and after[-1].uid not in {info.uid for info in listed}
+
+
+DELIVER_LIMITED = """
+import resource, signal, sys
+from popsrv.store.mbox import deliver
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
+try:
+    deliver(sys.argv[1], b"Subject: big\\n\\n" + b"x" * 100000 + b"\\n")
+except OSError as error:
+    print(error.errno)
+"""
+
+
+def test_aDeliveryThatDoesNotFitLeavesTheSpoolAsItWas(tmp_path: Path) -> None:
+    """
+    deliver, when the spool cannot grow by the whole message (a full disk:
+    here, a limit on the size of files), fails and leaves the spool as it
+    was, never with part of a message at its end.
+    """
+    spool = spoolPath(tmp_path)
+    makeSpool(spool)
+    before = spool.read_bytes()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(popsrv.__file__)))
+    result = subprocess.run([sys.executable, "-c", DELIVER_LIMITED, str(spool), str(len(before) + 500)],
+                            env=env, capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.strip() == b"%d" % errno.EFBIG
+    assert spool.read_bytes() == before

@@ -41,6 +41,9 @@ def deliver(path: str, message: bytes, sender: str = "MAILER-DAEMON", when: Opti
     """
     Append C{message} to the spool at C{path} (made, mode 0600, if it is
     missing), under its locks; return where its separator line starts.
+
+    @raise OSError: if it cannot be written whole (the spool is left as it
+        was).
     """
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
     spool = OpenedSpool.open(path, None)
@@ -56,8 +59,17 @@ def deliver(path: str, message: bytes, sender: str = "MAILER-DAEMON", when: Opti
             body = quote(message)
             if not body.endswith(b"\n"):
                 body += b"\n"
-            os.pwrite(file.fd, before + fromLine(sender, when) + body + b"\n", end)
-            os.fsync(file.fd)
+            data = before + fromLine(sender, when) + body + b"\n"
+            try:
+                # A write may write less than it is given (a full disk); the
+                # next one says why, and the spool is cut back.
+                written = 0
+                while written < len(data):
+                    written += os.pwrite(file.fd, data[written:], end + written)
+                os.fsync(file.fd)
+            except BaseException:
+                os.ftruncate(file.fd, end)
+                raise
         finally:
             locks.release()
         return end + len(before)
