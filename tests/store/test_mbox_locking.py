@@ -336,6 +336,40 @@ def test_aDirectoryPopsrvMayNotWriteMeansFcntlAlone(sharedDirectory: Path) -> No
     assert sorted(os.listdir(sharedDirectory)) == ["alice"]
 
 
+def test_aStaleDotlockPopsrvMayNotRemoveIsWaitedFor(sharedDirectory: Path) -> None:
+    """
+    A stale dotlock of another owner in a directory with the sticky bit
+    (as a world-writable /var/mail has) cannot be removed: it is waited
+    for as a held lock, and reported once (event mbox-stale-dotlock-kept),
+    with no traceback; the login then fails as after any wait.
+    """
+    spool = makeSpool(sharedDirectory)
+    spool.chmod(0o666)
+    sharedDirectory.chmod(0o1777)
+    lock = sharedDirectory / "alice.lock"
+    lock.write_bytes(b"12345\n")
+    old = time.time() - STALE_AGE - 60
+    os.utime(lock, (old, old))
+
+    def lockOnce() -> list:
+        opened = OpenedSpool.open(str(spool), None)
+        locks = SpoolLocks(opened, wait=0.3)
+        try:
+            locks.acquire()
+        except MaildropError as error:
+            return [str(error)] + [fields for _, _, fields in locks.notes]
+        finally:
+            opened.close()
+        return ["locked"]
+
+    outcome = asNobody(lockOnce)
+    assert outcome[0] == f"{spool} is locked by another program (dotlock)"
+    events = [fields["event"] for fields in outcome[1:]]
+    assert events == ["mbox-stale-dotlock-kept", "mbox-lock-timeout"]
+    assert outcome[1]["error"] == "Operation not permitted" and outcome[1]["age"] > STALE_AGE
+    assert lock.exists()
+
+
 def test_aSpoolPopsrvMayOnlyReadIsServedButNotRewritten(sharedDirectory: Path) -> None:
     """
     A spool popsrv may only read is served (locked with a read lock);

@@ -170,6 +170,8 @@ class SpoolLocks:
         self._locked: Optional[SpoolFile] = None
         # The dotlock's device and inode, while popsrv holds it.
         self._dotlock: Optional[Tuple[int, int]] = None
+        # Whether a stale dotlock popsrv may not remove was reported.
+        self._staleKept = False
         self.notes: List[Note] = []
 
     @property
@@ -330,7 +332,21 @@ class SpoolLocks:
         again = os.stat(self._lockName, dir_fd=directory, follow_symlinks=False)
         if (again.st_ino, again.st_mtime_ns) != (held.st_ino, held.st_mtime_ns):
             return False
-        os.unlink(self._lockName, dir_fd=directory)
+        try:
+            os.unlink(self._lockName, dir_fd=directory)
+        except FileNotFoundError:
+            return False
+        except OSError as error:
+            # Another user's, in a directory with the sticky bit: only its
+            # owner may remove it.  Wait as for a lock that is held.
+            if not self._staleKept:
+                self._staleKept = True
+                self.notes.append((
+                    "warn", "cannot remove the stale dotlock of {path} ({why}): {error}",
+                    {"path": self._spool.path, "age": age, "why": why, "error": error.strerror,
+                     "event": "mbox-stale-dotlock-kept"},
+                ))
+            return False
         self.notes.append((
             "warn", "removed the stale dotlock of {path} ({why})",
             {"path": self._spool.path, "age": age, "why": why, "event": "mbox-stale-dotlock"},
