@@ -79,7 +79,7 @@ _anyNames = st.one_of(
         st.tuples(st.integers(0, 3), st.integers(0, 3)), st.integers(0, 10**12), st.integers(0, 10**7),
         st.sampled_from(["h", "x" * 70, "a:b", "", "M7"]),
         st.sampled_from([",S=3,W=4", ",W=4", ",W=04", ",S=3", ",W=4,S=3", ",W=4,W=5", ",W=\u0663"]),
-        st.sampled_from(["", ":", ":2,", ":2,S", ":2,FS", ":1,S", ":2,S:x", "\n:2,S"]),
+        st.sampled_from(["", ":", ":2,", ":2,S", ":2,FS", ":2,F", ":2,RT", ":1,S", ":2,S:x", "\n:2,S"]),
     ),
 )
 
@@ -92,6 +92,15 @@ def test_theUsualNameIsParsedAsTheGeneralRulesParseIt(name: str) -> None:
     name gives the same sort key, base name, uid, size and seen flag.
     """
     assert listingModule._parse(name) == listingModule._parseAnyName(name)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_anyNames, max_size=20))
+def test_namesParsedTogetherAreParsedAsOneByOne(names) -> None:
+    """
+    Names parsed in one search of them all give what each gives alone.
+    """
+    assert listingModule._parseMany(names) == [listingModule._parse(name) for name in names]
 
 
 @pytest.mark.parametrize("name", [

@@ -40,12 +40,14 @@ _UID_OCTETS = re.compile(r"[\x21-\x7e]{1,70}")
 # any, without their leading zeros), then ",S=" (optional) and ",W=", which
 # end the base name, then the info part (optional; its flags if it is of
 # the "2," kind).  Any other name is parsed by the general rules (which
-# give the same for these: a test checks it).
-_USUAL_NAME = re.compile(
+# give the same for these: a test checks it).  No file name holds a NUL.
+_USUAL = (
     r"(?P<base>(?P<unique>(?:0*(?P<seconds>[0-9]+)(?:\.M0*(?P<micro>[0-9]+))?)?[\x21-\x2b\x2d-\x39\x3b-\x7e]*)"
-    r"(?:,S=[0-9]+)?,W=(?P<size>[0-9]+))(?::(?:2,(?P<flags>.*)|.*))?",
-    re.DOTALL,
+    r"(?:,S=[0-9]+)?,W=(?P<size>[0-9]+))(?::(?:2,(?P<flags>[^\0]*)|[^\0]*))?"
 )
+_USUAL_NAME = re.compile(_USUAL)
+# Names, each ended by a NUL: a usual one, or any other.
+_NAMES = re.compile(f"(?:{_USUAL}|[^\\0]*)\\0")
 # Longest uid taken as it is.
 _UID_LENGTH = 70
 
@@ -130,6 +132,22 @@ def _parse(fileName: str) -> Optional[ParsedName]:
         return _parseAnyName(fileName)
     seen = flags is not None and "S" in flags
     return (_sortKey(seconds or "0", micro or "0", unique, base, fileName), base, unique, int(size), seen)
+
+
+def _parseMany(names: list[str]) -> list[Optional[ParsedName]]:
+    """
+    Parse names of C{cur/} as L{_parse} does, all in one search of the
+    names put end to end (a fifth quicker than a match each).
+    """
+    found = _NAMES.findall("\0".join(names) + "\0")
+    entries: list[Optional[ParsedName]] = []
+    for fileName, (base, unique, seconds, micro, size, flags) in zip(names, found):
+        if not base or not 0 < len(unique) <= _UID_LENGTH:
+            entries.append(_parseAnyName(fileName))
+        else:
+            key = _sortKey(seconds or "0", micro or "0", unique, base, fileName)
+            entries.append((key, base, unique, int(size), "S" in flags))
+    return entries
 
 
 # Sorting or merging this many names holds the GIL for a few milliseconds.
@@ -222,7 +240,7 @@ class CurListing:
             let other threads run).
         """
         parsed = self._parsed
-        fresh = [name for name in names if name not in parsed]
+        fresh = [name for name in names if name not in parsed] if parsed else names
         known = len(names) - len(fresh)
         if not fresh and known == len(parsed):
             return
@@ -230,12 +248,12 @@ class CurListing:
             present = set(names)
             self._parsed = parsed = {name: p for name, p in parsed.items() if name in present}
         kept = [name for name in self._order if name in parsed]
-        added = []
+        added: list[str] = []
+        addedKeys: list[str] = []
         for start in range(0, len(fresh), ACCOUNT_STEP):
             batch = fresh[start:start + ACCOUNT_STEP]
             account(len(batch))
-            for name in batch:
-                entry = _parse(name)
+            for name, entry in zip(batch, _parseMany(batch)):
                 if entry is None:
                     renamed = withSize(name)
                     if renamed is None:
@@ -250,18 +268,21 @@ class CurListing:
                     continue
                 parsed[name] = entry
                 added.append(name)
+                addedKeys.append(entry[0])
         # The sort keys are sorted, not the names: strings compared in C,
-        # without a key function (which would take most of the time).
-        addedKeys = _sortedInSteps([parsed[name][0] for name in added], pause)
+        # without a key function (which would take most of the time); then
+        # each key is mapped back to its name, in C too.
+        named = dict(zip(addedKeys, added))
+        addedKeys = _sortedInSteps(addedKeys, pause)
         keptKeys = [parsed[name][0] for name in kept]
+        named.update(zip(keptKeys, kept))
         if len(keptKeys) <= SORT_STEP or len(addedKeys) <= SORT_STEP:
             # Two sorted runs, one short: the sort merges them at once.
             keptKeys.extend(addedKeys)
             keptKeys.sort()
         else:
             keptKeys = _mergedInSteps([keptKeys, addedKeys], pause)
-        named = {entry[0]: name for name, entry in parsed.items()}
-        self._order = [named[key] for key in keptKeys]
+        self._order = list(map(named.__getitem__, keptKeys))
         self._publish(pause)
 
     def _publish(self, pause: Callable[[], None]) -> None:
