@@ -7,7 +7,7 @@ new message for user "big", keeps connecting as another client and timing
 how long the greeting takes, logs in as "big" meanwhile, and reports the
 login time and the greeting latencies seen during it.
 
-    python benchmarks/stall.py --megabytes 300
+    python benchmarks/stall.py --megabytes 300 [--tree ANOTHER_CHECKOUT]
 
 Bounded: one login, and greeting probes for at most --seconds.
 """
@@ -38,7 +38,7 @@ def main(args) -> None:
     try:
         line = b"x" * 99 + b"\n"
         deliver(os.path.join(root, "mail", "big"), b"Subject: big\n\n" + line * (args.megabytes * 10000))
-        server = popsrv.start(os.path.join(root, "mail"), {"big": "pw", "small": "pw"})
+        server = popsrv.start(os.path.join(root, "mail"), {"big": "pw", "small": "pw"}, tree=args.tree)
         port = server.port
         try:
             probes: list[tuple[float, float]] = []
@@ -79,4 +79,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--megabytes", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--tree", default=popsrv.ROOT, help="the popsrv checkout to run (default: this one)")
     main(parser.parse_args())

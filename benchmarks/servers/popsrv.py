@@ -48,7 +48,12 @@ def available():
 
 
 def start(
-    maildirRoot: str, users: dict[str, str], *extra: str, authType: str = "passwd-file", name: str = "popsrv"
+    maildirRoot: str,
+    users: dict[str, str],
+    *extra: str,
+    authType: str = "passwd-file",
+    name: str = "popsrv",
+    tree: str = ROOT,
 ) -> RunningServer:
     """
     Start `twistd -n popsrv` for C{users} (name to password, or to a stored
@@ -56,7 +61,8 @@ def start(
     127.0.0.1, serving C{maildirRoot}; return once it listens.
 
     By default users are in a C{passwd-file:} with C{{PLAIN}} entries, as
-    Dovecot's are in its runs.
+    Dovecot's are in its runs. C{tree} is the checkout whose code runs
+    (this one by default; another, to compare with an earlier version).
     """
     workdir = tempfile.TemporaryDirectory(prefix="popsrv-bench-")
     passwd = os.path.join(workdir.name, "passwd")
@@ -69,7 +75,7 @@ def start(
     process = subprocess.Popen(
         [twistd, "-n", "--pidfile=", "--logfile=-", "popsrv", "--listen", "tcp:0:interface=127.0.0.1",
          "--maildir-root", maildirRoot, "--auth", f"{authType}:{passwd}", *extra],
-        cwd=workdir.name, env=dict(os.environ, PYTHONPATH=ROOT),
+        cwd=workdir.name, env=dict(os.environ, PYTHONPATH=tree),
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 30

@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 
 from popsrv.messages import MessageInfo, MessageList
 from popsrv.store.maildir import MaildirMaildrop, deliver
+from popsrv.store.maildir import listing as listingModule
 from popsrv.store.maildir import maildrop as maildir
 from popsrv.store.maildir.directory import Directory
-from popsrv.store.maildir.listing import CurListing, ListingCache
+from popsrv.store.maildir.listing import CurListing, ListingCache, orderKey
 
 
 def noSize(name: str):
@@ -63,6 +64,97 @@ def test_anUpdatedListingEqualsAFreshOne(generations) -> None:
         assert len({info.uid for info in listing.messages}) == len(names)
 
 
+# Pieces of hostile and unusual names: digits with leading zeros, numbers
+# too big for any clock, size fields in odd places, printable and
+# unprintable, non-ASCII digits and letters, bytes that are not UTF-8.
+_pieces = st.sampled_from([
+    "0", "00", "7", "1600000000", "9" * 30, ".M", ".M0", ".M012", "P7", ".host", ",S=", ",W=", "12", ",", ":",
+    ":2,", "S", "F", "x" * 40, "\x7f", " ", "\u0663", "\udcff", "\n", "=", "W", "\u00e9", "\x01",
+])
+_anyNames = st.one_of(
+    st.lists(_pieces, min_size=1, max_size=12).map("".join),
+    _names,
+    st.builds(
+        lambda zeros, t, u, host, sizes, info: f"{'0' * zeros[0]}{t}.M{'0' * zeros[1]}{u}P1.{host}{sizes}{info}",
+        st.tuples(st.integers(0, 3), st.integers(0, 3)), st.integers(0, 10**12), st.integers(0, 10**7),
+        st.sampled_from(["h", "x" * 70, "a:b", "", "M7"]),
+        st.sampled_from([",S=3,W=4", ",W=4", ",W=04", ",S=3", ",W=4,S=3", ",W=4,W=5", ",W=\u0663"]),
+        st.sampled_from(["", ":", ":2,", ":2,S", ":2,FS", ":2,F", ":2,RT", ":1,S", ":2,S:x", "\n:2,S"]),
+    ),
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_anyNames)
+def test_theUsualNameIsParsedAsTheGeneralRulesParseIt(name: str) -> None:
+    """
+    Parsed by the one match of the usual name or by the general rules, any
+    name gives the same sort key, base name, uid, size and seen flag.
+    """
+    assert listingModule._parse(name) == listingModule._parseAnyName(name)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_anyNames, max_size=20))
+def test_namesParsedTogetherAreParsedAsOneByOne(names) -> None:
+    """
+    Names parsed in one search of them all give what each gives alone.
+    """
+    assert listingModule._parseMany(names) == [listingModule._parse(name) for name in names]
+
+
+@pytest.mark.parametrize("name", [
+    "1600000000.M7P1.h,S=3,W=4:2,S", "0001600000000.M0012P1.h,W=4", "x.y,S=1,W=2:2,", "1.M,W=4:", "7,W=7",
+])
+def test_usualNamesTakeTheQuickWay(name: str, monkeypatch) -> None:
+    """
+    The names delivery agents and popsrv write are parsed by one match (so
+    the test above compares two different ways), others are not.
+    """
+    monkeypatch.setattr(listingModule, "_parseAnyName", lambda name: pytest.fail(f"{name} parsed slowly"))
+    assert listingModule._parse(name) is not None
+
+
+@pytest.mark.parametrize(
+    "name", ["1.a,W=1,S=2", "x" * 71 + ",W=1", ",W=1", "1.\u00e9,W=1", "1.a b,W=1", "1.a,W=\u0663"]
+)
+def test_otherNamesFollowTheGeneralRules(name: str, monkeypatch) -> None:
+    """
+    A name the one match does not cover (size fields in another order, a
+    unique part too long or empty or not printable ASCII, digits that are
+    not ASCII) is parsed by the general rules.
+    """
+    slowly = []
+    parseAnyName = listingModule._parseAnyName
+    monkeypatch.setattr(listingModule, "_parseAnyName", lambda name: slowly.append(name) or parseAnyName(name))
+    listingModule._parse(name)
+    assert slowly == [name]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_anyNames, unique=True, max_size=30))
+def test_theSortKeySortsAsTheOrderKey(names) -> None:
+    """
+    Names sort by their sort keys as by their order keys (delivery time,
+    microseconds, unique part, base), then by the name itself.
+    """
+    usable = [name for name in names if listingModule._parse(name) is not None]
+    bySortKey = sorted(usable, key=lambda name: listingModule._parse(name)[0])  # type: ignore[index]
+    assert bySortKey == sorted(usable, key=lambda name: (orderKey(name), name))
+
+
+def test_parsingIsAccountedInSteps() -> None:
+    """
+    An update accounts for the names it parses in steps of at most
+    L{ACCOUNT_STEP}, every name once.
+    """
+    names = [f"{1_600_000_000 + n}.M1P1Q{n}.h,W=6:2," for n in range(1000)]
+    counts: list = []
+    CurListing().update(names, noSize, counts.append)
+    assert sum(counts) == 1000
+    assert max(counts) == listingModule.ACCOUNT_STEP
+
+
 def test_anUnchangedListingKeepsItsSnapshot() -> None:
     """
     When no name changed, the update parses nothing and the snapshot is the
@@ -72,7 +164,7 @@ def test_anUnchangedListingKeepsItsSnapshot() -> None:
     listing = fresh(names)
     before = listing.messages
     parsed = []
-    listing.update(list(reversed(names)), noSize, lambda: parsed.append(1))
+    listing.update(list(reversed(names)), noSize, parsed.append)
     assert listing.messages is before
     assert parsed == []
 
@@ -85,8 +177,8 @@ def test_onlyNewNamesAreParsed() -> None:
     names = [f"{1_600_000_000 + n}.M1P1Q{n}.h,W=6:2," for n in range(50)]
     listing = fresh(names)
     parsed = []
-    listing.update(names + ["1700000000.M1P1Q9.h,W=9:2,"], noSize, lambda: parsed.append(1))
-    assert len(parsed) == 1
+    listing.update(names + ["1700000000.M1P1Q9.h,W=9:2,"], noSize, parsed.append)
+    assert parsed == [1]
     assert listing.messages[-1].uid == "1700000000.M1P1Q9.h"
     assert listing.messages[-1].size == 9
 
@@ -100,6 +192,21 @@ def test_namesWithoutASizeAreHandedToWithSize() -> None:
     listing.update(["1.a:2,", "2.b:2,"], lambda name: None if name == "2.b:2," else "1.a,W=4:2,")
     assert [(info.uid, info.size) for info in listing.messages] == [("1.a", 4)]
     assert listing.fileNames == {"1.a": "1.a,W=4:2,"}
+
+
+def test_aMeasuredNameThatWasKnownIsListedOnce() -> None:
+    """
+    A name without C{,W=} that, measured, takes a name the listing knew
+    (the file of that name vanished since) or a name listed as well (the
+    rename replaced that file) is one message, not two.
+    """
+    listing = fresh(["1.a,S=1,W=2:2,", "2.b,W=1"])
+    listing.update(["1.a,S=1:2,", "2.b,W=1"], lambda name: "1.a,S=1,W=2:2,")
+    assert [(info.uid, info.size) for info in listing.messages] == [("1.a", 2), ("2.b", 1)]
+    assert listing.fileNames == {"1.a": "1.a,S=1,W=2:2,", "2.b": "2.b,W=1"}
+    listing = CurListing()
+    listing.update(["1.a,S=1:2,", "1.a,S=1,W=2:2,"], lambda name: "1.a,S=1,W=2:2,")
+    assert [(info.uid, info.size) for info in listing.messages] == [("1.a", 2)]
 
 
 def test_theCacheKeepsListingsWithinItsCapacity() -> None:
@@ -370,9 +477,6 @@ def test_sortingInStepsKeepsTheOrder(monkeypatch) -> None:
     names at once), the names come out in the order one sort gives.
     """
     import random
-
-    from popsrv.store.maildir import listing as listingModule
-    from popsrv.store.maildir.listing import orderKey
 
     monkeypatch.setattr(listingModule, "SORT_STEP", 4)
     rng = random.Random(7)

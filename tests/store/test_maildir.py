@@ -845,7 +845,7 @@ def test_quickListingNeverMeasuresNewMail(tmp_path, monkeypatch):
     just then is left for the next session instead of being measured on
     the calling thread.
     """
-    from popsrv.store.maildir import newmail
+    from popsrv.store.maildir import intake
 
     deliver(str(tmp_path), b"Subject: old\n\nbody\n")
     listOnce(tmp_path)
@@ -860,7 +860,7 @@ def test_quickListingNeverMeasuresNewMail(tmp_path, monkeypatch):
         return answer
 
     monkeypatch.setattr(maildrop, "_quickToList", deliverAfterTheCheck)
-    monkeypatch.setattr(newmail, "measure", lambda *a: pytest.fail("measured on the calling thread"))
+    monkeypatch.setattr(intake, "measure", lambda *a: pytest.fail("measured on the calling thread"))
     assert len(maildrop.listMessages()) == 1
     maildrop.release()
     assert os.listdir(tmp_path / "new") == late

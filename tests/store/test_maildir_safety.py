@@ -500,20 +500,20 @@ def test_unsizedMessageMeasuredInThePool(
     Maildir without new mail, is measured in the thread pool, never in the
     reactor's thread, and gets its sizes in its name.
     """
-    from popsrv.store.maildir import newmail
+    from popsrv.store.maildir import intake
 
     alice, _ = twoUsers(tmp_path)
     big = alice / "cur" / "1500.M1P1.big:2,"
     with open(big, "wb") as f:
         f.truncate(64 * 2**20)
     threads = []
-    measure = newmail.measure
+    measure = intake.measure
 
     def recordingMeasure(*args: object, **kwargs: object) -> tuple[int, int]:
         threads.append(threading.current_thread())
         return measure(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(newmail, "measure", recordingMeasure)
+    monkeypatch.setattr(intake, "measure", recordingMeasure)
     maildrop = MaildirMaildrop(str(alice), "alice", runner=threadRunner(reactorThread.reactor))
 
     def session() -> list[int]:

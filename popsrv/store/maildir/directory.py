@@ -18,32 +18,30 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import os
 import stat
 import threading
 from typing import BinaryIO, Callable, Iterator, List, Optional, Tuple
 
 from popsrv.errors import MaildropError, MaildropLocked, MaildropUnusable
-from popsrv.store.paths import NOT_A_FILE_ERRORS as _NOT_A_FILE_ERRORS
-from popsrv.store.paths import OPEN_DIRECTORY
+from popsrv.store.maildir.intake import (
+    NOT_A_FILE_ERRORS,
+    NotAFile,
+    entriesOf,
+    listDirectory,
+    openRegular,
+)
 from popsrv.store.paths import openDirectory as _openDirectory
 from popsrv.store.paths import walk as _walk
 
 __all__ = ["LOCK_FILE", "Directory", "NotAFile", "OpenedMaildir"]
 
 LOCK_FILE = "popsrv.lock"
-OPEN_MESSAGE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 OPEN_LOCK = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
-class NotAFile(Exception):
-    """
-    A name that should be a message file is something else: a symbolic
-    link, a FIFO, a socket, a device or a directory.
-    """
-
-
-def _nothing() -> None:
+def _nothing(count: int) -> None:
     """Do nothing (the default pacing of a listing)."""
 
 
@@ -65,37 +63,23 @@ class Directory:
         """
         return os.fstat(self._fd)
 
-    @contextlib.contextmanager
-    def _scan(self) -> Iterator[Iterator[os.DirEntry[str]]]:
+    def fileno(self) -> int:
         """
-        Read the directory's entries, through a descriptor of its own, so
-        that the reading starts at the first entry whatever another reading
-        of this directory did.
+        The directory's descriptor (for a helper process to inherit).
         """
-        fd = os.open(".", OPEN_DIRECTORY, dir_fd=self._fd)
-        try:
-            with os.scandir(fd) as entries:
-                yield entries
-        finally:
-            os.close(fd)
+        return self._fd
 
-    def listFiles(self, account: Callable[[], None] = _nothing) -> Tuple[List[str], List[str]]:
+    def listFiles(self, account: Callable[[int], None] = _nothing) -> Tuple[List[str], List[str]]:
         """
         List the directory: the names of its regular files, and the names of
         what else it holds (links, FIFOs, devices, directories); names that
-        start with a dot are neither.
+        start with a dot are neither.  See
+        L{popsrv.store.maildir.intake.listDirectory}.
 
-        @param account: called for each entry (to pace the work).
+        @param account: called with the number of entries about to be
+            looked at, every so often (to pace the work).
         """
-        files: List[str] = []
-        others: List[str] = []
-        with self._scan() as entries:
-            for entry in entries:
-                account()
-                if entry.name.startswith("."):
-                    continue
-                (files if entry.is_file(follow_symlinks=False) else others).append(entry.name)
-        return files, others
+        return listDirectory(self._fd, account)
 
     def looksEmpty(self, limit: int) -> bool:
         """
@@ -103,33 +87,36 @@ class Directory:
         looking at C{limit} entries at most (it is taken for not empty if
         there are more).
         """
-        with self._scan() as entries:
+        with entriesOf(self._fd) as entries:
             for looked, entry in enumerate(entries):
                 if looked >= limit or not entry.name.startswith("."):
                     return False
         return True
 
+    def holdsAtLeast(self, count: int) -> bool:
+        """
+        Whether the directory has C{count} entries or more (any name but
+        C{.} and C{..}), reading C{count} at most.
+        """
+        with entriesOf(self._fd) as entries:
+            return sum(1 for _ in itertools.islice(entries, count)) >= count
+
     def openMessage(self, name: str) -> BinaryIO:
         """
-        Open a regular file of the directory for reading.
+        Open a regular file of the directory for reading, as a blocking file
+        object.
 
         It is opened without following a link, without blocking (a FIFO
         opens at once) and without becoming a controlling terminal, and
         used only if, once open, it is a regular file: its name is looked
         up once, by the open itself (no C{stat} first on the way of RETR).
+        See L{popsrv.store.maildir.intake.openRegular}.
 
         @raise NotAFile: if it is not a regular file.
         @raise FileNotFoundError: if it is gone.
         """
+        fd, _ = openRegular(self._fd, name)
         try:
-            fd = os.open(name, OPEN_MESSAGE, dir_fd=self._fd)
-        except OSError as error:
-            if error.errno in _NOT_A_FILE_ERRORS:
-                raise NotAFile(name) from None
-            raise
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise NotAFile(name)
             os.set_blocking(fd, True)
             return os.fdopen(fd, "rb", buffering=0)
         except BaseException:
@@ -167,7 +154,7 @@ def _lockExclusively(root: int, path: str, owner: str) -> int:
     try:
         fd = os.open(LOCK_FILE, OPEN_LOCK, 0o600, dir_fd=root)
     except OSError as error:
-        if error.errno in _NOT_A_FILE_ERRORS:
+        if error.errno in NOT_A_FILE_ERRORS:
             raise MaildropUnusable(f"{os.path.join(path, LOCK_FILE)} is not a regular file") from None
         raise
     try:
@@ -277,9 +264,15 @@ class OpenedMaildir:
 
     def _closeDescriptors(self) -> None:
         """
-        Close every descriptor (the lock file's last, which unlocks).
+        Close every descriptor, the lock file's last, unlocking it first:
+        a process started meanwhile by another thread (a helper taking new
+        mail) holds a copy of every descriptor from its C{fork} to its
+        C{exec}, and closing ours alone would leave the lock held that long.
         """
         self.cur.close()
         self.new.close()
         os.close(self._root)
-        os.close(self._lock)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+        finally:
+            os.close(self._lock)

@@ -31,12 +31,13 @@ class MessageFiles:
     @param cur: C{cur/}, as opened at lock time.
     @param names: the file name of each message as the snapshot saw it
         (never changed here).
-    @param account: called for each entry of a listing (to pace the work).
+    @param account: called with the number of entries a listing is about
+        to look at, every so often (to pace the work).
 
     @ivar names: C{names}.
     """
 
-    def __init__(self, cur: Directory, names: Mapping[str, str], account: Callable[[], None]) -> None:
+    def __init__(self, cur: Directory, names: Mapping[str, str], account: Callable[[int], None]) -> None:
         self._cur = cur
         self.names = names
         self._account = account

@@ -17,33 +17,39 @@ from __future__ import annotations
 import array
 import collections
 import hashlib
-import heapq
 import re
 import threading
 from typing import Callable, Iterable, Optional, Tuple
 
 from popsrv.messages import MessageList
+from popsrv.store.maildir.intake import recordedSize, splitName
 
 # How names of cur/ sort: delivery time, microseconds, the unique part, the base.
 OrderKey = Tuple[int, int, str, str]
-# A parsed name of cur/: its sort key, base name, uid, POP3 size, seen flag.
-ParsedName = Tuple[OrderKey, str, str, int, bool]
+# A parsed name of cur/: its sort key (see _sortKey), base name, uid, POP3
+# size, seen flag.
+ParsedName = Tuple[str, str, str, int, bool]
 
-__all__ = ["CurListing", "ListingCache", "orderKey", "splitName", "uidFor", "uniquePart"]
+__all__ = ["CurListing", "ListingCache", "orderKey", "recordedSize", "splitName", "uidFor", "uniquePart"]
 
 _SIZE_FIELDS = re.compile(r",[SW]=\d+")
-_VIRTUAL_SIZE = re.compile(r",W=(\d+)")
 _DELIVERY_TIME = re.compile(r"(\d+)(?:\.M(\d+))?")
 _UID_OCTETS = re.compile(r"[\x21-\x7e]{1,70}")
-
-
-def splitName(name: str) -> tuple[str, str]:
-    """
-    Split a Maildir file name into its base name and its info part (without
-    the colon; empty if there is none).
-    """
-    base, _, info = name.partition(":")
-    return base, info
+# The usual name of cur/, parsed by one match: a unique part of printable
+# ASCII without "," or ":" (a delivery time and microseconds first, if
+# any, without their leading zeros), then ",S=" (optional) and ",W=", which
+# end the base name, then the info part (optional; its flags if it is of
+# the "2," kind).  Any other name is parsed by the general rules (which
+# give the same for these: a test checks it).  No file name holds a NUL.
+_USUAL = (
+    r"(?P<base>(?P<unique>(?:0*(?P<seconds>[0-9]+)(?:\.M0*(?P<micro>[0-9]+))?)?[\x21-\x2b\x2d-\x39\x3b-\x7e]*)"
+    r"(?:,S=[0-9]+)?,W=(?P<size>[0-9]+))(?::(?:2,(?P<flags>[^\0]*)|[^\0]*))?"
+)
+_USUAL_NAME = re.compile(_USUAL)
+# Names, each ended by a NUL: a usual one, or any other.
+_NAMES = re.compile(f"(?:{_USUAL}|[^\\0]*)\\0")
+# Longest uid taken as it is.
+_UID_LENGTH = 70
 
 
 def hashedUid(text: str) -> str:
@@ -71,7 +77,7 @@ def uidFor(base: str) -> str:
     return uid if _UID_OCTETS.fullmatch(uid) else hashedUid(uid)
 
 
-def orderKey(name: str) -> tuple[int, int, str, str]:
+def orderKey(name: str) -> OrderKey:
     """
     Sort key of a Maildir name: delivery time first (seconds, then the
     microseconds of a C{<seconds>.M<usec>...} name, which MDAs do not always
@@ -86,12 +92,33 @@ def orderKey(name: str) -> tuple[int, int, str, str]:
     return (int(match.group(1)), int(match.group(2) or 0), unique, base)
 
 
-def recordedSize(base: str) -> Optional[int]:
+def _sortKey(seconds: str, micro: str, unique: str, base: str, name: str) -> str:
     """
-    The POP3 size a base name records in its C{,W=} field, or C{None}.
+    A string that sorts as the name's L{orderKey}, then the whole name (so
+    that no two names of a directory tie): the delivery time and the
+    microseconds as digits without leading zeros, each after its length
+    (a longer number is a bigger one), and the text fields each ended by
+    a NUL, which sorts before any character of a file name.
+
+    Strings of Latin-1 characters compare at C{memcmp} speed, tuples of
+    numbers and strings field by field: this sorts 100,000 names in a
+    third of the time.
     """
-    match = _VIRTUAL_SIZE.search(base)
-    return None if match is None else int(match.group(1))
+    return f"{chr(len(seconds))}{seconds}{chr(len(micro))}{micro}\0{unique}\0{base}\0{name}"
+
+
+def _parseAnyName(fileName: str) -> Optional[ParsedName]:
+    """
+    Parse a name of C{cur/} by the general rules (L{orderKey}, L{uidFor},
+    L{recordedSize}); see L{_parse}.
+    """
+    base, flags = splitName(fileName)
+    size = recordedSize(base)
+    if size is None:
+        return None
+    seen = flags.startswith("2,") and "S" in flags[2:]
+    seconds, micro, unique, _ = orderKey(fileName)
+    return (_sortKey(str(seconds), str(micro), unique, base, fileName), base, uidFor(base), size, seen)
 
 
 def _parse(fileName: str) -> Optional[ParsedName]:
@@ -99,46 +126,76 @@ def _parse(fileName: str) -> Optional[ParsedName]:
     Parse a name of C{cur/}: its sort key, base name, uid, POP3 size and
     seen flag, or C{None} if it records no POP3 size.
 
+    The usual name takes one match of L{_USUAL_NAME} (a microsecond
+    instead of several); others are parsed by the general rules.
+
     (A plain tuple of plain values: the garbage collector stops tracking it
     at its first collection, so keeping 100,000 of them costs nothing.)
     """
-    base, flags = splitName(fileName)
-    size = recordedSize(base)
-    if size is None:
-        return None
-    seen = flags.startswith("2,") and "S" in flags[2:]
-    return (orderKey(fileName), base, uidFor(base), size, seen)
+    match = _USUAL_NAME.fullmatch(fileName)
+    if match is None:
+        return _parseAnyName(fileName)
+    base, unique, seconds, micro, size, flags = match.groups()
+    if not 0 < len(unique) <= _UID_LENGTH:
+        return _parseAnyName(fileName)
+    seen = flags is not None and "S" in flags
+    return (_sortKey(seconds or "0", micro or "0", unique, base, fileName), base, unique, int(size), seen)
+
+
+def _parseMany(names: list[str]) -> list[Optional[ParsedName]]:
+    """
+    Parse names of C{cur/} as L{_parse} does, all in one search of the
+    names put end to end (a fifth quicker than a match each).
+    """
+    found = _NAMES.findall("\0".join(names) + "\0")
+    entries: list[Optional[ParsedName]] = []
+    for fileName, (base, unique, seconds, micro, size, flags) in zip(names, found):
+        if not base or not 0 < len(unique) <= _UID_LENGTH:
+            entries.append(_parseAnyName(fileName))
+        else:
+            key = _sortKey(seconds or "0", micro or "0", unique, base, fileName)
+            entries.append((key, base, unique, int(size), "S" in flags))
+    return entries
 
 
 # Sorting or merging this many names holds the GIL for a few milliseconds.
 SORT_STEP = 4096
+# Names parsed between two calls of an update's account.
+ACCOUNT_STEP = 256
 
 
-def _sortedInSteps(names: list[str], key: Callable[[str], OrderKey], pause: Callable[[], None]) -> list[str]:
+def _sortedInSteps(keys: list[str], pause: Callable[[], None]) -> list[str]:
     """
-    Sort names in runs of L{SORT_STEP}, pausing after each, and merge the
-    runs: one sort of 100,000 names would hold the GIL for a tenth of a
-    second, and stall the reactor thread that long.
+    Sort strings in runs of L{SORT_STEP}, pausing after each, and merge the
+    runs: one sort of 100,000 sort keys would hold the GIL for tens of
+    milliseconds, and stall the reactor thread that long.
     """
-    if len(names) <= SORT_STEP:
-        return sorted(names, key=key)
+    if len(keys) <= SORT_STEP:
+        return sorted(keys)
     runs = []
-    for start in range(0, len(names), SORT_STEP):
-        runs.append(sorted(names[start:start + SORT_STEP], key=key))
+    for start in range(0, len(keys), SORT_STEP):
+        runs.append(sorted(keys[start:start + SORT_STEP]))
         pause()
-    return _mergedInSteps(runs, key, pause)
+    return _mergedInSteps(runs, pause)
 
 
-def _mergedInSteps(runs: list[list[str]], key: Callable[[str], OrderKey], pause: Callable[[], None]) -> list[str]:
+def _mergedInSteps(runs: list[list[str]], pause: Callable[[], None]) -> list[str]:
     """
-    Merge sorted runs of names, pausing every L{SORT_STEP} names.
+    Merge sorted runs of strings two by two, pausing after each merge: the
+    sort of two sorted runs put end to end merges them, in C (the last
+    merge of 100,000 sort keys holds the GIL for about 10 ms).
     """
-    merged: list[str] = []
-    for name in heapq.merge(*runs, key=key):
-        merged.append(name)
-        if len(merged) % SORT_STEP == 0:
+    while len(runs) > 1:
+        merged = []
+        for index in range(0, len(runs) - 1, 2):
+            pair = runs[index] + runs[index + 1]
+            pair.sort()
+            merged.append(pair)
             pause()
-    return merged
+        if len(runs) % 2:
+            merged.append(runs[-1])
+        runs = merged
+    return runs[0] if runs else []
 
 
 class CurListing:
@@ -175,7 +232,7 @@ class CurListing:
         self,
         names: list[str],
         withSize: Callable[[str], Optional[str]],
-        account: Callable[[], None] = lambda: None,
+        account: Callable[[int], None] = lambda count: None,
         pause: Callable[[], None] = lambda: None,
     ) -> None:
         """
@@ -185,44 +242,55 @@ class CurListing:
         @param withSize: called with each name that records no POP3 size;
             returns the file's new name, which does, or C{None} if the
             message is gone.
-        @param account: called for each name parsed (to pace CPU work).
+        @param account: called with a number of names about to be parsed,
+            for every L{ACCOUNT_STEP} of them (to pace CPU work).
         @param pause: called between the steps of sorting many names (to
             let other threads run).
         """
         parsed = self._parsed
-        fresh = [name for name in names if name not in parsed]
+        fresh = [name for name in names if name not in parsed] if parsed else names
         known = len(names) - len(fresh)
         if not fresh and known == len(parsed):
             return
         if known != len(parsed):
             present = set(names)
             self._parsed = parsed = {name: p for name, p in parsed.items() if name in present}
-        added = []
-        for name in fresh:
-            account()
-            entry = _parse(name)
-            if entry is None:
-                renamed = withSize(name)
-                if renamed is None:
-                    continue
-                entry = _parse(renamed)
-                if entry is None:
-                    continue
-                name = renamed
-            parsed[name] = entry
-            added.append(name)
-        def key(name: str) -> OrderKey:
-            return parsed[name][0]
-
-        added = _sortedInSteps(added, key, pause)
         kept = [name for name in self._order if name in parsed]
-        if len(kept) <= SORT_STEP or len(added) <= SORT_STEP:
+        added: list[str] = []
+        addedKeys: list[str] = []
+        for start in range(0, len(fresh), ACCOUNT_STEP):
+            batch = fresh[start:start + ACCOUNT_STEP]
+            account(len(batch))
+            for name, entry in zip(batch, _parseMany(batch)):
+                if entry is None:
+                    renamed = withSize(name)
+                    if renamed is None:
+                        continue
+                    entry = _parse(renamed)
+                    if entry is None:
+                        continue
+                    name = renamed
+                if name in parsed:
+                    # Measured, it took the name of a file listed as well
+                    # (which the rename replaced): one message, not two.
+                    continue
+                parsed[name] = entry
+                added.append(name)
+                addedKeys.append(entry[0])
+        # The sort keys are sorted, not the names: strings compared in C,
+        # without a key function (which would take most of the time); then
+        # each key is mapped back to its name, in C too.
+        named = dict(zip(addedKeys, added))
+        addedKeys = _sortedInSteps(addedKeys, pause)
+        keptKeys = [parsed[name][0] for name in kept]
+        named.update(zip(keptKeys, kept))
+        if len(keptKeys) <= SORT_STEP or len(addedKeys) <= SORT_STEP:
             # Two sorted runs, one short: the sort merges them at once.
-            kept.extend(added)
-            kept.sort(key=key)
-            self._order = kept
+            keptKeys.extend(addedKeys)
+            keptKeys.sort()
         else:
-            self._order = _mergedInSteps([kept, added], key, pause)
+            keptKeys = _mergedInSteps([keptKeys, addedKeys], pause)
+        self._order = list(map(named.__getitem__, keptKeys))
         self._publish(pause)
 
     def _publish(self, pause: Callable[[], None]) -> None:

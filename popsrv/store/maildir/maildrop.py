@@ -4,7 +4,10 @@ The production backend: a user's maildrop is a Maildir on disk.
 Layout and rules (the Maildir conventions of qmail, Courier and Dovecot):
     - C{new/} holds delivered mail; at login its messages move to C{cur/},
       with C{,S=<file size>,W=<POP3 size>} recorded in the name and an
-      empty C{:2,} info part, so later logins need not read them again.
+      empty C{:2,} info part, so later logins need not read them again:
+      each in one C{rename}, so that a crash or C{kill -9} at any moment
+      loses and duplicates nothing (a big C{new/} is taken by a helper
+      process, see L{popsrv.store.maildir.newmail}).
     - A message's uid (UIDL) is its base name (before C{:}) without the
       C{,S=} and C{,W=} fields, so it stays the same when those fields or
       the flags change; a base name that is not 1 to 70 printable octets is
@@ -115,7 +118,8 @@ class MaildirMaildrop:
     """
     One user's Maildir, used by one POP3 session.
 
-    Listing (which may read new messages whole to measure them), committing
+    Listing (which may read new messages whole to measure them, or wait for
+    a helper process that does), committing
     (which unlinks and renames many files) and looking for a message renamed
     by another program are blocking file work: give a C{runner} such as
     L{threadRunner} to do them outside the reactor thread.  Work that is
@@ -157,6 +161,8 @@ class MaildirMaildrop:
         # The old UIDLs of the last snapshot, and what to log about them.
         self._found: Optional[Found] = None
         self._oldUidNotes: Tuple[Sequence[Note], Optional[int]] = ([], None)
+        # Why the helper process that took new mail failed, if it did.
+        self._helperProblem: Optional[str] = None
 
     def lock(self) -> None:
         """
@@ -207,6 +213,14 @@ class MaildirMaildrop:
         its messages.
         """
         messages, skipped, unusable = snapshot
+        problem, self._helperProblem = self._helperProblem, None
+        if problem is not None:
+            log.warn(
+                "could not take the new mail of {path} in a helper process ({why}): taken in the server",
+                path=self.path,
+                why=problem,
+                event="intake-helper-failed",
+            )
         if skipped:
             log.warn(
                 "skipped {count} entries of {path} that are not regular files: {names}",
@@ -268,7 +282,7 @@ class MaildirMaildrop:
             skipped: List[str] = []
             self._unusable = []
             if deliverNew:
-                others, unusable = takeNewMail(maildir.new, maildir.cur, self._pacer)
+                others, unusable, self._helperProblem = takeNewMail(maildir.new, maildir.cur, self._pacer, inThread)
                 skipped = ["new/" + name for name in others]
                 self._unusable = [("new/" + name, why) for name, why in unusable]
             listing = LISTINGS.take(self._listingKey)
@@ -283,13 +297,13 @@ class MaildirMaildrop:
                         time.sleep(left / 1e9)
                         before = maildir.cur.status()
                 started = _nowNS()
-                names, others = maildir.cur.listFiles(self._accountEntry)
+                names, others = maildir.cur.listFiles(self._accountEntries)
                 if not mayMeasure and any(recordedSize(splitName(name)[0]) is None for name in names):
                     LISTINGS.give(self._listingKey, listing)
                     raise _NeedsMeasuring()
                 skipped += ["cur/" + name for name in others]
                 withSize = functools.partial(self._recordSizeInCur, maildir)
-                listing.update(names, withSize, self._accountName, self._pause)
+                listing.update(names, withSize, self._accountNames, self._pause)
                 # The listing is complete for this modification time of cur/
                 # if that time's clock tick was over when the listing began:
                 # any later change of cur/ gives it a later one.
@@ -307,14 +321,14 @@ class MaildirMaildrop:
                 self._listingKey, self._found.oldUids, messages, fileNames, self._pause
             )
             self._oldUidNotes = (notes, matched)
-        self._files = MessageFiles(maildir.cur, fileNames, self._accountEntry)
+        self._files = MessageFiles(maildir.cur, fileNames, self._accountEntries)
         return messages, skipped, self._unusable
 
-    def _accountName(self) -> None:
-        self._pacer.account(NAME_WORK)
+    def _accountNames(self, count: int) -> None:
+        self._pacer.account(count * NAME_WORK)
 
-    def _accountEntry(self) -> None:
-        self._pacer.account(ENTRY_WORK)
+    def _accountEntries(self, count: int) -> None:
+        self._pacer.account(count * ENTRY_WORK)
 
     def _pause(self) -> None:
         """
