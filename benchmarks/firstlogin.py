@@ -229,12 +229,21 @@ def median(values) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def spread(durations: list[float]) -> str:
+    """
+    The median, 99th percentile and worst of sorted durations, in ms.
+    """
+    if not durations:
+        return "-"
+    return f"{ms(median(durations))} / {ms(durations[int(len(durations) * 0.99)])} / {ms(durations[-1])}"
+
+
 def main(args) -> None:
     templates = tempfile.mkdtemp(prefix="popsrv-firstlogin-")
     try:
         print("| layout | server | PASS + STAT alone, median ms (min-max) | PASS + STAT with other sessions, "
-              "median ms (min-max) | other sessions during it | their greeting, median / worst ms | "
-              "their session, median / worst ms | a session on the idle server, median ms |")
+              "median ms (min-max) | other sessions during it | their greeting, median / p99 / worst ms | "
+              "their session, median / p99 / worst ms | a session on the idle server, median ms |")
         print("|---|---|---|---|---|---|---|---|", flush=True)
         for layout in args.layouts:
             template = os.path.join(templates, layout)
@@ -251,7 +260,7 @@ def main(args) -> None:
                 print(
                     f"| {layout} | {name} | {ms(median(quiet))} ({ms(quiet[0])}-{ms(quiet[-1])}) | "
                     f"{ms(median(loaded))} ({ms(loaded[0])}-{ms(loaded[-1])}) | {len(sessions)} | "
-                    f"{ms(median(greetings))} / {ms(greetings[-1])} | {ms(median(sessions))} / {ms(sessions[-1])} | "
+                    f"{spread(greetings)} | {spread(sessions)} | "
                     f"{ms(median([run['idle'] for run in alone + probed]))} |",
                     flush=True,
                 )

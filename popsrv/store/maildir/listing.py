@@ -258,9 +258,14 @@ class CurListing:
         kept = [name for name in self._order if name in parsed]
         added: list[str] = []
         addedKeys: list[str] = []
+        # Each sort key's name.  (Built step by step: a sort key is hashed
+        # when it first goes into a dictionary, and hashing 100,000 of them
+        # in one call would hold the GIL for 20 ms.)
+        named: dict[str, str] = {}
         for start in range(0, len(fresh), ACCOUNT_STEP):
             batch = fresh[start:start + ACCOUNT_STEP]
             account(len(batch))
+            mark = len(added)
             for name, entry in zip(batch, _parseMany(batch)):
                 if entry is None:
                     renamed = withSize(name)
@@ -277,10 +282,10 @@ class CurListing:
                 parsed[name] = entry
                 added.append(name)
                 addedKeys.append(entry[0])
+            named.update(zip(addedKeys[mark:], added[mark:]))
         # The sort keys are sorted, not the names: strings compared in C,
         # without a key function (which would take most of the time); then
         # each key is mapped back to its name, in C too.
-        named = dict(zip(addedKeys, added))
         addedKeys = _sortedInSteps(addedKeys, pause)
         keptKeys = [parsed[name][0] for name in kept]
         named.update(zip(keptKeys, kept))
@@ -290,7 +295,12 @@ class CurListing:
             keptKeys.sort()
         else:
             keptKeys = _mergedInSteps([keptKeys, addedKeys], pause)
-        self._order = list(map(named.__getitem__, keptKeys))
+        order: list[str] = []
+        for start in range(0, len(keptKeys), SORT_STEP):
+            if start:
+                pause()
+            order.extend(map(named.__getitem__, keptKeys[start:start + SORT_STEP]))
+        self._order = order
         self._publish(pause)
 
     def _publish(self, pause: Callable[[], None]) -> None:
