@@ -40,12 +40,16 @@ def snapshotOf(listing: CurListing):
 # Names as MDAs write them, some with colliding uids (alike but for their
 # size fields or flags), some unordered by time, some not Maildir-like.
 _seconds = st.integers(1_600_000_000, 1_600_000_003)
-_names = st.one_of(
+_usualNames = st.one_of(
     st.builds(
         lambda t, u, q, w, flags: f"{t}.M{u}P7Q{q}.host,S={w},W={w + 1}:2,{flags}",
         _seconds, st.integers(0, 999_999), st.integers(0, 3), st.integers(1, 3), st.sampled_from(["", "S", "FS"]),
     ),
     st.builds(lambda t, w: f"{t}.odd,W={w}", _seconds, st.integers(1, 3)),
+    st.builds(lambda t, w: f"{t}.V801I{w}.host,W={w}:2,S", _seconds, st.integers(1, 3)),
+)
+_names = st.one_of(
+    _usualNames,
     st.builds(lambda w: f"not-a-time-{'x' * 80},W={w}:2,", st.integers(1, 2)),
 )
 
@@ -94,13 +98,48 @@ def test_theUsualNameIsParsedAsTheGeneralRulesParseIt(name: str) -> None:
     assert listingModule._parse(name) == listingModule._parseAnyName(name)
 
 
+def columnsOf(entries) -> tuple:
+    return (
+        [entry[0] for entry in entries], [entry[5] for entry in entries], [entry[2] for entry in entries],
+        [entry[3] for entry in entries], [entry[4] for entry in entries],
+    )
+
+
+def parsedTogether(names) -> tuple:
+    columns = listingModule._Columns()
+    unsized = listingModule._parseColumns(names, columns)
+    together = (columns.keys, columns.names, columns.uids, list(columns.sizes), [bool(s) for s in columns.seen])
+    return together, unsized
+
+
 @settings(max_examples=500, deadline=None)
 @given(st.lists(_anyNames, max_size=20))
 def test_namesParsedTogetherAreParsedAsOneByOne(names) -> None:
     """
-    Names parsed in one search of them all give what each gives alone.
+    Names parsed together, column by column, give what each gives alone;
+    those that record no size are handed back.
     """
-    assert listingModule._parseMany(names) == [listingModule._parse(name) for name in names]
+    alone = [listingModule._parse(name) for name in names]
+    together, unsized = parsedTogether(names)
+    assert together == columnsOf([entry for entry in alone if entry is not None])
+    assert unsized == [name for name, entry in zip(names, alone) if entry is None]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_usualNames, min_size=1, max_size=20))
+def test_usualNamesAreParsedColumnByColumn(names) -> None:
+    """
+    A batch of usual names is parsed without a step per name (so the test
+    above compares two different ways).
+    """
+    parse = listingModule._parse
+    listingModule._parse = lambda name: pytest.fail(f"{name} parsed one by one")  # type: ignore[assignment]
+    try:
+        together, unsized = parsedTogether(names)
+    finally:
+        listingModule._parse = parse
+    assert unsized == []
+    assert together == columnsOf([parse(name) for name in names])
 
 
 @pytest.mark.parametrize("name", [

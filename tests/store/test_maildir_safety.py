@@ -489,6 +489,29 @@ def test_nameOfTheLongestLengthServedAndKeptIfItCannotGrow(tmp_path: Path) -> No
             assert [event["uid"] for event in events if event["log_level"] == LogLevel.warn] == [uid]
 
 
+@pytest.mark.parametrize("sizes", [",W=" + "9" * 19, ",S=5,W=" + "9" * 40, ",W=99999999999999999999,W=3"])
+@pytest.mark.parametrize("count", [1, 300])
+def test_sizeTooLongToBeTrueIsMeasured(tmp_path: Path, sizes: str, count: int) -> None:
+    """
+    A name whose recorded POP3 size has more digits than any true size
+    (which no 64-bit count could hold) is measured and renamed with its
+    true size, alone or among many usual names, and listed from then on.
+    """
+    alice, _ = twoUsers(tmp_path)
+    content = b"sized\n"
+    for number in range(count - 1):
+        writeMessage(alice / "cur", f"1700000000.M{number}P1.h,S=7,W=7:2,", b"other\r\n")
+    writeMessage(alice / "cur", f"1700000001.M1P2.h{sizes}:2,S", content)
+    before = len(os.listdir(alice / "cur"))
+    for _ in range(2):
+        messages = listOnce(alice)
+        assert len(messages) == before
+        [message] = [info for info in messages if info.uid == "1700000001.M1P2.h"]
+        assert message.size == len(content) + 1 and message.seen
+    [renamed] = [name for name in curNames(alice) if name.startswith("1700000001")]
+    assert renamed.endswith(",W=7:2,S") and renamed.count(",W=") == 1
+
+
 # 3. Measuring off the reactor thread
 
 

@@ -56,6 +56,8 @@ NAME_WORK = 1024
 ENTRY_WORK = NAME_WORK // 4
 
 _VIRTUAL_SIZE = re.compile(r",W=(\d+)")
+# The most digits of a recorded size taken for true (a size of an exabyte).
+SIZE_DIGITS = 18
 _PHYSICAL_SIZE = re.compile(r",S=\d+")
 
 # Told how much work (in octets measured, see NAME_WORK) is done or about
@@ -91,7 +93,9 @@ def recordedSize(base: str) -> Optional[int]:
     The POP3 size a base name records in its C{,W=} field, or C{None}.
     """
     match = _VIRTUAL_SIZE.search(base)
-    return None if match is None else int(match.group(1))
+    if match is None or len(match.group(1)) > SIZE_DIGITS:
+        return None
+    return int(match.group(1))
 
 
 @contextlib.contextmanager
@@ -229,6 +233,9 @@ def sizedName(dirFd: int, fileName: str, target: str, sizeOf: SizeOf, account: A
             physical, size = measure(dirFd, fileName, sizeOf, account)
         except (FileNotFoundError, NotAFile):
             return None
+        # (Without a size field too long to be true, which a file's name
+        # may hold: it would hide the true one.)
+        base = _VIRTUAL_SIZE.sub("", base)
         if not _PHYSICAL_SIZE.search(base):
             base += f",S={physical}"
         base += f",W={size}"
