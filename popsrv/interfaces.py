@@ -31,6 +31,7 @@ __all__ = [
     "IScramCredentials",
     "IScramParameters",
     "ISecretSource",
+    "IWholeMessages",
     "ScramParameters",
 ]
 
@@ -107,6 +108,29 @@ class IMaildrop(Interface):
         """
         Give up the lock taken by L{lock}.  Called exactly once per session
         that called L{lock} successfully; must not fail.
+        """
+
+
+class IWholeMessages(Interface):
+    """
+    A maildrop that can also hand over a small message whole, read at once,
+    so that the protocol sends it in one write: for a local store, reading
+    a few kilobytes costs less than setting up a producer to stream them.
+    Optional: any L{IMaildrop} works without it.
+    """
+
+    def readWhole(uid: str, limit: int) -> bytes | None:
+        """
+        Read one message's stored octets now, if there are at most C{limit}
+        of them (as L{IMaildrop.sendMessage} would write them); return
+        C{None} if there are more, or if reading it needs work that should
+        not be done on the reactor's thread (the protocol then streams it
+        with L{IMaildrop.sendMessage}).  Reading must cost about as much as
+        opening a file and reading C{limit} octets from it, never more.
+
+        @raise popsrv.errors.MessageVanished: if the message no longer
+            exists.
+        @raise popsrv.errors.MaildropError: if it cannot be read.
         """
 
 

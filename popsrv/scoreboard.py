@@ -22,6 +22,7 @@ disturbing the others' counts.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import ipaddress
 import mmap
@@ -52,6 +53,7 @@ _TOTAL = struct.Struct("<I")
 _EMPTY_KEY = b"\0" * 16
 
 
+@functools.lru_cache(maxsize=4096)
 def addressKey(host: str) -> bytes:
     """
     The table key of a client's address: an IPv4 address (also when mapped

@@ -25,6 +25,7 @@ from popsrv.interfaces import (
     IScramCredentials,
     IScramParameters,
     ISecretSource,
+    IWholeMessages,
 )
 from popsrv.store.maildir import MaildirMaildrop
 from popsrv.store.mbox import MboxMaildrop
@@ -37,6 +38,7 @@ def test_maildrops(tmp_path: Path) -> None:
     """The memory, Maildir and mbox maildrops provide IMaildrop."""
     assert verifyObject(IMaildrop, MemoryMaildrop("alice", [b"Subject: x\r\n\r\n"]))
     assert verifyObject(IMaildrop, MaildirMaildrop(str(tmp_path), "alice"))
+    assert verifyObject(IWholeMessages, MaildirMaildrop(str(tmp_path), "alice"))
     assert verifyObject(IMaildrop, MboxMaildrop(str(tmp_path / "alice"), "alice", str(tmp_path / "state")))
 
 

@@ -70,6 +70,8 @@ import subprocess
 import tempfile
 import time
 
+from .processes import pssKilobytes
+
 __all__ = ["RunningServer", "available", "ensureInstalled", "start"]
 
 NAME = "dovecot"
@@ -280,6 +282,13 @@ class RunningServer:
         pageKilobytes = os.sysconf("SC_PAGE_SIZE") // 1024
         # Field 21 after the state is rss, in pages.
         return sum(int(fields[21]) for fields in _tree(self._process.pid).values()) * pageKilobytes
+
+    def pssKilobytes(self) -> int:
+        """
+        Proportional set size of the master and its live descendants (a
+        page shared by N of them counted 1/N in each).
+        """
+        return pssKilobytes(_tree(self._process.pid))
 
     def stop(self) -> None:
         """

@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 
-__all__ = ["ProcessTree"]
+__all__ = ["ProcessTree", "pssKilobytes"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -16,6 +16,24 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 def _stat(pid: int) -> list[str]:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()
+
+
+def pssKilobytes(pids) -> int:
+    """
+    The proportional set size of processes (each page shared by N
+    processes counted 1/N in each): what they use together.
+    """
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+                        break
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
 
 
 def _children(pid: int) -> list[int]:
@@ -79,6 +97,12 @@ class ProcessTree:
             except FileNotFoundError:
                 continue
         return total
+
+    def pssKilobytes(self) -> int:
+        """
+        Proportional set size of the live processes (see L{pssKilobytes}).
+        """
+        return pssKilobytes(self.pids())
 
     def stop(self) -> None:
         """

@@ -6,25 +6,36 @@ releasing it exactly once.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from popsrv.errors import MessageVanished
-from popsrv.interfaces import IMaildrop
+from popsrv.interfaces import IMaildrop, IWholeMessages
 from popsrv.pop3 import replies
 from popsrv.pop3.effects import Stream, Update
 from popsrv.pop3.sending import MessageConsumer
 
-__all__ = ["OpenedMaildrop", "StreamBroken"]
+__all__ = ["OpenedMaildrop", "Refusal", "StreamBroken"]
 
 
 class StreamBroken(Exception):
     """
     A message failed after part of it was sent: the connection must break.
     """
+
+
+class Refusal:
+    """
+    The C{-ERR} reply to send instead of a message that could not be read.
+    """
+
+    __slots__ = ("reply",)
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
 
 
 class OpenedMaildrop:
@@ -40,6 +51,27 @@ class OpenedMaildrop:
         self._log = log
         self._peer = peer
         self._released = False
+        self._whole: Optional[IWholeMessages] = IWholeMessages(maildrop, None)
+
+    def readWhole(self, effect: Stream, limit: int) -> Union[bytes, Refusal, None]:
+        """
+        Read a message of at most C{limit} octets whole, now, if the
+        maildrop can (see L{IWholeMessages}): return its stored octets, or
+        the L{Refusal} to send if it cannot be read; C{None} if it is to be
+        streamed instead.
+        """
+        if self._whole is None:
+            return None
+        try:
+            return self._whole.readWhole(effect.message.uid, limit)
+        except MessageVanished:
+            return Refusal(replies.messageVanished(effect.number))
+        except Exception:
+            self._log.failure(
+                "message {uid} could not be read", uid=effect.message.uid, peer=self._peer, user=self.maildrop.name,
+                operation="read", event="storage-error",
+            )
+            return Refusal(replies.messageUnreadable(effect.number))
 
     def stream(
         self, effect: Stream, consumer: MessageConsumer, gone: Callable[[], bool]

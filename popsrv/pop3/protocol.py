@@ -40,23 +40,29 @@ from popsrv.pop3.effects import (
 from popsrv.pop3.environment import ConnectionEnvironment
 from popsrv.pop3.events import SessionLog
 from popsrv.pop3.login import Accepted, LoginAttempt
-from popsrv.pop3.opened import OpenedMaildrop, StreamBroken
+from popsrv.pop3.opened import OpenedMaildrop, Refusal, StreamBroken
 from popsrv.pop3.reading import ReadControl
 from popsrv.pop3.sending import MessageConsumer, ReadGate, sendListing
 from popsrv.pop3.session import Session
 from popsrv.pop3.timing import CommandTimes
-from popsrv.pop3.transport import eagerFlusher, tuneForPOP3
+from popsrv.pop3.transport import directWriter, eagerFlusher, tuneForPOP3
 from popsrv.wire.framing import MessageFramer
 
 if TYPE_CHECKING:  # pragma: no cover
     from popsrv.pop3.factory import POP3Factory
 
-__all__ = ["CLOSE_GRACE", "MAX_LINE_OCTETS", "POP3Protocol", "State"]
+__all__ = ["CLOSE_GRACE", "MAX_LINE_OCTETS", "POP3Protocol", "State", "WHOLE_MESSAGE_OCTETS"]
 
 # No POP3 line comes near this: a longer one closes the connection.
 MAX_LINE_OCTETS = 65536
 # Seconds a closing connection may take to send its last replies.
 CLOSE_GRACE = 10.0
+# Replies held while the commands of one read are handled are sent once
+# they reach this many octets.
+HELD_OCTETS = 64 * 1024
+# Messages of at most this many octets are read whole and sent in one write
+# (when the maildrop can: IWholeMessages), others streamed.
+WHOLE_MESSAGE_OCTETS = 64 * 1024
 
 
 @implementer(IHandshakeListener)
@@ -82,6 +88,11 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self.session = Session(self.environment, self.challenge, factory.expire, factory.policy.loginDelay)
         self.gate: Optional[ReadGate] = None
         self._flush = eagerFlusher(None)
+        # How replies are written (see directWriter), and the replies held
+        # while the commands of one read are handled, to leave in one write.
+        self._send: Callable[[bytes], None] = self._transportWrite
+        self._held: Optional[list[bytes]] = None
+        self._heldOctets = 0
         self.reading = ReadControl(self, self.gone)
         self._abortLater: Optional[IDelayedCall] = None
         self._lost = False
@@ -123,13 +134,14 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         secure = ISSLTransport.providedBy(transport) or INegotiated.providedBy(transport)
         self.environment.connected(transport, secure, peer)
         self._flush = tuneForPOP3(transport)
+        self._send = directWriter(transport)
         self.gate = self.reading.gate = ReadGate(transport, self.reading.update, self.gone)  # type: ignore[arg-type]
         self.setTimeout(self.factory.loginTimeout)
         if not secure:
             # Over TLS the gate waits for the handshake (handshakeCompleted).
             self.gate.attach()
         self.events.connected(self._peer, secure)
-        transport.write(self.session.greet())
+        self._write(self.session.greet())
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """
@@ -183,6 +195,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         session and lock alive).
         """
         self._endReason = reason
+        self._release()
         if self.gate is not None:
             self.gate.detach()
         assert self.transport is not None
@@ -196,9 +209,37 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         transport = self.transport
         return self._lost or transport.disconnecting or getattr(transport, "disconnected", False)  # type: ignore
 
-    def _write(self, data: bytes) -> None:
+    def _transportWrite(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.write(data)
+
+    def _write(self, data: bytes) -> None:
+        """
+        Write a reply: held while the commands of one read are handled,
+        else sent now.
+        """
+        held = self._held
+        if held is None:
+            self._send(data)
+            return
+        held.append(data)
+        self._heldOctets += len(data)
+        if self._heldOctets >= HELD_OCTETS:
+            # Sent now, so that a client that does not read its replies
+            # is stopped by the read gate, as ever.
+            self._release()
+
+    def _release(self) -> None:
+        """
+        Send the replies held so far, in one write (before anything else
+        writes to the transport, or closes it).
+        """
+        held = self._held
+        if held:
+            data = b"".join(held) if len(held) > 1 else held[0]
+            held.clear()
+            self._heldOctets = 0
+            self._send(data)
 
     # Reading
 
@@ -207,7 +248,15 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         Answer the commands in C{data}, and send the replies at once.
         """
         self.reading.received(len(data))
-        super().dataReceived(data)
+        outermost = self._held is None
+        if outermost:
+            self._held = []
+        try:
+            super().dataReceived(data)
+        finally:
+            if outermost:
+                self._release()
+                self._held = None
         self._flush()
 
     def lineReceived(self, line: bytes) -> None:
@@ -265,11 +314,13 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             if effect.close is not None:
                 self._close(effect.close)
             return None
+        if isinstance(effect, Stream):
+            return self._stream(effect)
+        # Anything else may write to the transport itself, or change it.
+        self._release()
         if isinstance(effect, SendListing):
             assert self.transport is not None and self.gate is not None
             return sendListing(self.transport, self.gate, effect, self.resetTimeout)  # type: ignore[arg-type]
-        if isinstance(effect, Stream):
-            return self._stream(effect)
         if isinstance(effect, StartTLS):
             self._startTLS(effect)
             return None
@@ -302,6 +353,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         as coming from the TLS peer).
         """
         self._write(effect.data)
+        self._release()
         discarded = self.clearLineBuffer()
         if discarded:
             self.events.tlsInjection(len(discarded))
@@ -310,11 +362,24 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self.environment.startTLS()
         self.events.tlsStarted()
 
-    def _stream(self, effect: Stream) -> defer.Deferred[None]:
+    def _stream(self, effect: Stream) -> Optional[defer.Deferred[None]]:
         """
-        Stream a message from the maildrop through the framer.
+        Send a message from the maildrop through the framer: a small one
+        read whole and sent in one write, any other streamed.
         """
         assert self.transport is not None and self.gate is not None and self._opened is not None
+        whole = self._opened.readWhole(effect, WHOLE_MESSAGE_OCTETS)
+        if isinstance(whole, Refusal):
+            self._write(whole.reply)
+            return None
+        if whole is not None:
+            framer = MessageFramer(bodyLines=effect.bodyLines)
+            self._write(b"".join((effect.status, framer.feed(whole), framer.finish())))
+            if effect.bodyLines is None and not self.gone():
+                self.session.transaction.retrieved(effect.number, effect.message)
+            return None
+        # Streamed: through the transport itself.
+        self._release()
         framer = MessageFramer(bodyLines=effect.bodyLines)
         consumer = MessageConsumer(self.transport, self.gate, framer, effect.status, self.resetTimeout)  # type: ignore
 

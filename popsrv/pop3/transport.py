@@ -12,16 +12,19 @@ fail).  The tests check both paths.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, cast
 
 from twisted.internet import tcp
 
-__all__ = ["SEND_LIMIT", "eagerFlusher", "isClosing", "setNoDelay", "streamInLargerSends", "tuneForPOP3"]
+__all__ = [
+    "SEND_LIMIT", "directWriter", "eagerFlusher", "isClosing", "setNoDelay", "streamInLargerSends", "tuneForPOP3",
+]
 
 # Let a streaming message leave in sends of up to a MiB rather than
 # Twisted's default 128 KiB: fewer turns of the reactor.
 SEND_LIMIT = 2**20
 _FLUSH_ATTRIBUTES = ("doWrite", "dataBuffer", "_tempDataLen", "disconnecting")
+_DIRECT_ATTRIBUTES = ("writeSomeData", "dataBuffer", "_tempDataLen", "disconnecting", "producer", "TLS")
 
 
 def setNoDelay(transport: object) -> None:
@@ -83,6 +86,44 @@ def eagerFlusher(transport: object) -> Callable[[], None]:
                 flushing = False
 
     return flush
+
+
+def directWriter(transport: Any) -> Callable[[bytes], None]:
+    """
+    Return a function that writes to C{transport}: on a TCP connection
+    that holds nothing yet to send, by sending at once, so that a reply
+    that leaves in one C{send} costs neither registering the connection
+    for writing nor a turn of the reactor to unregister it (two
+    C{epoll_ctl} calls); anything else (what could not be sent, a
+    connection that holds data, is closing, speaks TLS or streams from a
+    producer that is not a streaming one) goes through the transport's
+    own C{write}.  Any other transport gets its own C{write}.
+    """
+    if not isinstance(transport, tcp.Connection):
+        return cast(Callable[[bytes], None], transport.write)
+    if not all(hasattr(transport, name) for name in _DIRECT_ATTRIBUTES):
+        return transport.write
+    connection: Any = transport
+
+    def write(data: bytes) -> None:
+        producer = connection.producer
+        if (
+            not connection.dataBuffer
+            and not connection._tempDataLen
+            and not connection.disconnecting
+            and not connection.TLS
+            and (producer is None or connection.streamingProducer)
+        ):
+            sent = connection.writeSomeData(data)
+            if isinstance(sent, int):
+                if sent == len(data):
+                    return
+                data = data[sent:]
+        # (Twisted's write then sends the rest, or meets the error again
+        # and closes the connection, as usual.)
+        connection.write(data)
+
+    return write
 
 
 def tuneForPOP3(transport: object) -> Callable[[], None]:

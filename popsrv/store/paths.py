@@ -87,9 +87,13 @@ def walk(path: str, trusted: Optional[str], create: bool = True) -> int:
     relative = os.path.relpath(path, trusted)
     if relative.split(os.sep)[0] == os.pardir:
         return openDirectory(path, path, create=create)
-    if create:
+    try:
+        fd = os.open(trusted, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if not create:
+            raise
         os.makedirs(trusted, mode=0o700, exist_ok=True)
-    fd = os.open(trusted, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(trusted, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     if relative == os.curdir:
         # The trusted directory itself (as /var/mail for /var/mail/%u): the
         # operator's, which may be a link (to /var/spool/mail).

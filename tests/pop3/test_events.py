@@ -17,7 +17,8 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import capturedLogs
 from zope.interface import implementer
 
-from popsrv.errors import MaildropError, MaildropUnusable
+from popsrv.errors import MaildropError, MaildropUnusable, MessageVanished
+from popsrv.interfaces import IWholeMessages
 from popsrv.store.memory import MemoryMaildrop, MemoryRealm
 from tests.support.session import NoDelayTransport, Session, makePortal
 
@@ -168,6 +169,45 @@ def test_everyStorageFailureIsOneStorageErrorEvent(operation):
     (event,) = eventsNamed(events, "storage-error")
     assert event["operation"] == operation
     assert event["user"] == "alice" and event["peer"] == "127.0.0.1:40000"
+
+
+@implementer(IWholeMessages)
+class BrokenWholeMaildrop(MemoryMaildrop):
+    """
+    A memory maildrop that hands small messages over whole, or fails to.
+    """
+
+    fails: Exception | None = None
+
+    def readWhole(self, uid: str, limit: int) -> bytes | None:
+        if self.fails is not None:
+            raise self.fails
+        body = self.messages[uid]
+        return body if len(body) <= limit else None
+
+
+@pytest.mark.parametrize("failure, logged", [(MaildropError("unreadable"), True), (MessageVanished("x"), False)])
+def test_aMessageThatCannotBeReadWholeIsRefused(failure: Exception, logged: bool) -> None:
+    """
+    A small message that cannot be read whole gets a one-line C{-ERR} (and
+    the session goes on); a storage failure is one C{storage-error} event
+    with the operation C{read}, a vanished message none.
+    """
+    maildrop = BrokenWholeMaildrop("alice", [MESSAGE, MESSAGE])
+    maildrop.fails = failure
+    portal, _ = makePortal(realm=MemoryRealm({"alice": maildrop}))
+    session = Session(portal)
+    with capturedLogs() as events:
+        session.login()
+        reply = session.send("RETR 1")
+        maildrop.fails = None
+        second = session.send("RETR 2")
+        session.send("QUIT")
+        session.lose()
+    assert reply.startswith(b"-ERR") and reply.endswith(b"\r\n") and reply.count(b"\r\n") == 1
+    assert second.startswith(b"+OK") and second.endswith(b"first body\r\n.\r\n")
+    storageErrors = eventsNamed(events, "storage-error")
+    assert [event["operation"] for event in storageErrors] == (["read"] if logged else [])
 
 
 def test_everyEventOfASessionCarriesItsId():

@@ -170,3 +170,98 @@ def test_manyPipelinedRetrievalsOverTCPDoNotNest() -> None:
         done.set()
         serverSocket.close()
         clientSocket.close()
+
+
+def maildirFactory(tmp_path, reactor, messages) -> POP3Factory:
+    """
+    A factory for user alice (password secret) whose Maildir holds
+    C{messages}, served without a thread pool (everything inline).
+    """
+    from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+    from twisted.cred.portal import Portal
+
+    from popsrv.store.realm import MaildirRealm
+
+    for message in messages:
+        deliver(str(tmp_path / "alice"), message)
+    checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
+    return POP3Factory(Portal(MaildirRealm(str(tmp_path)), [checker]), hostname="test", clock=reactor,
+                       authFailureDelay=0)
+
+
+def countingSends(transport) -> list:
+    """
+    Count the sends of a TCP transport (their sizes).
+    """
+    sends: list = []
+    writeSomeData = transport.writeSomeData
+
+    def counted(data):
+        written = writeSomeData(data)
+        sends.append(written)
+        return written
+
+    transport.writeSomeData = counted
+    return sends
+
+
+def test_smallPipelinedRetrievalsLeaveInFewSends(tmp_path) -> None:
+    """
+    Fifty RETRs and NOOPs of small messages pipelined in one read are read
+    whole and answered in order, in one send per 64 KiB of replies or so,
+    without the connection ever being registered for writing.
+    """
+    from popsrv.pop3.protocol import HELD_OCTETS
+
+    reactor = MemoryReactorClock()
+    messages = [b"Subject: %d\n\n.dot line %d\nend" % (n, n) + b"x" * 2000 for n in range(50)]
+    factory = maildirFactory(tmp_path, reactor, messages)
+    serverSocket, clientSocket = socket.socketpair()
+    for end, option in ((serverSocket, socket.SO_SNDBUF), (clientSocket, socket.SO_RCVBUF)):
+        end.setsockopt(socket.SOL_SOCKET, option, 4 << 20)
+    clientSocket.settimeout(5)
+    try:
+        protocol, transport = serveOver(serverSocket, factory, reactor)
+        protocol.dataReceived(b"USER alice\r\nPASS secret\r\n")
+        sends = countingSends(transport)
+        protocol.dataReceived(b"".join(b"RETR %d\r\nNOOP\r\n" % n for n in range(1, 51)))
+        expected = b"".join(
+            b"+OK %d octets\r\n" % len(wire(message)) + dotStuffed(wire(message)) + b".\r\n+OK\r\n"
+            for message in messages
+        )
+        assert transport not in reactor.writers
+        assert not transport.dataBuffer and not transport._tempDataLen
+        assert sum(sends) == len(expected)
+        assert len(sends) <= len(expected) // HELD_OCTETS + 1
+        received = b""
+        while not received.endswith(expected):
+            received += clientSocket.recv(1 << 20)
+    finally:
+        serverSocket.close()
+        clientSocket.close()
+
+
+def test_aClientThatDoesNotReadStopsBeingAnswered(tmp_path) -> None:
+    """
+    A client that pipelines a thousand RETRs of a 60 KB message and reads
+    nothing gets a bounded amount of replies: once the socket's buffer and
+    the transport's fill, the rest of its commands wait unread.
+    """
+    reactor = MemoryReactorClock()
+    message = b"Subject: big\n\n" + b"z" * 60000 + b"\n"
+    factory = maildirFactory(tmp_path, reactor, [message])
+    serverSocket, clientSocket = socket.socketpair()
+    serverSocket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    clientSocket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    try:
+        protocol, transport = serveOver(serverSocket, factory, reactor)
+        protocol.dataReceived(b"USER alice\r\nPASS secret\r\n")
+        sends = countingSends(transport)
+        protocol.dataReceived(b"RETR 1\r\n" * 1000)
+        assert protocol.paused
+        pending = len(transport.dataBuffer) + transport._tempDataLen
+        assert sum(sends) + pending < 20 * len(message)
+        assert pending < 4 * len(message)
+    finally:
+        serverSocket.close()
+        clientSocket.close()

@@ -11,7 +11,14 @@ import pytest
 from twisted.internet import abstract, tcp
 from twisted.internet.testing import StringTransport
 
-from popsrv.pop3.transport import SEND_LIMIT, eagerFlusher, isClosing, streamInLargerSends, tuneForPOP3
+from popsrv.pop3.transport import (
+    SEND_LIMIT,
+    directWriter,
+    eagerFlusher,
+    isClosing,
+    streamInLargerSends,
+    tuneForPOP3,
+)
 
 
 def bareConnection(pending: bytes = b"") -> tcp.Connection:
@@ -92,3 +99,95 @@ def test_isClosing() -> None:
     transport.loseConnection()
     assert isClosing(transport)
     assert not isClosing(object())
+
+
+def directConnection(monkeypatch: pytest.MonkeyPatch, accepts: object = None):
+    """
+    A bare TCP connection whose sends take C{accepts} octets (all, if
+    C{None}; an exception instance, as Twisted returns for a lost
+    connection); return it with the lists of what it sent and of what went
+    through its ordinary C{write}.
+    """
+    connection = bareConnection()
+    connection.disconnecting = False
+    connection.producer = None
+    connection.streamingProducer = False
+    connection.TLS = False
+    sent: List[bytes] = []
+    written: List[bytes] = []
+
+    def writeSomeData(data: bytes) -> object:
+        taken = len(data) if accepts is None else accepts
+        if isinstance(taken, int):
+            sent.append(bytes(data[:taken]))
+        return taken
+
+    monkeypatch.setattr(connection, "writeSomeData", writeSomeData, raising=False)
+    monkeypatch.setattr(connection, "write", written.append, raising=False)
+    return connection, sent, written
+
+
+def test_directWriterSendsAtOnceWhenNothingIsPending(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A TCP connection that holds nothing to send sends a reply at once,
+    without Twisted's write (which would register it for writing).
+    """
+    connection, sent, written = directConnection(monkeypatch)
+    directWriter(connection)(b"+OK\r\n")
+    assert sent == [b"+OK\r\n"] and written == []
+
+
+@pytest.mark.parametrize("accepts, rest", [(3, b"\r\n"), (0, b"+OK\r\n"), (ConnectionError(), b"+OK\r\n")])
+def test_directWriterLeavesWhatIsNotSentToTwisted(monkeypatch: pytest.MonkeyPatch, accepts, rest) -> None:
+    """
+    What a send does not take (part, nothing, or all of it after an error)
+    goes through the transport's own write, which sends it later or meets
+    the error again and closes the connection.
+    """
+    connection, _, written = directConnection(monkeypatch, accepts)
+    directWriter(connection)(b"+OK\r\n")
+    assert written == [rest]
+
+
+@pytest.mark.parametrize("state", ["pending", "temporary", "closing", "tls", "pull producer"])
+def test_directWriterQueuesBehindOthers(monkeypatch: pytest.MonkeyPatch, state: str) -> None:
+    """
+    Data already waiting, a closing connection, TLS, or a pull producer
+    registered (which Twisted resumes only as its buffer empties) leave a
+    reply to Twisted's write.
+    """
+    connection, sent, written = directConnection(monkeypatch)
+    if state == "pending":
+        connection.dataBuffer = b"earlier"
+    elif state == "temporary":
+        connection._tempDataLen = 7
+    elif state == "closing":
+        connection.disconnecting = True
+    elif state == "tls":
+        connection.TLS = True
+    else:
+        connection.producer = object()
+    directWriter(connection)(b"+OK\r\n")
+    assert sent == [] and written == [b"+OK\r\n"]
+    connection.producer, connection.streamingProducer = object(), True
+    connection.dataBuffer, connection._tempDataLen, connection.disconnecting, connection.TLS = b"", 0, False, False
+    directWriter(connection)(b"+OK\r\n")
+    assert sent == [b"+OK\r\n"]
+
+
+def test_directWriterFallsBackForOtherTransports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Other transports, and a TCP connection without the attributes relied
+    on (another Twisted), are written to through their own write.
+    """
+    transport = StringTransport()
+    directWriter(transport)(b"+OK\r\n")
+    assert transport.value() == b"+OK\r\n"
+    for klass in tcp.Connection.__mro__:
+        if "TLS" in vars(klass):
+            monkeypatch.delattr(klass, "TLS")
+    connection = bareConnection()
+    written: List[bytes] = []
+    monkeypatch.setattr(connection, "write", written.append, raising=False)
+    directWriter(connection)(b"+OK\r\n")  # no socket: a send would raise
+    assert written == [b"+OK\r\n"]

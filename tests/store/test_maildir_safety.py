@@ -416,6 +416,77 @@ def test_fifoInPlaceOfListedMessageDoesNotBlock(tmp_path: Path) -> None:
         maildrop.release()
 
 
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "directory", "socket"])
+def test_nonFileInPlaceOfListedMessageIsNotReadWhole(tmp_path: Path, kind: str) -> None:
+    """
+    Reading a small message whole finds a FIFO (without blocking), a link
+    to another user's message, a directory or a socket in its place: the
+    message has vanished; the other messages are read whole as ever.
+    """
+    import socket as sockets
+
+    alice, bob = twoUsers(tmp_path)
+    maildrop = MaildirMaildrop(str(alice), "alice")
+    maildrop.lock()
+    path = alice / "cur" / messageName(0, ALICE[0])
+    try:
+        maildrop.listMessages()
+        os.unlink(path)
+        if kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "symlink":
+            os.symlink(bob / "cur" / messageName(0, BOB[0]), path)
+        elif kind == "directory":
+            os.mkdir(path)
+        else:
+            listener = sockets.socket(sockets.AF_UNIX)
+            listener.bind(str(path))
+            listener.close()
+        with pytest.raises(MessageVanished):
+            withinDeadline(lambda: maildrop.readWhole(uidOf(0, ALICE), 65536), [path] if kind == "fifo" else [])
+        assert maildrop.readWhole(uidOf(1, ALICE), 65536) == ALICE[1]
+    finally:
+        maildrop.release()
+
+
+def test_readingWholeHasALimit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A message is read whole only if it holds at most the limit, counted
+    as it is read: a file that grew past it since C{fstat} said its size
+    is left to streaming too; a renamed message is looked for by streaming;
+    after the release nothing is read.
+    """
+    from popsrv.store.maildir import directory
+
+    alice, _ = twoUsers(tmp_path)
+    maildrop = MaildirMaildrop(str(alice), "alice")
+    maildrop.lock()
+    try:
+        maildrop.listMessages()
+        uid, content = uidOf(1, ALICE), ALICE[1]
+        assert maildrop.readWhole(uid, len(content)) == content
+        assert maildrop.readWhole(uid, len(content) - 1) is None
+        openRegular = directory.openRegular
+
+        def understated(dirFd: int, name: str):
+            fd, status = openRegular(dirFd, name)
+            return fd, os.stat_result((*status[:6], 1, *status[7:]))  # st_size 1: it "grew"
+
+        monkeypatch.setattr(directory, "openRegular", understated)
+        assert maildrop.readWhole(uid, len(content)) == content
+        assert maildrop.readWhole(uid, len(content) - 1) is None
+        monkeypatch.undo()
+        name = messageName(1, content)
+        os.rename(alice / "cur" / name, alice / "cur" / (name + "F"))
+        assert maildrop.readWhole(uid, len(content)) is None
+        consumer, result = sendResult(maildrop, uid)
+        assert b"".join(consumer.writes) == content
+    finally:
+        maildrop.release()
+    with pytest.raises(MaildropError):
+        maildrop.readWhole(uid, len(content))
+
+
 def test_fifoInPlaceOfKnownMessageSkippedNextSession(tmp_path: Path) -> None:
     """
     A message replaced by a FIFO between two sessions (the process keeps

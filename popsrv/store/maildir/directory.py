@@ -15,14 +15,13 @@ unless it is a regular file.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import itertools
 import os
 import stat
 import threading
-from typing import BinaryIO, Callable, Iterator, List, Optional, Tuple
+from typing import BinaryIO, Callable, List, Optional, Tuple
 
 from popsrv.errors import MaildropError, MaildropLocked, MaildropUnusable
 from popsrv.store.maildir.intake import (
@@ -122,6 +121,37 @@ class Directory:
         except BaseException:
             os.close(fd)
             raise
+
+    def readWhole(self, name: str, limit: int) -> Optional[bytes]:
+        """
+        Read a regular file of the directory whole, if it holds at most
+        C{limit} octets; return C{None} if it holds more.  Opened as by
+        L{openMessage}; a file of the size C{fstat} gives is one C{read} (a
+        short read of a regular file is its end).
+
+        @raise NotAFile: if it is not a regular file.
+        @raise FileNotFoundError: if it is gone.
+        """
+        fd, status = openRegular(self._fd, name)
+        try:
+            size = status.st_size
+            if size > limit:
+                return None
+            data = os.read(fd, size + 1)
+            if len(data) <= size:
+                return data
+            # It grew since: read on, to its end or past the limit.
+            parts = [data]
+            total = len(data)
+            while total <= limit:
+                chunk = os.read(fd, limit + 1 - total)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                total += len(chunk)
+            return b"".join(parts) if total <= limit else None
+        finally:
+            os.close(fd)
 
     def rename(self, name: str, target: Directory, newName: str) -> None:
         """
@@ -228,26 +258,30 @@ class OpenedMaildir:
         _, cur, new = opened
         return cls(root, Directory(cur, "cur"), Directory(new, "new"), lock)
 
-    @contextlib.contextmanager
-    def using(self) -> Iterator[OpenedMaildir]:
+    def using(self) -> OpenedMaildir:
         """
-        Use the Maildir for a piece of work: its descriptors stay open until
-        the work is done, even if L{close} is called meanwhile.
+        Use the Maildir for a piece of work, as C{with maildir.using():}:
+        its descriptors stay open until the work is done, even if L{close}
+        is called meanwhile.  (The Maildir is its own context manager: a
+        generator-made one cost a tenth of the time of a small RETR.)
 
-        @raise MaildropError: if it was closed already.
+        @raise MaildropError: (on entering) if it was closed already.
         """
+        return self
+
+    def __enter__(self) -> OpenedMaildir:
         with self._mutex:
             if self._closing:
                 raise MaildropError("the maildrop was released")
             self._users += 1
-        try:
-            yield self
-        finally:
-            with self._mutex:
-                self._users -= 1
-                last = self._closing and self._users == 0
-            if last:
-                self._closeDescriptors()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._mutex:
+            self._users -= 1
+            last = self._closing and self._users == 0
+        if last:
+            self._closeDescriptors()
 
     def close(self) -> None:
         """

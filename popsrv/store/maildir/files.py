@@ -95,6 +95,29 @@ class MessageFiles:
         except OSError as error:
             raise MaildropError(f"cannot read message {uid}: {error.strerror}") from None
 
+    def read(self, uid: str, limit: int) -> Optional[bytes]:
+        """
+        Read a message's file whole by the name it was last known by, if it
+        holds at most C{limit} octets; C{None} if it holds more, or if there
+        is no file of that name (another program renamed it: finding it
+        needs a listing).
+
+        @raise MessageVanished: if the message is not in the snapshot, or
+            its file is not a regular file (any more).
+        @raise MaildropError: if the file cannot be read.
+        """
+        fileName = self.known(uid)
+        if fileName is None:
+            raise MessageVanished(uid)
+        try:
+            return self._cur.readWhole(fileName, limit)
+        except NotAFile:
+            raise MessageVanished(uid) from None
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise MaildropError(f"cannot read message {uid}: {error.strerror}") from None
+
     def _withFile(self, uid: str, act: Callable[[str], None], mayList: bool) -> None:
         """
         Call C{act} with a message's file name: the name it was last known

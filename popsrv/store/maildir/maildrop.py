@@ -42,7 +42,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from popsrv.errors import MaildropError, MessageVanished
-from popsrv.interfaces import IMaildrop
+from popsrv.interfaces import IMaildrop, IWholeMessages
 from popsrv.messages import MessageInfo, MessageList
 from popsrv.store.maildir.directory import LOCK_FILE, OpenedMaildir
 from popsrv.store.maildir.files import MessageFiles, NeedsListing
@@ -113,7 +113,7 @@ def _settleTime(mtimeNS: int) -> int:
     return COARSE_SETTLED_NS if mtimeNS % 10**9 == 0 else SETTLED_NS
 
 
-@implementer(IMaildrop)
+@implementer(IMaildrop, IWholeMessages)
 class MaildirMaildrop:
     """
     One user's Maildir, used by one POP3 session.
@@ -361,6 +361,18 @@ class MaildirMaildrop:
         if isinstance(opening, Deferred):
             return opening.addCallback(sendFile, consumer, self._chunkSize)
         return sendFile(opening, consumer, self._chunkSize)
+
+    def readWhole(self, uid: str, limit: int) -> Optional[bytes]:
+        """
+        Read a small message's file whole, now: see L{IWholeMessages}.  A
+        message whose file another program renamed since the snapshot is
+        left to L{sendMessage}, which looks for it in the runner.
+        """
+        maildir, files = self._maildir(), self._files
+        if files is None:
+            raise MessageVanished(uid)
+        with maildir.using():
+            return files.read(uid, limit)
 
     def _openMessage(self, uid: str) -> Union[BinaryIO, Deferred[BinaryIO]]:
         """
