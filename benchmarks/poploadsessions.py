@@ -56,12 +56,14 @@ def buildPopload(into: str) -> str:
     return program
 
 
-def runPopload(program: str, port: int, usersFile: str, concurrency: int, seconds: float, maxSessions: int) -> dict:
+def runPopload(
+    program: str, port: int, usersFile: str, concurrency: int, seconds: float, maxSessions: int, script: str = SCRIPT
+) -> dict:
     """
     One closed-loop run of popload; return its RESULT.
     """
     command = [
-        program, "run", "--port", str(port), "--users", usersFile, "--script", SCRIPT,
+        program, "run", "--port", str(port), "--users", usersFile, "--script", script,
         "--concurrency", str(concurrency), "--duration", str(seconds), "--max-sessions", str(maxSessions),
         "--deadline", str(seconds + 60), "--quiet",
     ]

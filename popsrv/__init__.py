@@ -18,26 +18,84 @@ The layers, top to bottom (each imports only those below it):
 
 __version__ = "0.2.0"
 
-from popsrv.app import ListeningService, Options, makeService  # noqa: E402
-from popsrv.auth.checkers import StoredSecretChecker  # noqa: E402
-from popsrv.errors import (  # noqa: E402
-    CredentialsUnavailable,
-    MaildropError,
-    MaildropLocked,
-    MaildropUnusable,
-    MessageVanished,
-)
-from popsrv.interfaces import IMaildrop, IScramParameters, ISecretSource  # noqa: E402
-from popsrv.messages import MessageInfo, MessageList  # noqa: E402
-from popsrv.pop3 import POP3Factory, POP3Protocol, State  # noqa: E402
-from popsrv.pop3.policy import LoginPolicy  # noqa: E402
-from popsrv.store.maildir import MaildirMaildrop  # noqa: E402
-from popsrv.store.mbox import MboxMaildrop  # noqa: E402
-from popsrv.store.memory import MemoryMaildrop, MemoryRealm  # noqa: E402
-from popsrv.store.realm import MaildirRealm, MaildirTemplate, MboxRealm, PathTemplate  # noqa: E402
-from popsrv.testing import POP3TestClient, connect, memoryPortal  # noqa: E402
-from popsrv.threads import threadRunner  # noqa: E402
-from popsrv.tls import TLSSettings  # noqa: E402
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from popsrv.app import ListeningService, Options, makeService
+    from popsrv.auth.checkers import StoredSecretChecker
+    from popsrv.errors import (
+        CredentialsUnavailable,
+        MaildropError,
+        MaildropLocked,
+        MaildropUnusable,
+        MessageVanished,
+    )
+    from popsrv.interfaces import IMaildrop, IScramParameters, ISecretSource
+    from popsrv.messages import MessageInfo, MessageList
+    from popsrv.pop3 import POP3Factory, POP3Protocol, State
+    from popsrv.pop3.policy import LoginPolicy
+    from popsrv.store.maildir import MaildirMaildrop
+    from popsrv.store.mbox import MboxMaildrop
+    from popsrv.store.memory import MemoryMaildrop, MemoryRealm
+    from popsrv.store.realm import MaildirRealm, MaildirTemplate, MboxRealm, PathTemplate
+    from popsrv.testing import POP3TestClient, connect, memoryPortal
+    from popsrv.threads import threadRunner
+    from popsrv.tls import TLSSettings
+
+# Where each public name lives: imported on first use (PEP 562), so that a
+# process imports only what it uses (a server never loads popsrv.testing,
+# and with it twisted.trial).
+_LAZY = {
+    "CredentialsUnavailable": "popsrv.errors",
+    "MaildropError": "popsrv.errors",
+    "MaildropLocked": "popsrv.errors",
+    "MaildropUnusable": "popsrv.errors",
+    "MessageVanished": "popsrv.errors",
+    "IMaildrop": "popsrv.interfaces",
+    "IScramParameters": "popsrv.interfaces",
+    "ISecretSource": "popsrv.interfaces",
+    "ListeningService": "popsrv.app",
+    "LoginPolicy": "popsrv.pop3.policy",
+    "MaildirMaildrop": "popsrv.store.maildir",
+    "MaildirRealm": "popsrv.store.realm",
+    "MaildirTemplate": "popsrv.store.realm",
+    "MboxMaildrop": "popsrv.store.mbox",
+    "MboxRealm": "popsrv.store.realm",
+    "MemoryMaildrop": "popsrv.store.memory",
+    "MemoryRealm": "popsrv.store.memory",
+    "MessageInfo": "popsrv.messages",
+    "MessageList": "popsrv.messages",
+    "Options": "popsrv.app",
+    "POP3Factory": "popsrv.pop3",
+    "POP3Protocol": "popsrv.pop3",
+    "POP3TestClient": "popsrv.testing",
+    "PathTemplate": "popsrv.store.realm",
+    "State": "popsrv.pop3",
+    "StoredSecretChecker": "popsrv.auth.checkers",
+    "TLSSettings": "popsrv.tls",
+    "connect": "popsrv.testing",
+    "makeService": "popsrv.app",
+    "memoryPortal": "popsrv.testing",
+    "threadRunner": "popsrv.threads",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """
+    Import a public name from its module on first use.
+    """
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'popsrv' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __all__ = [
     "CredentialsUnavailable",

@@ -72,6 +72,10 @@ def addressKey(host: str) -> bytes:
     return b"\4" + ip.packed + b"\0" * 11
 
 
+def _alone() -> None:
+    """Take or leave no lock: one process alone uses the table."""
+
+
 class TableFull(Exception):
     """
     The rows an address may use all hold live connections or logins.
@@ -122,8 +126,11 @@ class Scoreboard:
     @ivar column: the column of this process's connections.
     """
 
-    def __init__(self, fd: int, column: int) -> None:
+    def __init__(self, fd: int, column: int, shared: bool = True) -> None:
         self._fd = fd
+        if not shared:
+            # One process alone uses it: no lock to take.
+            self._lock = self._unlock = _alone  # type: ignore[method-assign]
         self._map = mmap.mmap(fd, 0)
         magic, capacity, columns, key = _HEADER.unpack_from(self._map, 0)
         if magic != _MAGIC:
@@ -140,10 +147,15 @@ class Scoreboard:
         self._rowSize = _ROW.size + _COLUMN.size * columns
 
     @classmethod
-    def create(cls, columns: int = 1, capacity: int = CAPACITY, directory: Optional[str] = None) -> Scoreboard:
+    def create(
+        cls, columns: int = 1, capacity: int = CAPACITY, directory: Optional[str] = None, shared: bool = True
+    ) -> Scoreboard:
         """
         Make a new, empty table in an unlinked temporary file, for
         C{columns} processes; this process uses column 0.
+
+        @param shared: whether other processes will use it (L{attach}): a
+            table this process alone uses needs no lock.
         """
         if capacity % WAYS or capacity & (capacity - 1):
             raise ValueError(f"capacity must be a power of two and a multiple of {WAYS}")
@@ -152,7 +164,7 @@ class Scoreboard:
         size = _HEADER.size + _TOTAL.size * columns + (_ROW.size + _COLUMN.size * columns) * capacity
         os.ftruncate(fd, size)
         os.pwrite(fd, _HEADER.pack(_MAGIC, capacity, columns, secrets.token_bytes(16)), 0)
-        return cls(fd, 0)
+        return cls(fd, 0, shared)
 
     @classmethod
     def attach(cls, fd: int, column: int) -> Scoreboard:

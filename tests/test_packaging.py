@@ -44,3 +44,24 @@ def test_everyModuleIsInstalled():
     assert distribution.version == popsrv.__version__
     assert not any(path.startswith("twisted/__init__") or path.startswith("twisted/plugins/__init__")
                    for path in files)
+
+
+def test_everyPublicNameIsThereAndAServerDoesNotLoadTheTestingHelpers() -> None:
+    """
+    Every name popsrv exports is importable from it; importing the server
+    (a worker's module) loads neither popsrv.testing nor twisted.trial.
+    """
+    import subprocess
+    import sys
+
+    import popsrv
+
+    for name in popsrv.__all__:
+        assert getattr(popsrv, name) is not None
+    assert sorted(popsrv.__all__) == sorted(["__version__", *popsrv._LAZY])
+    code = (
+        "import sys, popsrv.app.worker;"
+        " print(sorted(m for m in ('popsrv.testing', 'twisted.trial') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

@@ -143,3 +143,22 @@ def test_notAScoreboard(tmp_path) -> None:
     with pytest.raises(ValueError, match="column 1"):
         Scoreboard.attach(os.dup(board.fileno()), 1)
     board.close()
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_aTableOfOneProcessTakesNoLock(monkeypatch: pytest.MonkeyPatch, shared: bool) -> None:
+    """
+    A table other processes use is locked for every update; one that this
+    process alone uses (no --workers) is not, and counts all the same.
+    """
+    import fcntl
+
+    locks = []
+    monkeypatch.setattr(fcntl, "lockf", lambda fd, operation: locks.append(operation))
+    board = Scoreboard.create(columns=1, capacity=64, shared=shared)
+    try:
+        board.update(addressKey("192.0.2.1"), 1.0, lambda row: setattr(row, "failures", row.failures + 1))
+        assert board.update(addressKey("192.0.2.1"), 2.0, lambda row: row.failures) == 1
+        assert (len(locks) > 0) is shared
+    finally:
+        board.close()

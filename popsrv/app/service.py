@@ -182,7 +182,7 @@ def makeService(
     maxConnections = options["max-connections"] or defaultMaxConnections(descriptors)
     if scoreboard is None:
         scoreboard = Scoreboard.create(columns=options["workers"] if not worker else 1,
-                                       capacity=_capacityFor(maxConnections))
+                                       capacity=_capacityFor(maxConnections), shared=options["workers"] > 1)
     # The metrics are served by this process, or by the parent of the
     # workers, which counts their sessions from the events they relay.
     metrics: Optional[IService] = None

@@ -62,7 +62,9 @@ class MessageFramer:
             self._pendingCR = True
         if not data:
             return b""
-        data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n")
+        data = data.replace(b"\n", b"\r\n")
         if self._linesLeft is not None:
             data = self._limit(data)
         return self._stuff(data)

@@ -258,6 +258,9 @@ def _parseColumns(names: list[str], columns: _Columns) -> list[str]:
 SORT_STEP = 4096
 # Names parsed between two calls of an update's account.
 ACCOUNT_STEP = 256
+# A listing of at least this many names keeps the set of them between
+# updates.
+KEPT_NAME_SET = 1024
 
 
 def _sortedInSteps(keys: list[str], first: int, pause: Callable[[], None]) -> list[int]:
@@ -351,7 +354,9 @@ class CurListing:
             known, fresh = set(), names
         kept = len(names) - len(fresh)
         if not fresh and kept == len(parsed):
-            self._known = known
+            # (A small listing's set is made again, at less cost than
+            # keeping it in every kept listing.)
+            self._known = known if len(known) >= KEPT_NAME_SET else None
             return
         present: Optional[set[str]] = None
         if kept != len(parsed):
