@@ -23,6 +23,33 @@ __all__ = ["MessageFramer", "SizeCounter", "normalizedSize", "TERMINATOR"]
 TERMINATOR = b".\r\n"
 
 
+# Data with fewer than one "." per this many octets is dot-stuffed by
+# looking at each "." (see _stuffFew), other data by bytes.replace.
+FEW_DOTS = 512
+
+
+def _stuffFew(data: bytes, dots: int) -> bytes:
+    """
+    Double each "." that follows a LF in C{data}, which holds C{dots} of
+    them (the one at its start, if any, is the caller's).
+    """
+    if not dots:
+        return data
+    pieces = []
+    start = 0
+    found = data.find(b".", 1)
+    while found >= 0:
+        if data[found - 1] == 0x0A:
+            pieces.append(data[start:found])
+            start = found
+            pieces.append(b".")
+        found = data.find(b".", found + 1)
+    if not pieces:
+        return data
+    pieces.append(data[start:])
+    return b"".join(pieces)
+
+
 class MessageFramer:
     """
     Convert a stored message, fed in arbitrary chunks, to its POP3 wire form.
@@ -92,7 +119,14 @@ class MessageFramer:
             return data
         if self._atLineStart and data[:1] == b".":
             data = b"." + data
-        data = data.replace(b"\n.", b"\n..")
+        dots = data.count(b".")
+        if dots * FEW_DOTS < len(data):
+            # Few dots, if any (an attachment in base64 has none): look at
+            # each, found at memchr's speed, rather than search for "\n.",
+            # which CPython does at about a GB/s.
+            data = _stuffFew(data, dots)
+        else:
+            data = data.replace(b"\n.", b"\n..")
         self._atLineStart = data[-1:] == b"\n"
         return data
 

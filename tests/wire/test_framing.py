@@ -180,3 +180,24 @@ def test_arbitraryBinaryChunks(chunks, bodyLines):
         assert normalizedSize(chunks) == sum(
             len(line) + 2 for line in referenceLines(message)
         )
+
+
+_lines = st.lists(
+    st.one_of(
+        st.just(b"x" * 700),
+        st.binary(max_size=40).map(lambda line: line.replace(b".", b"")),
+        st.sampled_from([b".", b"..", b".x", b"a.b", b"\r", b". ", b"end."]),
+    ),
+    max_size=60,
+)
+
+
+@given(_lines, st.sampled_from([b"\n", b"\r\n"]), st.integers(1, 5000))
+def test_longDataWithFewDots(lines, end, chunkSize):
+    """
+    Long data with few dots (looked at one by one) or many (stuffed by a
+    replace), in chunks of any size, frames as the reference does.
+    """
+    message = end.join(lines)
+    chunks = [message[start:start + chunkSize] for start in range(0, len(message), chunkSize)]
+    assert frame(chunks) == reference(message)
