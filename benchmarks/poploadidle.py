@@ -113,7 +113,8 @@ def main(args) -> None:
             perRss = (measured["rss"] - rss) / max(held, 1)
             perPss = (measured["pss"] - pss) / max(held, 1)
             probe = measured["result"]["probe"].get("lat_p50_ms")
-            probeText = "-" if probe is None else f"{probe:.2f}"
+            # (popload gives a negative time when no probe got through.)
+            probeText = "-" if probe is None or probe < 0 else f"{probe:.2f}"
             print(f"| {server.name} | {held} | {perRss:.1f} / {perPss:.1f} | {probeText} / {alone:.2f} "
                   f"| {measured['rss'] / 1024:.0f} / {measured['pss'] / 1024:.0f} |", flush=True)
     finally:

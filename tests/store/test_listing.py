@@ -55,12 +55,21 @@ _names = st.one_of(
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sets(_names, max_size=12), min_size=1, max_size=5))
-def test_anUpdatedListingEqualsAFreshOne(generations) -> None:
+@given(st.lists(st.sets(_names, max_size=12), min_size=1, max_size=5), st.sampled_from([0, 8, 1024]))
+def test_anUpdatedListingEqualsAFreshOne(generations, keptNameSet) -> None:
     """
     Whatever names appear and vanish between updates, the updated listing
-    is the one parsed from nothing.
+    is the one parsed from nothing, whether it kept its parsed names or
+    not.
     """
+    listingModule.KEPT_NAME_SET, kept = keptNameSet, listingModule.KEPT_NAME_SET
+    try:
+        updatedEqualsFresh(generations)
+    finally:
+        listingModule.KEPT_NAME_SET = kept
+
+
+def updatedEqualsFresh(generations) -> None:
     listing = CurListing()
     for names in generations:
         listing.update(list(names), noSize)
@@ -194,7 +203,34 @@ def test_parsingIsAccountedInSteps() -> None:
     assert max(counts) == listingModule.ACCOUNT_STEP
 
 
-def test_anUnchangedListingKeepsItsSnapshot() -> None:
+@pytest.fixture
+def keepNames(monkeypatch):
+    """
+    Listings of any size keep their parsed names (as big ones do).
+    """
+    monkeypatch.setattr(listingModule, "KEPT_NAME_SET", 0)
+
+
+def test_aSmallListingKeepsOnlyItsSnapshot() -> None:
+    """
+    A listing of fewer than KEPT_NAME_SET names keeps its snapshot but not
+    its parsed names: the next update parses every name again, and gives
+    what a fresh listing gives.
+    """
+    names = [f"{1_600_000_000 + n}.M1P1Q{n}.h,S=5,W=6:2," for n in range(50)]
+    listing = fresh(names)
+    assert len(listing) == 50 and not listing.isEmpty()
+    assert listing._parsed.names == []
+    parsed: list = []
+    more = names[5:] + ["1700000000.M1P1Q9.h,W=9:2,"]
+    listing.update(more, noSize, parsed.append)
+    assert sum(parsed) == len(more)
+    assert snapshotOf(listing) == snapshotOf(fresh(more))
+    listing.update([], noSize)
+    assert list(listing.messages) == [] and not listing.isEmpty()
+
+
+def test_anUnchangedListingKeepsItsSnapshot(keepNames) -> None:
     """
     When no name changed, the update parses nothing and the snapshot is the
     very same list.
@@ -208,7 +244,7 @@ def test_anUnchangedListingKeepsItsSnapshot() -> None:
     assert parsed == []
 
 
-def test_onlyNewNamesAreParsed() -> None:
+def test_onlyNewNamesAreParsed(keepNames) -> None:
     """
     After a delivery, only the new names are parsed, and the new message
     comes last.

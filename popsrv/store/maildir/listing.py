@@ -313,17 +313,23 @@ class CurListing:
         self._parsed = _Columns()
         # Their names, as a set: made when an update first needs it.
         self._known: Optional[set[str]] = None
+        # Whether an update was made, and whether the parsed names were
+        # dropped since (a small listing keeps only its snapshot: parsing
+        # its names again costs less than keeping them in every listing
+        # kept).
+        self._listed = False
+        self._dropped = False
         self.messages = MessageList([], array.array("q"), bytearray())
         self.fileNames: dict[str, str] = {}
 
     def __len__(self) -> int:
-        return len(self._parsed)
+        return len(self.messages)
 
     def isEmpty(self) -> bool:
         """
-        Whether nothing was parsed yet (the first listing reads every name).
+        Whether nothing was listed yet (the first listing reads every name).
         """
-        return not self._parsed.names
+        return not self._listed
 
     def update(
         self,
@@ -344,6 +350,8 @@ class CurListing:
         @param pause: called between the steps of sorting many names (to
             let other threads run).
         """
+        dropped, self._dropped = self._dropped, False
+        self._listed = True
         parsed = self._parsed
         known = self._known
         if parsed.names:
@@ -353,7 +361,7 @@ class CurListing:
         else:
             known, fresh = set(), names
         kept = len(names) - len(fresh)
-        if not fresh and kept == len(parsed):
+        if not fresh and kept == len(parsed) and not dropped:
             # (A small listing's set is made again, at less cost than
             # keeping it in every kept listing.)
             self._known = known if len(known) >= KEPT_NAME_SET else None
@@ -388,6 +396,9 @@ class CurListing:
         # next session finds cur/ unchanged, or not at all).
         self._known = None
         self._publish(pause)
+        if len(self._parsed) < KEPT_NAME_SET:
+            self._parsed = _Columns()
+            self._dropped = True
 
     def _publish(self, pause: Callable[[], None]) -> None:
         """
