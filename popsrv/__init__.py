@@ -19,6 +19,7 @@ The layers, top to bottom (each imports only those below it):
 __version__ = "0.2.0"
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
         MaildropUnusable,
         MessageVanished,
     )
-    from popsrv.interfaces import IMaildrop, IScramParameters, ISecretSource
+    from popsrv.interfaces import IMaildrop, IScramParameters, ISecretSource, IWholeMessages
     from popsrv.messages import MessageInfo, MessageList
     from popsrv.pop3 import POP3Factory, POP3Protocol, State
     from popsrv.pop3.policy import LoginPolicy
@@ -55,6 +56,7 @@ _LAZY = {
     "IMaildrop": "popsrv.interfaces",
     "IScramParameters": "popsrv.interfaces",
     "ISecretSource": "popsrv.interfaces",
+    "IWholeMessages": "popsrv.interfaces",
     "ListeningService": "popsrv.app",
     "LoginPolicy": "popsrv.pop3.policy",
     "MaildirMaildrop": "popsrv.store.maildir",
@@ -87,7 +89,10 @@ def __getattr__(name: str) -> Any:
     """
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module 'popsrv' has no attribute {name!r}")
+        # A subpackage or module (popsrv.pop3 after a bare "import popsrv").
+        if name.startswith("_") or importlib.util.find_spec(f"{__name__}.{name}") is None:
+            raise AttributeError(f"module 'popsrv' has no attribute {name!r}")
+        return importlib.import_module(f"{__name__}.{name}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
@@ -102,6 +107,7 @@ __all__ = [
     "IMaildrop",
     "IScramParameters",
     "ISecretSource",
+    "IWholeMessages",
     "ListeningService",
     "LoginPolicy",
     "MaildirMaildrop",

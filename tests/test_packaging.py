@@ -59,6 +59,9 @@ def test_everyPublicNameIsThereAndAServerDoesNotLoadTheTestingHelpers() -> None:
     for name in popsrv.__all__:
         assert getattr(popsrv, name) is not None
     assert sorted(popsrv.__all__) == sorted(["__version__", *popsrv._LAZY])
+    assert popsrv.pop3.POP3Protocol is popsrv.POP3Protocol  # subpackages, after a bare "import popsrv"
+    with pytest.raises(AttributeError):
+        popsrv.noSuchThing  # noqa: B018
     code = (
         "import sys, popsrv.app.worker;"
         " print(sorted(m for m in ('popsrv.testing', 'twisted.trial') if m in sys.modules))"

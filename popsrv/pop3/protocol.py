@@ -96,6 +96,9 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         self.reading = ReadControl(self, self.gone)
         self._abortLater: Optional[IDelayedCall] = None
         self._lost = False
+        # Whether the connection was broken off (a message failed after part
+        # of it was sent): nothing more is read, answered or applied.
+        self._aborted = False
         self._committing = False
         self._opened: Optional[OpenedMaildrop] = None
         self._method = ""
@@ -207,7 +210,10 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         """Whether the connection is closed or closing."""
         # Inline rather than transport.isClosing: it runs several times a command.
         transport = self.transport
-        return self._lost or transport.disconnecting or getattr(transport, "disconnected", False)  # type: ignore
+        return (
+            self._lost or self._aborted or transport.disconnecting  # type: ignore[union-attr]
+            or getattr(transport, "disconnected", False)
+        )
 
     def _transportWrite(self, data: bytes) -> None:
         assert self.transport is not None
@@ -264,6 +270,8 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
         Hand one command line to the session and carry out its effect; pause
         reading while that waits.
         """
+        if self._aborted:
+            return  # pipelined behind a message that broke off
         self.resetTimeout()
         if self.gate is not None and not self.gate.attached and self.environment.secure():
             # A line read over TLS: the handshake is done, even where no
@@ -392,6 +400,7 @@ class POP3Protocol(LineReceiver, TimeoutMixin):
             # The client already has "+OK" and part of the message: the only
             # honest thing left is to break the connection.
             self._endReason = "storage error while streaming"
+            self._aborted = True
             self.transport.abortConnection()  # type: ignore[union-attr]
 
         return self._opened.stream(effect, consumer, self.gone).addCallbacks(sent, broken)

@@ -24,7 +24,9 @@ __all__ = [
 # Twisted's default 128 KiB: fewer turns of the reactor.
 SEND_LIMIT = 2**20
 _FLUSH_ATTRIBUTES = ("doWrite", "dataBuffer", "_tempDataLen", "disconnecting")
-_DIRECT_ATTRIBUTES = ("writeSomeData", "dataBuffer", "_tempDataLen", "disconnecting", "producer", "TLS")
+_DIRECT_ATTRIBUTES = (
+    "writeSomeData", "dataBuffer", "_tempDataLen", "connected", "disconnected", "disconnecting", "producer", "TLS",
+)
 
 
 def setNoDelay(transport: object) -> None:
@@ -95,9 +97,10 @@ def directWriter(transport: Any) -> Callable[[bytes], None]:
     that leaves in one C{send} costs neither registering the connection
     for writing nor a turn of the reactor to unregister it (two
     C{epoll_ctl} calls); anything else (what could not be sent, a
-    connection that holds data, is closing, speaks TLS or streams from a
-    producer that is not a streaming one) goes through the transport's
-    own C{write}.  Any other transport gets its own C{write}.
+    connection that holds data, is lost, closing or aborted, speaks TLS or
+    streams from a producer that is not a streaming one) goes through the
+    transport's own C{write}, which drops what a dead connection is given.
+    Any other transport gets its own C{write}.
     """
     if not isinstance(transport, tcp.Connection):
         return cast(Callable[[bytes], None], transport.write)
@@ -108,7 +111,10 @@ def directWriter(transport: Any) -> Callable[[bytes], None]:
     def write(data: bytes) -> None:
         producer = connection.producer
         if (
-            not connection.dataBuffer
+            connection.connected
+            and not connection.disconnected
+            and not getattr(connection, "_aborting", False)
+            and not connection.dataBuffer
             and not connection._tempDataLen
             and not connection.disconnecting
             and not connection.TLS

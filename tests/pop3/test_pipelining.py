@@ -265,3 +265,64 @@ def test_aClientThatDoesNotReadStopsBeingAnswered(tmp_path) -> None:
     finally:
         serverSocket.close()
         clientSocket.close()
+
+
+class _BreaksAfterAChunk:
+    """
+    A stored message's file whose first read works and whose second fails
+    (an I/O error once part of the message is sent).
+    """
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def read(self, size: int) -> bytes:
+        self.reads += 1
+        if self.reads == 1:
+            return b"Subject: x\r\n\r\n" + b"a" * (size - 14)
+        raise OSError(5, "Input/output error")
+
+    def close(self) -> None:
+        pass
+
+
+def test_nothingPipelinedBehindABrokenMessageIsAnsweredOrApplied() -> None:
+    """
+    When a message fails after part of it was sent, the connection breaks
+    off: the commands pipelined behind it (STAT, DELE, QUIT) get no reply
+    and change nothing: the message that was not delivered stays.
+    """
+    from popsrv.wire.streaming import sendFile
+
+    reactor = MemoryReactorClock()
+    portal, realm = memoryPortal({"alice": "secret"})
+    maildrop = realm.maildrop("alice")
+    maildrop.add(b"Subject: one\r\n\r\n" + b"b" * 1000 + b"\r\n", uid="one")
+    maildrop.add(b"Subject: two\r\n\r\nsecond\r\n", uid="two")
+    maildrop.sendMessage = lambda uid, consumer: sendFile(_BreaksAfterAChunk(), consumer, 4096)  # type: ignore
+    factory = POP3Factory(portal, hostname="test", clock=reactor, authFailureDelay=0)
+    serverSocket, clientSocket = socket.socketpair()
+    clientSocket.settimeout(5)
+    try:
+        protocol, transport = serveOver(serverSocket, factory, reactor)
+        protocol.dataReceived(b"USER alice\r\nPASS secret\r\n")
+        transport.doWrite()
+        before = b""
+        while not before.endswith(b"octets)\r\n"):
+            before += clientSocket.recv(1 << 16)
+        protocol.dataReceived(b"RETR 1\r\nSTAT\r\nDELE 1\r\nQUIT\r\n")
+        assert transport._aborting
+        if transport.dataBuffer or transport._tempDataLen:
+            transport.doWrite()
+        reactor.advance(0)
+        clientSocket.setblocking(False)
+        try:
+            received = clientSocket.recv(1 << 20)
+        except BlockingIOError:
+            received = b""
+        assert received.startswith(b"+OK") and b"aaaa" in received
+        assert b"+OK 2" not in received and b"deleted" not in received and b"signing off" not in received
+        assert sorted(maildrop.messages) == ["one", "two"]
+    finally:
+        serverSocket.close()
+        clientSocket.close()

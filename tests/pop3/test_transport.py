@@ -109,6 +109,8 @@ def directConnection(monkeypatch: pytest.MonkeyPatch, accepts: object = None):
     through its ordinary C{write}.
     """
     connection = bareConnection()
+    connection.connected = True
+    connection.disconnected = False
     connection.disconnecting = False
     connection.producer = None
     connection.streamingProducer = False
@@ -149,15 +151,24 @@ def test_directWriterLeavesWhatIsNotSentToTwisted(monkeypatch: pytest.MonkeyPatc
     assert written == [rest]
 
 
-@pytest.mark.parametrize("state", ["pending", "temporary", "closing", "tls", "pull producer"])
+@pytest.mark.parametrize(
+    "state", ["pending", "temporary", "closing", "lost", "disconnected", "aborted", "tls", "pull producer"]
+)
 def test_directWriterQueuesBehindOthers(monkeypatch: pytest.MonkeyPatch, state: str) -> None:
     """
-    Data already waiting, a closing connection, TLS, or a pull producer
-    registered (which Twisted resumes only as its buffer empties) leave a
-    reply to Twisted's write.
+    Data already waiting, a closing, lost or aborted connection (whose
+    socket may be gone: Twisted's write drops what it is given), TLS, or a
+    pull producer registered (which Twisted resumes only as its buffer
+    empties) leave a reply to Twisted's write.
     """
     connection, sent, written = directConnection(monkeypatch)
-    if state == "pending":
+    if state == "lost":
+        connection.connected = False
+    elif state == "disconnected":
+        connection.disconnected = True
+    elif state == "aborted":
+        connection._aborting = True
+    elif state == "pending":
         connection.dataBuffer = b"earlier"
     elif state == "temporary":
         connection._tempDataLen = 7
@@ -171,6 +182,7 @@ def test_directWriterQueuesBehindOthers(monkeypatch: pytest.MonkeyPatch, state: 
     assert sent == [] and written == [b"+OK\r\n"]
     connection.producer, connection.streamingProducer = object(), True
     connection.dataBuffer, connection._tempDataLen, connection.disconnecting, connection.TLS = b"", 0, False, False
+    connection.connected, connection.disconnected, connection._aborting = True, False, False
     directWriter(connection)(b"+OK\r\n")
     assert sent == [b"+OK\r\n"]
 

@@ -590,3 +590,28 @@ def test_aQuickListingOnTheReactorThreadNeverWaits(tmp_path, keepEveryListing, m
     assert len(maildrop.listMessages()) == 3
     maildrop.release()
     assert [seconds for seconds in waits if seconds > 0] == []
+
+
+def hostileNames(n: int) -> list:
+    return [
+        "0" * 120 + ".M" + "0" * 110 + f",W={n},",
+        "0" * 200 + ".M" + "1" * 200 + f"{n},S=1,W=1:2,S",
+        "9" * 150 + ".M" + "0" * 150 + f"x{n},W=7",
+        "0" * 240 + f"{n},W=,",
+    ]
+
+
+def test_hostileNamesAreParsedInLinearTime() -> None:
+    """
+    Names made of long runs of zeros and digits, which a user can put in
+    cur/, are parsed at once: the usual name's expression never tries a
+    part again at another length (before, each took a second or more,
+    holding the GIL).
+    """
+    names = [name for n in range(5) for name in hostileNames(n)]
+    started = time.perf_counter()
+    listing = CurListing()
+    listing.update(names, lambda name: None)
+    assert time.perf_counter() - started < 2.0
+    assert len(listing.messages) == sum(listingModule._parse(name) is not None for name in names)
+    assert all(listingModule._parse(name) == listingModule._parseAnyName(name) for name in names)

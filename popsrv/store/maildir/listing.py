@@ -42,13 +42,19 @@ _UID_OCTETS = re.compile(r"[\x21-\x7e]{1,70}")
 # end the base name, then the info part (optional; its flags if it is of
 # the "2," kind).  Any other name is parsed by the general rules (which
 # give the same for these: a test checks it).  No file name holds a NUL.
+# Each part is matched once, never tried again at another length (atomic
+# groups, possessive repeats): the unique part's characters take any digit
+# the delivery time would give back, so trying again never helps a match,
+# and runs of zeros and digits made it take seconds (catastrophic
+# backtracking) on names a user can make.
 _USUAL = (
-    r"(?P<base>(?P<unique>(?:0*(?P<seconds>[0-9]+)(?:\.M0*(?P<micro>[0-9]+))?)?[\x21-\x2b\x2d-\x39\x3b-\x7e]*)"
-    r"(?:,S=[0-9]+)?,W=(?P<size>[0-9]+))(?::(?:2,(?P<flags>[^\0]*)|[^\0]*))?"
+    r"(?P<base>(?P<unique>(?>(?:(?>0*(?=[0-9]))(?P<seconds>[0-9]++)"
+    r"(?:\.M(?>0*(?=[0-9]))(?P<micro>[0-9]++))?)?)[\x21-\x2b\x2d-\x39\x3b-\x7e]*+)"
+    r"(?:,S=[0-9]++)?,W=(?P<size>[0-9]++))(?::(?:2,(?P<flags>[^\0]*+)|[^\0]*+))?"
 )
 _USUAL_NAME = re.compile(_USUAL)
 # Names, each ended by a NUL: a usual one, or any other.
-_NAMES = re.compile(f"(?:{_USUAL}|[^\\0]*)\\0")
+_NAMES = re.compile(f"(?:{_USUAL}|[^\\0]*+)\\0")
 # Longest uid taken as it is.
 _UID_LENGTH = 70
 # The sort key made of its fields (see _sortKey).
