@@ -48,17 +48,14 @@ from popsrv.app.access import (
     Identity,
     currentIdentity,
     identityFor,
-    readableBy,
-    readableFileProblem,
     unusableDirectory,
     unwritableDirectory,
 )
+from popsrv.app.checkauth import EXAMINED, checkAuth, readLater
 from popsrv.app.checkmbox import checkSpools
 from popsrv.app.listening import serverEndpoint, sslFiles
 from popsrv.app.options import DEMO_DIRECTORY, Options, checkerName
 from popsrv.app.secret import SecretError, defaultSecretPath, loadSecret
-from popsrv.auth.passwdfile import lintPasswd
-from popsrv.errors import CredentialsUnavailable
 from popsrv.store.realm import MaildirTemplate
 from popsrv.store.uidlformat import DEFAULT_UIDL_FORMAT
 from popsrv.tls import TLSConfigError, TLSSettings, certificateValidity, loadCertificateOptions
@@ -70,9 +67,6 @@ EXPIRY_WARNING = datetime.timedelta(days=14)
 # Exit statuses: all is well (perhaps with warnings); problems found; the
 # command line cannot be read.
 OK, PROBLEMS, USAGE = 0, 1, 2
-# The --auth checkers whose files this command examines itself rather than
-# making the checker (which, for pgsql:, would open a pool of connections).
-_EXAMINED = ("file", "passwd-file", "pgsql")
 
 
 def oneLine(text: str) -> str:
@@ -164,7 +158,7 @@ class CheckOptions(Options):
 (--help-auth lists the checkers); repeatable. The files of file:, \
 passwd-file: and pgsql: are examined, and a pgsql: database is asked once."""
         kind = description.partition(":")[0]
-        if kind not in _EXAMINED:
+        if kind not in EXAMINED:
             try:
                 super().opt_auth(description)
             except usage.UsageError as error:
@@ -289,21 +283,6 @@ def checkListeners(reactor: Any, options: CheckOptions, report: Report) -> List[
     return [description for _, description in listeners]
 
 
-def _readLater(label: str, path: str, identity: Identity, options: CheckOptions, report: Report, later: str) -> None:
-    """
-    Report a file that C{identity} cannot read: a problem with --workers
-    (which read it after twistd takes that identity), else a warning
-    saying what will fail C{later}, or nothing if C{later} is empty.
-    """
-    problem = readableBy(path, identity)
-    if problem is None:
-        return
-    if options["workers"] > 1:
-        report.problem(f"{label}: {problem}, and --workers processes read it as that user")
-    elif later:
-        report.warning(f"{label}: {problem}: {later}")
-
-
 def _checkCertificate(label: str, certificate: str, key: str, report: Report, now: datetime.datetime) -> bool:
     """
     Check that a certificate and key can be used together, and when the
@@ -336,7 +315,7 @@ def checkTLS(options: CheckOptions, identity: Identity, report: Report, now: dat
     certificate, key = options["tls-cert"], options["tls-key"]
     if certificate and key and _checkCertificate("--tls-cert/--tls-key", certificate, key, report, now):
         for option, path in (("--tls-cert", certificate), ("--tls-key", key)):
-            _readLater(f"{option} {path}", path, identity, options, report, "a reload on SIGHUP will fail")
+            readLater(f"{option} {path}", path, identity, options, report, "a reload on SIGHUP will fail")
     for description in options["listen"]:
         files = sslFiles(description)
         if files is None:
@@ -345,7 +324,7 @@ def checkTLS(options: CheckOptions, identity: Identity, report: Report, now: dat
         label = f"--listen {description!r}"
         if _checkCertificate(label, certKey, privateKey, report, now):
             for path in sorted({privateKey, certKey}):
-                _readLater(f"{label} ({path})", path, identity, options, report, "")
+                readLater(f"{label} ({path})", path, identity, options, report, "")
 
 
 def checkMaildirs(options: CheckOptions, identity: Identity, report: Report) -> Optional[str]:
@@ -375,77 +354,6 @@ def checkMaildirs(options: CheckOptions, identity: Identity, report: Report) -> 
     elif problem is not None:
         report.warning(f"{label}: {problem}, so the directories of every Maildir below it must exist already")
     return base
-
-
-def _checkFile(label: str, path: str, identity: Identity, options: CheckOptions, report: Report) -> None:
-    """
-    A C{file:} checker reads its file at every login, after twistd took
-    the identity popsrv serves as.
-    """
-    problem = readableBy(path, identity)
-    if problem is not None:
-        report.problem(f"{label}: {problem}, and the file: checker reads it at every login")
-
-
-def _checkPasswdFile(label: str, path: str, identity: Identity, options: CheckOptions, report: Report) -> None:
-    """
-    Every faulty line of a passwd file: syntax errors (the file would not
-    be used) are problems, users who cannot log in are warnings.
-    """
-    with open(path, "rb") as stream:
-        data = stream.read()
-    errors, unusable = lintPasswd(data)
-    for error in errors:
-        report.problem(f"{label}: line {error.lineNumber}: {error.reason}")
-    for entry in unusable:
-        report.warning(f"{label}: line {entry.lineNumber}: user {entry.user!r} cannot log in: {entry.reason}")
-    _readLater(label, path, identity, options, report, "once it changes, logins fail until it can be read")
-
-
-def _checkPostgres(label: str, path: str, identity: Identity, options: CheckOptions, report: Report) -> None:
-    """
-    Read the settings, connect and run the query once.
-    """
-    try:
-        from popsrv.auth import pgsql
-    except ImportError as error:
-        if not (error.name or "").startswith("psycopg"):
-            raise
-        report.problem(f"{label}: pgsql needs psycopg: pip install 'popsrv[pgsql]'")
-        return
-    try:
-        settings = pgsql.readSettings(path)
-    except pgsql.SettingsError as error:
-        report.problem(f"--auth pgsql: {error}")
-        return
-    try:
-        pgsql.probe(settings)
-    except CredentialsUnavailable as error:
-        report.problem(f"{label}: {error}")
-    _readLater(label, path, identity, options, report, "")
-
-
-_EXAMINE = {"file": _checkFile, "passwd-file": _checkPasswdFile, "pgsql": _checkPostgres}
-
-
-def checkAuth(options: CheckOptions, identity: Identity, report: Report) -> None:
-    """
-    Examine the file of every C{file:}, C{passwd-file:} and C{pgsql:}
-    checker (the others were made, and so checked, with the options).
-    """
-    for description in options.authDescriptions:
-        kind, _, path = description.partition(":")
-        if kind not in _EXAMINED:
-            continue
-        if not path.strip():
-            report.problem(f"--auth {kind} needs the path of a file: --auth {kind}:PATH")
-            continue
-        label = f"--auth {kind}:{path}"
-        problem = readableFileProblem(path)
-        if problem is not None:
-            report.problem(f"{label}: {problem}")
-            continue
-        _EXAMINE[kind](label, path, identity, options, report)
 
 
 def checkSecret(options: CheckOptions, report: Report) -> None:
