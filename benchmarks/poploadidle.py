@@ -35,14 +35,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from fixtures import makeMaildirs  # noqa: E402
 from harness import SERVERS, eachServer  # noqa: E402
-from poploadsessions import buildPopload, runPopload  # noqa: E402
-
-
-def rssKilobytes(server) -> int:
-    """
-    The resident memory of the server's processes.
-    """
-    return server.rssKilobytes()
+from poploadsessions import buildPopload, copying, runPopload, writeUsers  # noqa: E402
 
 
 def holdIdle(program: str, server, idleUsers: str, probeUsers: str, sessions: int, probes: int) -> dict:
@@ -85,24 +78,14 @@ def main(args) -> None:
         fixture = os.path.join(work, "original")
         users = makeMaildirs(fixture, args.sessions + 1, args.messages, args.size)
         names = list(users)
-        probeUsers = os.path.join(work, "probe.txt")
-        idleUsers = os.path.join(work, "idle.txt")
-        allUsers = os.path.join(work, "all.txt")
-        with open(probeUsers, "w") as f:
-            f.write(f"{names[0]}:{users[names[0]]}\n")
-        with open(idleUsers, "w") as f:
-            f.writelines(f"{name}:{users[name]}\n" for name in names[1:])
-        with open(allUsers, "w") as f:
-            f.writelines(f"{name}:{users[name]}\n" for name in names)
+        probeUsers = writeUsers(os.path.join(work, "probe.txt"), {names[0]: users[names[0]]})
+        idleUsers = writeUsers(os.path.join(work, "idle.txt"), {name: users[name] for name in names[1:]})
+        allUsers = writeUsers(os.path.join(work, "all.txt"), users)
         print("| server | idle sessions held | memory per idle session, RSS / PSS KB | probe session p50 ms, "
               "with them / without | server RSS / PSS MB while held |")
         print("|---|---|---|---|---|")
 
-        def prepare(root: str) -> dict[str, str]:
-            shutil.copytree(fixture, root)
-            return users
-
-        for server in eachServer(args.servers, prepare):
+        for server in eachServer(args.servers, copying(fixture, users)):
             runPopload(program, server.port, allUsers, 8, 300, len(names))
             alone = runPopload(program, server.port, probeUsers, 1, 60, args.probes)["stats"]["lat_p50_ms"]
             rss, pss = server.rssKilobytes(), server.pssKilobytes()

@@ -56,11 +56,36 @@ def buildPopload(into: str) -> str:
     return program
 
 
+def writeUsers(path: str, users: dict[str, str]) -> str:
+    """
+    Write popload's users file (one "user:password" a line); return its path.
+    """
+    with open(path, "w") as f:
+        f.writelines(f"{user}:{password}\n" for user, password in users.items())
+    return path
+
+
+def copying(fixture: str, users: dict[str, str]):
+    """
+    The C{prepare} of L{harness.eachServer}: a fresh copy of the Maildirs
+    under C{fixture} for each server, whose users are C{users}.
+    """
+
+    def prepare(root: str) -> dict[str, str]:
+        shutil.copytree(fixture, root)
+        return users
+
+    return prepare
+
+
 def runPopload(
-    program: str, port: int, usersFile: str, concurrency: int, seconds: float, maxSessions: int, script: str = SCRIPT
+    program: str, port: int, usersFile: str, concurrency: int, seconds: float, maxSessions: int, script: str = SCRIPT,
+    verify: bool = True,
 ) -> dict:
     """
-    One closed-loop run of popload; return its RESULT.
+    One closed-loop run of popload; return its RESULT.  Unless C{verify} is
+    false (popload's canned server), a run with errors or messages of the
+    wrong size ends the benchmark.
     """
     command = [
         program, "run", "--port", str(port), "--users", usersFile, "--script", script,
@@ -69,7 +94,11 @@ def runPopload(
     ]
     output = subprocess.run(command, check=True, capture_output=True, text=True, timeout=seconds + 120).stdout
     [line] = [line for line in output.splitlines() if line.startswith("RESULT ")]
-    return json.loads(line[len("RESULT "):])
+    result = json.loads(line[len("RESULT "):])
+    stats = result["stats"]
+    if verify and (stats["errors"] or stats["size_mismatch"]):
+        raise SystemExit(f"popload reported errors on port {port}: {stats}")
+    return result
 
 
 def cannedCeiling(program: str, usersFile: str, args) -> dict[int, float]:
@@ -85,7 +114,9 @@ def cannedCeiling(program: str, usersFile: str, args) -> dict[int, float]:
     try:
         waitForPort(port)
         return {
-            c: runPopload(program, port, usersFile, c, args.seconds, args.max_sessions)["stats"]["sessions_per_s"]
+            c: runPopload(program, port, usersFile, c, args.seconds, args.max_sessions, verify=False)["stats"][
+                "sessions_per_s"
+            ]
             for c in args.concurrency
         }
     finally:
@@ -133,20 +164,14 @@ def main(args) -> None:
         program = buildPopload(work)
         fixture = os.path.join(work, "original")
         users = makeMaildirs(fixture, args.users, args.messages, args.size)
-        usersFile = os.path.join(work, "users.txt")
-        with open(usersFile, "w") as f:
-            f.writelines(f"{user}:{password}\n" for user, password in users.items())
+        usersFile = writeUsers(os.path.join(work, "users.txt"), users)
         print("popload against its canned server: "
               + ", ".join(f"{c} clients {rate:.0f}/s" for c, rate in cannedCeiling(program, usersFile, args).items()))
         print("| server | clients | sessions/s (median, min-max) | p50 ms | p99 ms | server CPU ms/session"
               " | generator CPU ms/session | PSS MB after |")
         print("|---|---|---|---|---|---|---|---|")
 
-        def prepare(root: str) -> dict[str, str]:
-            shutil.copytree(fixture, root)
-            return users
-
-        for server in eachServer(args.servers, prepare):
+        for server in eachServer(args.servers, copying(fixture, users)):
             runPopload(program, server.port, usersFile, 4, 120, args.users)
             rows = []
             for concurrency in args.concurrency:
@@ -155,8 +180,6 @@ def main(args) -> None:
                     before = server.cpuSeconds()
                     result = runPopload(program, server.port, usersFile, concurrency, args.seconds, args.max_sessions)
                     stats = result["stats"]
-                    if stats["errors"] or stats["size_mismatch"]:
-                        raise SystemExit(f"{server.name}: popload reported errors: {stats}")
                     cpu = server.cpuSeconds() - before
                     sessions = stats["ok"]
                     client = result["client_cpu_user_s"] + result["client_cpu_sys_s"]
