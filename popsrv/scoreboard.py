@@ -6,7 +6,13 @@ the authentication penalty).
 The table lives in a file mapped into memory (C{mmap}), so the C{--workers}
 processes share it: the parent makes it and hands its descriptor to each
 worker.  Every read-modify-write holds an C{fcntl} lock on the file for a
-few microseconds: no process ever sees half an update.
+few microseconds: no process ever sees half an update.  A process that
+stops while it holds the lock (C{SIGSTOP}, a debugger) would stop every
+other process's next connection with it: so a process waits at most
+L{LOCK_PATIENCE} for the lock, then goes on without it (and, for
+L{LOCK_RESPITE}, waits no more), and logs why.  What it risks is a count
+off by one, which the next updates of the row mend (counts never go below
+zero); what it avoids is a server that stops serving.
 
 It is bounded: rows are grouped in sets of L{WAYS}, and an address can live
 only in the set a keyed hash of it chooses (a set-associative cache, as in a
@@ -21,6 +27,8 @@ disturbing the others' counts.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import functools
 import hashlib
@@ -30,11 +38,15 @@ import os
 import secrets
 import struct
 import tempfile
-from typing import Callable, Optional, TypeVar
+import time
+from typing import Callable, Iterator, Optional, TypeVar
 
 import attr
+from twisted.logger import Logger
 
-__all__ = ["CAPACITY", "WAYS", "Row", "Scoreboard", "TableFull", "addressKey"]
+__all__ = ["CAPACITY", "LOCK_PATIENCE", "LOCK_RESPITE", "WAYS", "Row", "Scoreboard", "TableFull", "addressKey"]
+
+log = Logger()
 
 _T = TypeVar("_T")
 
@@ -51,6 +63,15 @@ _ROW = struct.Struct("<16sdddI")
 _COLUMN = struct.Struct("<II")
 _TOTAL = struct.Struct("<I")
 _EMPTY_KEY = b"\0" * 16
+# How long an update waits for the lock that another process holds before
+# it goes on without it; then for how long updates do not wait for it.
+LOCK_PATIENCE = 0.2
+LOCK_RESPITE = 10.0
+# The first pause between two tries to take the lock, and the longest.
+_FIRST_PAUSE = 0.0001
+_LONGEST_PAUSE = 0.01
+# What taking a lock that another process holds fails with.
+_BUSY = (errno.EACCES, errno.EAGAIN)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -70,10 +91,6 @@ def addressKey(host: str) -> bytes:
         else:
             return b"\6" + ip.packed[:8] + b"\0" * 7
     return b"\4" + ip.packed + b"\0" * 11
-
-
-def _alone() -> None:
-    """Take or leave no lock: one process alone uses the table."""
 
 
 class TableFull(Exception):
@@ -128,9 +145,10 @@ class Scoreboard:
 
     def __init__(self, fd: int, column: int, shared: bool = True) -> None:
         self._fd = fd
-        if not shared:
-            # One process alone uses it: no lock to take.
-            self._lock = self._unlock = _alone  # type: ignore[method-assign]
+        # One process alone uses it: no lock to take.
+        self._shared = shared
+        # Until when updates do not wait for the lock (see LOCK_RESPITE).
+        self._impatientUntil = 0.0
         self._map = mmap.mmap(fd, 0)
         magic, capacity, columns, key = _HEADER.unpack_from(self._map, 0)
         if magic != _MAGIC:
@@ -183,21 +201,55 @@ class Scoreboard:
         self._map.close()
         os.close(self._fd)
 
-    def _lock(self) -> None:
-        fcntl.lockf(self._fd, fcntl.LOCK_EX)
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """
+        Hold the lock of the table, if it is shared, while the block runs:
+        or not, if another process holds it too long (see the module's
+        description).
+        """
+        held = self._shared and self._take()
+        try:
+            yield
+        finally:
+            if held:
+                fcntl.lockf(self._fd, fcntl.LOCK_UN)
 
-    def _unlock(self) -> None:
-        fcntl.lockf(self._fd, fcntl.LOCK_UN)
+    def _take(self) -> bool:
+        """
+        Take the lock, waiting at most L{LOCK_PATIENCE}; return whether it
+        is taken.
+        """
+        pause = _FIRST_PAUSE
+        deadline: Optional[float] = None
+        while True:
+            try:
+                fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except OSError as error:
+                if error.errno not in _BUSY:
+                    raise
+            now = time.monotonic()
+            if deadline is None:
+                if now < self._impatientUntil:
+                    return False
+                deadline = now + LOCK_PATIENCE
+            elif now >= deadline:
+                self._impatientUntil = now + LOCK_RESPITE
+                log.warn(
+                    "another process held the scoreboard's lock for {patience} s: going on without it for "
+                    "{respite} s", patience=LOCK_PATIENCE, respite=LOCK_RESPITE, event="scoreboard-lock-held",
+                )
+                return False
+            time.sleep(pause)
+            pause = min(2 * pause, _LONGEST_PAUSE)
 
     # Totals
 
     def total(self) -> int:
         """Connections open in every process."""
-        self._lock()
-        try:
+        with self._locked():
             return self._total()
-        finally:
-            self._unlock()
 
     def _total(self) -> int:
         return sum(_TOTAL.unpack_from(self._map, self._totals + _TOTAL.size * c)[0] for c in range(self.columns))
@@ -261,8 +313,7 @@ class Scoreboard:
         @raise TableFull: every row the address may use holds live
             connections or logins (nothing is changed).
         """
-        self._lock()
-        try:
+        with self._locked():
             found = self._find(key, create=True)
             if found is None:
                 raise TableFull(f"no row free for {key.hex()}")
@@ -276,31 +327,23 @@ class Scoreboard:
             self._write(offset, key, row)
             self._addTotal(row.connections[self.column] - mine)
             return result
-        finally:
-            self._unlock()
 
     def peek(self, key: bytes) -> Optional[Row]:
         """
         The row of C{key}, if the table has one (a copy: changing it
         changes nothing).
         """
-        self._lock()
-        try:
+        with self._locked():
             found = self._find(key, create=False)
             return None if found is None else found[1]
-        finally:
-            self._unlock()
 
     def clearColumn(self, column: int) -> None:
         """
         Forget the connections and pending logins of the process of
         C{column} (it ended: nothing it counted is open any more).
         """
-        self._lock()
-        try:
+        with self._locked():
             _TOTAL.pack_into(self._map, self._totals + _TOTAL.size * column, 0)
             for index in range(self._capacity):
                 offset = self._rows + index * self._rowSize + _ROW.size + _COLUMN.size * column
                 _COLUMN.pack_into(self._map, offset, 0, 0)
-        finally:
-            self._unlock()

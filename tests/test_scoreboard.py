@@ -12,6 +12,7 @@ import sys
 from typing import Iterator
 
 import pytest
+from twisted.logger import capturedLogs
 
 from popsrv.scoreboard import WAYS, Row, Scoreboard, TableFull, addressKey
 from tests.support.servers import twistdEnvironment
@@ -162,3 +163,78 @@ def test_aTableOfOneProcessTakesNoLock(monkeypatch: pytest.MonkeyPatch, shared: 
         assert (len(locks) > 0) is shared
     finally:
         board.close()
+
+
+HOLDER = """
+import fcntl, sys
+fd = int(sys.argv[1])
+fcntl.lockf(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_aLockHeldTooLongIsPassedBy(board: Scoreboard, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    While another process holds the table's lock (stopped while it held
+    it), an update waits L{LOCK_PATIENCE} once, then goes on without the
+    lock, logging why once; updates do not wait again during
+    L{LOCK_RESPITE}, and take the lock again once it is free.
+    """
+    import fcntl
+    import time
+
+    from popsrv import scoreboard
+
+    monkeypatch.setattr(scoreboard, "LOCK_PATIENCE", 0.05)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(board.fileno())], pass_fds=(board.fileno(),),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )
+    assert holder.stdout is not None and holder.stdin is not None
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        waited = []
+        sleep = time.sleep
+        monkeypatch.setattr(scoreboard.time, "sleep", lambda seconds: waited.append(seconds) or sleep(seconds))
+        with capturedLogs() as events:
+            assert board.update(addressKey("192.0.2.1"), 1.0, connect) == 1
+            assert sum(waited) >= 0.05 / 2
+            waited.clear()
+            assert board.update(addressKey("192.0.2.1"), 2.0, connect) == 2
+            assert board.total() == 2
+        assert waited == []
+        held = [event for event in events if event.get("event") == "scoreboard-lock-held"]
+        assert len(held) == 1 and "Traceback" not in str(held[0])
+    finally:
+        holder.stdin.close()
+        holder.wait(20)
+        holder.stdout.close()
+    taken = []
+    lockf = fcntl.lockf
+    monkeypatch.setattr(fcntl, "lockf", lambda fd, operation: taken.append(operation) or lockf(fd, operation))
+    monkeypatch.setattr(board, "_impatientUntil", 0.0)
+    assert board.update(addressKey("192.0.2.1"), 3.0, connect) == 3
+    assert taken == [fcntl.LOCK_EX | fcntl.LOCK_NB, fcntl.LOCK_UN]
+
+
+def test_aLockHeldBrieflyIsWaitedFor(board: Scoreboard, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A lock another process holds for a moment (less than
+    L{LOCK_PATIENCE}, made long here) is waited for, and taken.
+    """
+    from popsrv import scoreboard
+
+    monkeypatch.setattr(scoreboard, "LOCK_PATIENCE", 60.0)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(board.fileno())], pass_fds=(board.fileno(),),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )
+    assert holder.stdout is not None and holder.stdin is not None
+    assert holder.stdout.readline() == b"held\n"
+    holder.stdin.close()
+    with capturedLogs() as events:
+        assert board.update(addressKey("192.0.2.1"), 1.0, connect) == 1
+    holder.wait(20)
+    holder.stdout.close()
+    assert [event for event in events if event.get("event") == "scoreboard-lock-held"] == []
