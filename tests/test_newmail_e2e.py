@@ -119,11 +119,11 @@ def start(launcher: Launcher, root: Path, workers: int) -> Popsrv:
 
 def isHelper(pid: int) -> bool:
     """
-    Whether a process is a helper that takes new mail (it runs intake.py).
+    Whether a process is a helper of the Maildir store (it runs helper.py).
     """
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return b"intake.py" in cmdline.read()
+            return b"helper.py" in cmdline.read()
     except OSError:
         return False
 

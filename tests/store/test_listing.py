@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from popsrv.messages import MessageInfo, MessageList
-from popsrv.store.maildir import MaildirMaildrop, deliver
+from popsrv.store.maildir import MaildirMaildrop, deliver, parsing
 from popsrv.store.maildir import listing as listingModule
 from popsrv.store.maildir import maildrop as maildir
 from popsrv.store.maildir.directory import Directory
@@ -25,6 +25,13 @@ from popsrv.store.maildir.listing import CurListing, ListingCache, orderKey
 
 def noSize(name: str):
     raise AssertionError(f"{name} records no size")
+
+
+def namesInOrder(listing: CurListing) -> list:
+    """
+    The file names of a listing's messages, in POP3 order.
+    """
+    return [listing.fileNames[info.uid] for info in listing.messages]
 
 
 def fresh(names) -> CurListing:
@@ -104,7 +111,7 @@ def test_theUsualNameIsParsedAsTheGeneralRulesParseIt(name: str) -> None:
     Parsed by the one match of the usual name or by the general rules, any
     name gives the same sort key, base name, uid, size and seen flag.
     """
-    assert listingModule._parse(name) == listingModule._parseAnyName(name)
+    assert parsing.parseName(name) == parsing.parseAnyName(name)
 
 
 def columnsOf(entries) -> tuple:
@@ -115,9 +122,9 @@ def columnsOf(entries) -> tuple:
 
 
 def parsedTogether(names) -> tuple:
-    columns = listingModule._Columns()
-    unsized = listingModule._parseColumns(names, columns)
-    together = (columns.keys, columns.names, columns.uids, list(columns.sizes), [bool(s) for s in columns.seen])
+    columns = parsing.Columns()
+    unsized = parsing.parseColumns(names, columns)
+    together = (list(columns.times), columns.names, columns.uids, list(columns.sizes), [bool(s) for s in columns.seen])
     return together, unsized
 
 
@@ -128,7 +135,7 @@ def test_namesParsedTogetherAreParsedAsOneByOne(names) -> None:
     Names parsed together, column by column, give what each gives alone;
     those that record no size are handed back.
     """
-    alone = [listingModule._parse(name) for name in names]
+    alone = [parsing.parseName(name) for name in names]
     together, unsized = parsedTogether(names)
     assert together == columnsOf([entry for entry in alone if entry is not None])
     assert unsized == [name for name, entry in zip(names, alone) if entry is None]
@@ -141,12 +148,12 @@ def test_usualNamesAreParsedColumnByColumn(names) -> None:
     A batch of usual names is parsed without a step per name (so the test
     above compares two different ways).
     """
-    parse = listingModule._parse
-    listingModule._parse = lambda name: pytest.fail(f"{name} parsed one by one")  # type: ignore[assignment]
+    parse = parsing.parseName
+    parsing.parseName = lambda name: pytest.fail(f"{name} parsed one by one")  # type: ignore[assignment]
     try:
         together, unsized = parsedTogether(names)
     finally:
-        listingModule._parse = parse
+        parsing.parseName = parse
     assert unsized == []
     assert together == columnsOf([parse(name) for name in names])
 
@@ -159,8 +166,8 @@ def test_usualNamesTakeTheQuickWay(name: str, monkeypatch) -> None:
     The names delivery agents and popsrv write are parsed by one match (so
     the test above compares two different ways), others are not.
     """
-    monkeypatch.setattr(listingModule, "_parseAnyName", lambda name: pytest.fail(f"{name} parsed slowly"))
-    assert listingModule._parse(name) is not None
+    monkeypatch.setattr(parsing, "parseAnyName", lambda name: pytest.fail(f"{name} parsed slowly"))
+    assert parsing.parseName(name) is not None
 
 
 @pytest.mark.parametrize(
@@ -173,9 +180,9 @@ def test_otherNamesFollowTheGeneralRules(name: str, monkeypatch) -> None:
     not ASCII) is parsed by the general rules.
     """
     slowly = []
-    parseAnyName = listingModule._parseAnyName
-    monkeypatch.setattr(listingModule, "_parseAnyName", lambda name: slowly.append(name) or parseAnyName(name))
-    listingModule._parse(name)
+    parseAnyName = parsing.parseAnyName
+    monkeypatch.setattr(parsing, "parseAnyName", lambda name: slowly.append(name) or parseAnyName(name))
+    parsing.parseName(name)
     assert slowly == [name]
 
 
@@ -184,11 +191,14 @@ def test_otherNamesFollowTheGeneralRules(name: str, monkeypatch) -> None:
 def test_theSortKeySortsAsTheOrderKey(names) -> None:
     """
     Names sort by their sort keys as by their order keys (delivery time,
-    microseconds, unique part, base), then by the name itself.
+    microseconds, unique part, base), then by the name itself; their
+    delivery times (L{timeKey}) never put them in another order.
     """
-    usable = [name for name in names if listingModule._parse(name) is not None]
-    bySortKey = sorted(usable, key=lambda name: listingModule._parse(name)[0])  # type: ignore[index]
-    assert bySortKey == sorted(usable, key=lambda name: (orderKey(name), name))
+    usable = [name for name in names if parsing.parseName(name) is not None]
+    byOrderKey = sorted(usable, key=lambda name: (orderKey(name), name))
+    assert sorted(usable, key=parsing.sortKey) == byOrderKey
+    byTime = sorted(usable, key=lambda name: (parsing.parseName(name)[0], parsing.sortKey(name)))  # type: ignore[index]
+    assert byTime == byOrderKey
 
 
 def test_parsingIsAccountedInSteps() -> None:
@@ -553,18 +563,18 @@ def test_sortingInStepsKeepsTheOrder(monkeypatch) -> None:
     """
     import random
 
-    monkeypatch.setattr(listingModule, "SORT_STEP", 4)
+    monkeypatch.setattr(parsing, "SORT_STEP", 4)
     rng = random.Random(7)
     names = [f"{1_600_000_000 + rng.randrange(50)}.M{rng.randrange(10**6)}P1Q{n}.h,W={n + 1}:2," for n in range(101)]
     pauses = []
     listing = CurListing()
     listing.update(list(names), noSize, pause=lambda: pauses.append(1))
-    assert list(listing.fileNames.values()) == sorted(names, key=orderKey)
+    assert namesInOrder(listing) == sorted(names, key=orderKey)
     assert len(pauses) >= 101 // 4
     more = [f"{1_600_000_000 + rng.randrange(60)}.M{rng.randrange(10**6)}P2Q{n}.h,W=1:2," for n in range(37)]
     kept = names[10:]
     listing.update(kept + more, noSize)
-    assert list(listing.fileNames.values()) == sorted(kept + more, key=orderKey)
+    assert namesInOrder(listing) == sorted(kept + more, key=orderKey)
 
 
 def test_aQuickListingOnTheReactorThreadNeverWaits(tmp_path, keepEveryListing, monkeypatch) -> None:
@@ -613,5 +623,33 @@ def test_hostileNamesAreParsedInLinearTime() -> None:
     listing = CurListing()
     listing.update(names, lambda name: None)
     assert time.perf_counter() - started < 2.0
-    assert len(listing.messages) == sum(listingModule._parse(name) is not None for name in names)
-    assert all(listingModule._parse(name) == listingModule._parseAnyName(name) for name in names)
+    assert len(listing.messages) == sum(parsing.parseName(name) is not None for name in names)
+    assert all(parsing.parseName(name) == parsing.parseAnyName(name) for name in names)
+
+
+_tyingNames = st.builds(
+    lambda t, u, rest, info: f"{t}.M{u}{rest}{info}",
+    st.sampled_from(["7", "07", "999999999999", "1000000000000", "99999999999999999"]),
+    st.sampled_from(["0", "1", "999999", "1000000", "0001", "12345678"]),
+    st.sampled_from(["Pa,W=1", "Pb,S=2,W=1", "Pa,W=2", "P,W=1", ",W=1", "Pa"]),
+    st.sampled_from(["", ":2,", ":2,S", ":1,x"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_tyingNames, _anyNames), unique=True, max_size=40), st.integers(0, 40))
+def test_namesOfTheSameDeliveryTimeAreInTheOrderOfTheirSortKeys(names, kept) -> None:
+    """
+    Names whose delivery times tie, or pass a cap of L{timeKey} (seconds of
+    13 digits or more, microseconds of 7), are listed in the order of their
+    order keys then names, as others are: in a first listing, and when
+    added to a kept one.
+    """
+    listing = CurListing()
+    measured = lambda name: None  # noqa: E731
+    listing.update(names[:kept], measured)
+    listing.update(names, measured)
+    usable = [name for name in names if parsing.parseName(name) is not None]
+    expected = sorted(usable, key=lambda name: (orderKey(name), name))
+    assert namesInOrder(listing) == expected
+    assert namesInOrder(fresh(usable)) == expected

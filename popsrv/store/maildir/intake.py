@@ -11,9 +11,9 @@ message as can be: open (without following a link, without blocking),
 C{fstat} (only a regular file is read), one read for most messages,
 close, rename.
 
-This module imports nothing from popsrv, so that it also runs as a helper
-process of its own (L{main}: C{python -I -S intake.py NEW CUR PARENT}),
-which starts in a few milliseconds.  The server takes a big C{new/} that
+This module imports nothing from popsrv, so that it also runs in a helper
+process (L{popsrv.store.maildir.helper}), which starts in a few
+milliseconds.  The server takes a big C{new/} that
 way (see L{popsrv.store.maildir.newmail}): a thread of the server would
 hand the GIL back and forth with the reactor thread at each of the half a
 dozen system calls per message, which under load took longer than the
@@ -24,16 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import importlib.util
 import itertools
 import os
 import re
 import stat
-import sys
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 
 __all__ = [
-    "ENTRY_WORK", "LIST_STEP", "MEASURE_CHUNK", "NAME_WORK", "NotAFile", "entriesOf", "listDirectory", "main",
+    "ENTRY_WORK", "LIST_STEP", "MEASURE_CHUNK", "NAME_WORK", "NotAFile", "entriesOf", "listDirectory",
     "measure", "openRegular", "recordedSize", "sizedName", "splitName", "takeMessage", "takeNew",
 ]
 
@@ -286,58 +284,3 @@ def takeNew(
         except OSError as error:
             unusable.append((fileName, error.strerror or type(error).__name__))
     return others, unusable
-
-
-class _Orphaned(Exception):
-    """
-    The process that started the helper is gone.
-    """
-
-
-def _loadSizeOf() -> SizeOf:
-    """
-    popsrv's C{normalizedSize}, from the file of its module (importing the
-    popsrv package would import all of it, which takes longer than
-    taking thousands of messages).
-    """
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "wire", "framing.py")
-    spec = importlib.util.spec_from_file_location("_popsrv_framing", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sizeOf: SizeOf = module.normalizedSize
-    return sizeOf
-
-
-def main(argv: Sequence[str]) -> int:
-    """
-    Run as a helper process: take C{new/} into C{cur/}, given the numbers of
-    the two directories' descriptors (inherited from the server) and the
-    server's process id; stop (between two messages) once that process is
-    gone.  Report nothing but a one-line error and exit status 1 if the
-    work fails; the server then takes what is left itself.
-    """
-    try:
-        newFd, curFd, parent = (int(argument) for argument in argv)
-        sizeOf = _loadSizeOf()
-        done = [0]
-
-        def account(octets: int) -> None:
-            done[0] += octets
-            if done[0] >= LIST_STEP * NAME_WORK:
-                done[0] = 0
-                if os.getppid() != parent:
-                    raise _Orphaned()
-
-        takeNew(newFd, curFd, sizeOf, account)
-    except _Orphaned:
-        return 0
-    except Exception as error:
-        print(f"{type(error).__name__}: {error}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -2,7 +2,7 @@
 Taking new mail into C{cur/} at login, each message measured once and
 renamed with its sizes (see L{popsrv.store.maildir.intake}): in the calling
 thread, paced by a L{GILPacer}, and for a big C{new/} first in a helper
-process.
+process (L{popsrv.store.maildir.helper}).
 
 Why a helper process: taking a message is half a dozen system calls, and a
 thread of the server releases the GIL for each and has to win it back from
@@ -17,9 +17,9 @@ import os
 import subprocess
 import sys
 import time
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
-from popsrv.store.maildir import intake
+from popsrv.store.maildir import helper, intake
 from popsrv.store.maildir.directory import Directory
 from popsrv.wire.framing import normalizedSize
 
@@ -73,12 +73,30 @@ def recordSize(directory: Directory, fileName: str, target: str, cur: Directory,
 
 def helperCommand(new: Directory, cur: Directory) -> List[str]:
     """
-    The command that runs a helper process (L{intake.main}) for C{new/} and
-    C{cur/}: this interpreter, isolated from the environment and without
-    site packages (the helper needs neither), given the two directories'
-    descriptors (to be passed to it) and this process's id.
+    The command that runs a helper process (L{popsrv.store.maildir.helper})
+    taking C{new/} into C{cur/}, given the two directories' descriptors (to
+    be passed to it) and this process's id.
     """
-    return [sys.executable, "-I", "-S", intake.__file__, str(new.fileno()), str(cur.fileno()), str(os.getpid())]
+    return helper.helperCommand("take", new.fileno(), cur.fileno(), os.getpid())
+
+
+def _runHelper(command: List[str], fds: Sequence[int]) -> Union[bytes, str]:
+    """
+    Run a helper process, which inherits C{fds}; return what it wrote on
+    its standard output once it is done, or why it failed (one line).
+    """
+    if not sys.executable:
+        return "no Python interpreter to run a helper with"
+    try:
+        done = subprocess.run(
+            command, pass_fds=tuple(fds), stdin=subprocess.DEVNULL, capture_output=True, check=False,
+        )
+    except OSError as error:
+        return f"cannot start {sys.executable}: {error.strerror or error}"
+    if done.returncode == 0:
+        return done.stdout
+    lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
+    return (lines[-1] if lines else f"exit status {done.returncode}")[:HELPER_ERROR_LENGTH]
 
 
 def takeInHelper(new: Directory, cur: Directory) -> Optional[str]:
@@ -88,19 +106,8 @@ def takeInHelper(new: Directory, cur: Directory) -> Optional[str]:
     process dies; return C{None} once it is done, or why it failed (one
     line).
     """
-    if not sys.executable:
-        return "no Python interpreter to run a helper with"
-    try:
-        done = subprocess.run(
-            helperCommand(new, cur), pass_fds=(new.fileno(), cur.fileno()), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False,
-        )
-    except OSError as error:
-        return f"cannot start {sys.executable}: {error.strerror or error}"
-    if done.returncode == 0:
-        return None
-    lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
-    return (lines[-1] if lines else f"exit status {done.returncode}")[:HELPER_ERROR_LENGTH]
+    done = _runHelper(helperCommand(new, cur), (new.fileno(), cur.fileno()))
+    return done if isinstance(done, str) else None
 
 
 def deliverNew(

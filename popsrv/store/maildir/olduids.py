@@ -31,7 +31,8 @@ import re
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Set, Tuple
 
 from popsrv.messages import MessageList
-from popsrv.store.maildir.listing import SORT_STEP, hashedUid, splitName, uniquePart
+from popsrv.store.maildir.intake import splitName
+from popsrv.store.maildir.parsing import SORT_STEP, hashedUid, uniquePart
 
 __all__ = ["LOGGED_EXAMPLES", "Note", "OldUids", "Tally", "fileLines", "uidlProblem"]
 

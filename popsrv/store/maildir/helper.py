@@ -1,0 +1,217 @@
+"""
+The helper process of the Maildir store: work of many small steps on a big
+Maildir, done apart from the server, on another core and without taking
+the server's GIL.  The server runs it (see L{helperCommand}) as::
+
+    python -I -S helper.py take NEW CUR PARENT
+    python -I -S helper.py parse PARENT
+
+given the numbers of inherited directory descriptors and the server's
+process id.  C{take} moves C{new/} into C{cur/}, each message with its
+sizes (L{popsrv.store.maildir.intake.takeNew}).  C{parse} parses the
+names of C{cur/} it reads on its standard input (each ended by a NUL),
+and writes them parsed, with their order, on its standard output
+(L{packParsed}; the server reads them with L{unpackParsed}).  Either
+stops, between two steps, once the server is gone.  A helper that fails
+exits with status 1 and one line on its standard error, and the server
+does the work itself.
+
+A helper starts in a few milliseconds: it loads only the modules of popsrv
+that import nothing else of popsrv (L{intake}, L{parsing}, framing), and
+none of their packages' C{__init__} (which would load the whole server).
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import struct
+import sys
+import types
+from typing import TYPE_CHECKING, Callable, List, Sequence, Tuple
+
+if TYPE_CHECKING:
+    from popsrv.store.maildir.parsing import Columns
+
+__all__ = ["LISTING_STEP", "helperCommand", "joined", "main", "packParsed", "unpackParsed"]
+
+# How many names of cur/ a helper parses at a time.
+LISTING_STEP = 1024
+# The parsed names a helper writes: a mark, then the number of parsed names
+# and the length of each text part (uids, names without a size), then the
+# times, sizes, order and seen flags of the parsed names, then the text
+# parts, each of names ended by a NUL, in UTF-8 (bytes that are not, as
+# the file system gave them).
+_MARK = b"popsrv-parsed-1\n"
+_COUNTS = struct.Struct("<3Q")
+_ENCODING = ("utf-8", "surrogateescape")
+
+
+class _Orphaned(Exception):
+    """
+    The process that started the helper is gone.
+    """
+
+
+def helperCommand(*arguments: object) -> List[str]:
+    """
+    The command that runs a helper process with C{arguments}: this
+    interpreter, isolated from the environment and without site packages
+    (the helper needs neither).
+    """
+    return [sys.executable, "-I", "-S", os.path.abspath(__file__), *map(str, arguments)]
+
+
+def joined(names: Sequence[str]) -> bytes:
+    """
+    Names, each ended by a NUL, encoded.
+    """
+    return ("\0".join(names) + "\0").encode(*_ENCODING) if names else b""
+
+
+def _split(data: bytes) -> List[str]:
+    """
+    The names L{joined} made C{data} of.
+    """
+    return data.decode(*_ENCODING).split("\0")[:-1] if data else []
+
+
+def packParsed(parsed: Columns, order: Sequence[int], unsized: Sequence[str]) -> bytes:
+    """
+    What a helper writes once it parsed the names it was given: the times,
+    sizes, seen flags and uids of those it parsed, with C{order} their
+    indexes in the order of their times, and the names that record no POP3
+    size (the others, in the order given, are the names parsed).
+    """
+    texts = [joined(parsed.uids), joined(unsized)]
+    return b"".join(
+        [_MARK, _COUNTS.pack(len(parsed), *map(len, texts)), parsed.times.tobytes(), parsed.sizes.tobytes(),
+         array.array("q", order).tobytes(), bytes(parsed.seen), *texts]
+    )
+
+
+def unpackParsed(data: bytes, names: List[str], columns: Columns) -> Tuple[List[int], List[str]]:
+    """
+    Read what L{packParsed} made of C{names} into the empty C{columns};
+    return the order of the names parsed, and the names that record no
+    POP3 size.
+
+    @raise ValueError: C{data} is not what L{packParsed} makes, or not of
+        these names.
+    """
+    if not data.startswith(_MARK) or len(data) < len(_MARK) + _COUNTS.size:
+        raise ValueError("not what a helper writes")
+    count, *lengths = _COUNTS.unpack_from(data, len(_MARK))
+    offset = len(_MARK) + _COUNTS.size
+    numbers = 8 * count
+    if len(data) != offset + 3 * numbers + count + sum(lengths):
+        raise ValueError("parsed names of the wrong length")
+    times, sizes, order = array.array("q"), array.array("q"), array.array("q")
+    if times.itemsize != 8:
+        raise ValueError("no 64-bit integers")
+    for numbered in (times, sizes, order):
+        numbered.frombytes(data[offset:offset + numbers])
+        offset += numbers
+    seen = bytearray(data[offset:offset + count])
+    offset += count
+    texts = []
+    for length in lengths:
+        texts.append(_split(data[offset:offset + length]))
+        offset += length
+    uids, unsized = texts
+    if unsized:
+        left = set(unsized)
+        if len(left) != len(unsized) or not left.issubset(names):
+            raise ValueError("names without a size that were not given")
+        names = [name for name in names if name not in left]
+    if len(names) != count or len(uids) != count or max(seen, default=0) > 1 or min(sizes, default=0) < 0:
+        raise ValueError("parsed names that do not add up")
+    if count and (min(order) < 0 or max(order) >= count or len(set(order)) != count):
+        raise ValueError("an order that is not one of the names")
+    columns.times, columns.names, columns.uids, columns.sizes, columns.seen = times, names, uids, sizes, seen
+    return order.tolist(), unsized
+
+
+def _loadModules() -> None:
+    """
+    Make popsrv's modules that import nothing else of popsrv importable
+    without running their packages' C{__init__}: each package is made an
+    empty one whose modules are in its directory.  (Only for a helper
+    process: the server has the real packages.)
+    """
+    maildir = os.path.dirname(os.path.abspath(__file__))
+    top = os.path.dirname(os.path.dirname(maildir))
+    for name in ("popsrv", "popsrv.store", "popsrv.store.maildir", "popsrv.wire"):
+        package = types.ModuleType(name)
+        package.__path__ = [os.path.join(top, *name.split(".")[1:])]
+        sys.modules[name] = package
+
+
+def _checkingParent(parent: int, every: int) -> Callable[[int], None]:
+    """
+    A pacing function (see L{popsrv.store.maildir.intake.Account}) that
+    raises L{_Orphaned} once the process C{parent} is gone, looking every
+    C{every} units of work.
+    """
+    done = [0]
+
+    def account(units: int) -> None:
+        done[0] += units
+        if done[0] >= every:
+            done[0] = 0
+            if os.getppid() != parent:
+                raise _Orphaned()
+
+    return account
+
+
+def _take(newFd: int, curFd: int, parent: int) -> None:
+    from popsrv.store.maildir import intake
+    from popsrv.wire.framing import normalizedSize
+
+    intake.takeNew(newFd, curFd, normalizedSize, _checkingParent(parent, intake.LIST_STEP * intake.NAME_WORK))
+
+
+def _parse(parent: int) -> None:
+    from popsrv.store.maildir import intake, parsing
+
+    with os.fdopen(sys.stdin.fileno(), "rb", closefd=False) as given:
+        names = _split(given.read())
+    account = _checkingParent(parent, intake.LIST_STEP * intake.NAME_WORK)
+    columns = parsing.Columns()
+    unsized: List[str] = []
+    for start in range(0, len(names), LISTING_STEP):
+        account(LISTING_STEP * intake.NAME_WORK)
+        unsized += parsing.parseColumns(names[start:start + LISTING_STEP], columns)
+    del names
+    times = columns.times.tolist()
+    parsed = packParsed(columns, sorted(range(len(times)), key=times.__getitem__), unsized)
+    with os.fdopen(sys.stdout.fileno(), "wb", closefd=False) as out:
+        out.write(parsed)
+
+
+def main(argv: Sequence[str]) -> int:
+    """
+    Run as a helper process (see the module's description); return the
+    exit status.
+    """
+    try:
+        command, *numbers = argv
+        arguments = [int(number) for number in numbers]
+        if command == "take" and len(arguments) == 3:
+            _take(*arguments)
+        elif command == "parse" and len(arguments) == 1:
+            _parse(*arguments)
+        else:
+            raise ValueError(f"unknown command {' '.join(argv)!r}")
+    except _Orphaned:
+        return 0
+    except Exception as error:
+        print(f"{type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    _loadModules()
+    sys.exit(main(sys.argv[1:]))
