@@ -6,13 +6,19 @@ the authentication penalty).
 The table lives in a file mapped into memory (C{mmap}), so the C{--workers}
 processes share it: the parent makes it and hands its descriptor to each
 worker.  Every read-modify-write holds an C{fcntl} lock on the file for a
-few microseconds: no process ever sees half an update.  A process that
-stops while it holds the lock (C{SIGSTOP}, a debugger) would stop every
-other process's next connection with it: so a process waits at most
-L{LOCK_PATIENCE} for the lock, then goes on without it (and, for
-L{LOCK_RESPITE}, waits no more), and logs why.  What it risks is a count
-off by one, which the next updates of the row mend (counts never go below
-zero); what it avoids is a server that stops serving.
+few microseconds: no process ever sees half an update.  A process writes
+only its own column of a row (and the row's shared fields: its address,
+its failures), so no update can undo another process's count.
+
+A process that stops while it holds the lock (C{SIGSTOP}, a debugger)
+would stop every other process's next connection with it.  So a process
+waits at most L{LOCK_PATIENCE} for the lock, then goes on without it, and
+logs why; for L{LOCK_RESPITE} after that it waits only a moment
+(L{RESPITE_PATIENCE}).  Without the lock, two processes may update a row's
+failures at the same moment (one failure is not counted), or take the same
+free row for two new addresses (one address's connections then count for
+the other until they close): a few counts off, rather than a server that
+stops serving.
 
 It is bounded: rows are grouped in sets of L{WAYS}, and an address can live
 only in the set a keyed hash of it chooses (a set-associative cache, as in a
@@ -44,7 +50,10 @@ from typing import Callable, Iterator, Optional, TypeVar
 import attr
 from twisted.logger import Logger
 
-__all__ = ["CAPACITY", "LOCK_PATIENCE", "LOCK_RESPITE", "WAYS", "Row", "Scoreboard", "TableFull", "addressKey"]
+__all__ = [
+    "CAPACITY", "LOCK_PATIENCE", "LOCK_RESPITE", "RESPITE_PATIENCE", "WAYS", "Row", "Scoreboard", "TableFull",
+    "addressKey",
+]
 
 log = Logger()
 
@@ -64,9 +73,10 @@ _COLUMN = struct.Struct("<II")
 _TOTAL = struct.Struct("<I")
 _EMPTY_KEY = b"\0" * 16
 # How long an update waits for the lock that another process holds before
-# it goes on without it; then for how long updates do not wait for it.
+# it goes on without it; then for how long updates wait only a moment.
 LOCK_PATIENCE = 0.2
 LOCK_RESPITE = 10.0
+RESPITE_PATIENCE = 0.002
 # The first pause between two tries to take the lock, and the longest.
 _FIRST_PAUSE = 0.0001
 _LONGEST_PAUSE = 0.01
@@ -222,6 +232,7 @@ class Scoreboard:
         """
         pause = _FIRST_PAUSE
         deadline: Optional[float] = None
+        impatient = False
         while True:
             try:
                 fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -231,10 +242,11 @@ class Scoreboard:
                     raise
             now = time.monotonic()
             if deadline is None:
-                if now < self._impatientUntil:
-                    return False
-                deadline = now + LOCK_PATIENCE
+                impatient = now < self._impatientUntil
+                deadline = now + (RESPITE_PATIENCE if impatient else LOCK_PATIENCE)
             elif now >= deadline:
+                if impatient:
+                    return False
                 self._impatientUntil = now + LOCK_RESPITE
                 log.warn(
                     "another process held the scoreboard's lock for {patience} s: going on without it for "
@@ -276,9 +288,15 @@ class Scoreboard:
         return key, Row(lastSeen, slot, lastFailure, failures, connections, pending, self.column)
 
     def _write(self, offset: int, key: bytes, row: Row) -> None:
+        """
+        Store the shared fields of a row and this process's column (the
+        others are other processes' to write).
+        """
         _ROW.pack_into(self._map, offset, key, row.lastSeen, row.slot, row.lastFailure, row.failures)
-        for c in range(self.columns):
-            _COLUMN.pack_into(self._map, offset + _ROW.size + _COLUMN.size * c, row.connections[c], row.pending[c])
+        column = self.column
+        _COLUMN.pack_into(
+            self._map, offset + _ROW.size + _COLUMN.size * column, row.connections[column], row.pending[column]
+        )
 
     def _find(self, key: bytes, create: bool) -> Optional[tuple[int, Row]]:
         """
@@ -341,9 +359,12 @@ class Scoreboard:
         """
         Forget the connections and pending logins of the process of
         C{column} (it ended: nothing it counted is open any more).
+
+        Without the lock: the column is the ended process's, which no other
+        process writes, and sweeping a big table takes longer than
+        L{LOCK_PATIENCE}.
         """
-        with self._locked():
-            _TOTAL.pack_into(self._map, self._totals + _TOTAL.size * column, 0)
-            for index in range(self._capacity):
-                offset = self._rows + index * self._rowSize + _ROW.size + _COLUMN.size * column
-                _COLUMN.pack_into(self._map, offset, 0, 0)
+        _TOTAL.pack_into(self._map, self._totals + _TOTAL.size * column, 0)
+        for index in range(self._capacity):
+            offset = self._rows + index * self._rowSize + _ROW.size + _COLUMN.size * column
+            _COLUMN.pack_into(self._map, offset, 0, 0)
