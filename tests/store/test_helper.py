@@ -45,7 +45,9 @@ def names(count: int) -> List[str]:
         elif kind == 6:
             made.append(f"{'9' * 14}.M{'7' * 9}P{number}.cap,S=1,W=2")
         elif kind == 7:
-            made.append(f"{1_600_000_000 + number}.odd\nline\udcff,W={number}:2,FS")
+            # Undecodable octets as the file system encoding gives them;
+            # \udcd9\udca3 are those of U+0663, a digit in UTF-8.
+            made.append(f"{1_600_000_000 + number}.odd\nline\udcff\udcd9\udca3,W={number}:2,FS")
         elif kind == 8:
             made.append(f"x{number},S=3,W=1,S=4:2,T")
         else:
@@ -115,7 +117,7 @@ def test_namesParsedWithAHelperAreParsedAsTheServerParsesThem(monkeypatch, share
     that are not UTF-8, names without a size.
     """
     monkeypatch.setattr(sharedparse, "HELPER_SHARE", share)
-    fileNames = names(3000)
+    fileNames = names(3000) + ["\udcd9\udca3.h,W=\udcd9\udca3", "\udcd9\udca3.h,W=4:2,S"]
     listing, problem = shared(fileNames)
     assert problem is None
     sameListing(listing, inServer(fileNames))
@@ -238,6 +240,7 @@ FAILING_HELPERS = {
     "takes nothing": [sys.executable, "-c", "import os; os.close(0)"],
     "writes junk": [sys.executable, "-c", "import sys; sys.stdin.read(); print('junk')"],
     "hangs": [sys.executable, "-c", "import signal, sys; sys.stdin.read(); signal.pause()"],
+    "reads nothing": [sys.executable, "-c", "import signal; signal.pause()"],
 }
 
 
@@ -245,11 +248,12 @@ FAILING_HELPERS = {
 def test_theServerParsesWhatAFailingHelperDidNot(monkeypatch, kind: str) -> None:
     """
     A helper that cannot start, fails, takes no names, writes what cannot
-    be read or never ends (it is killed): the server parses its share
-    itself, making the same listing, and says why in one line; no helper
-    process is left.
+    be read, never reads them or never ends (it is killed): the server
+    parses its share itself, making the same listing, and says why in one
+    line; no helper process is left.
     """
     monkeypatch.setattr(sharedparse, "HELPER_TIMEOUT", 0.5)
+    monkeypatch.setattr(sharedparse, "HELPER_TIME_PER_NAME", 0.0)
     monkeypatch.setattr(helper, "helperCommand", lambda *arguments: FAILING_HELPERS[kind])
     started = []
     popen = sharedparse.subprocess.Popen
@@ -260,13 +264,15 @@ def test_theServerParsesWhatAFailingHelperDidNot(monkeypatch, kind: str) -> None
         return process
 
     monkeypatch.setattr(sharedparse.subprocess, "Popen", recording)
-    fileNames = names(20_000 if kind == "takes nothing" else 300)
+    # More than a pipe holds, for those that read nothing.
+    fileNames = names(20_000 if kind in ("takes nothing", "reads nothing") else 300)
     listing, problem = shared(fileNames)
     sameListing(listing, inServer(fileNames))
     assert problem is not None and "\n" not in problem and "Traceback" not in problem
     expected = {
         "cannot start": "cannot start ", "fails": "NotADirectoryError: no", "takes nothing": "the helper took no names",
-        "writes junk": "the helper's names are unusable", "hangs": "the helper took more than",
+        "writes junk": "the helper's names are unusable", "hangs": "the helper did not finish in time",
+        "reads nothing": "the helper took no names in time",
     }[kind]
     assert problem.startswith(expected)
     assert all(process.returncode is not None for process in started)

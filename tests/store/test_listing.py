@@ -653,3 +653,26 @@ def test_namesOfTheSameDeliveryTimeAreInTheOrderOfTheirSortKeys(names, kept) -> 
     expected = sorted(usable, key=lambda name: (orderKey(name), name))
     assert namesInOrder(listing) == expected
     assert namesInOrder(fresh(usable)) == expected
+
+
+def test_aNameMadeToLookLikeAHashSharesNoUid() -> None:
+    """
+    Names alike but for their sizes get hashes for uids; a name whose
+    unique part is made to be one of those hashes does not share it: every
+    uid names its own file, the same in a first listing, in one kept and
+    updated, and in one parsed partly by a helper.
+    """
+    from popsrv.store.maildir.parsing import hashedUid
+
+    crafted = f"{hashedUid('1.x,S=1,W=5')},W=7"
+    twice = f"{hashedUid(crafted.partition(',')[0])},W=8"
+    names = ["1.x,S=1,W=5", "1.x,S=2,W=5", crafted, twice]
+    listing = fresh(names)
+    uids = [info.uid for info in listing.messages]
+    assert len(set(uids)) == 4
+    assert sorted(listing.fileNames.values()) == sorted(names)
+    for name in names:
+        kept = CurListing()
+        kept.update([other for other in names if other != name], noSize)
+        kept.update(list(reversed(names)), noSize)
+        assert kept.fileNames == listing.fileNames

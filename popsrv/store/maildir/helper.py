@@ -44,7 +44,9 @@ LISTING_STEP = 1024
 # the file system gave them).
 _MARK = b"popsrv-parsed-1\n"
 _COUNTS = struct.Struct("<3Q")
-_ENCODING = ("utf-8", "surrogateescape")
+# Any name the server has (as its file system encoding decoded it) goes
+# there and back unchanged: surrogates too, each as three octets.
+_ENCODING = ("utf-8", "surrogatepass")
 
 
 class _Orphaned(Exception):

@@ -153,7 +153,7 @@ class CurListing:
         everything = Columns.joined(parsed, added)
         times = everything.times.tolist()
         self._parsed = everything
-        self._order = array.array("q", tiesBroken(sortedInSteps(times, order, pause), times, everything.names))
+        self._order = array.array("q", tiesBroken(sortedInSteps(times, order, pause), times, everything.names, pause))
         self._publish(pause)
 
     def adopt(
@@ -196,16 +196,7 @@ class CurListing:
             fileNames.update(zip(uids[start:start + SORT_STEP], names[start:start + SORT_STEP]))
             pause()
         if len(fileNames) < len(uids):
-            # Names alike but for their size fields (or, against the Maildir
-            # rules, alike but for their flags) would share a uid: none of
-            # them may ever show another's.
-            uids = list(uids)
-            counts = collections.Counter(uids)
-            bases = collections.Counter(splitName(name)[0] for name in names)
-            for index, name in enumerate(names):
-                if counts[uids[index]] > 1:
-                    base = splitName(name)[0]
-                    uids[index] = hashedUid(base if bases[base] == 1 else name)
+            uids = _unshared(uids, names)
             fileNames = dict(zip(uids, names))
         order = self._order
         self.messages = MessageList(
@@ -216,6 +207,32 @@ class CurListing:
         if len(parsed) < KEPT_NAME_SET:
             self._parsed, self._order = Columns(), array.array("q")
             self._dropped = True
+
+
+def _unshared(uids: list[str], names: list[str]) -> list[str]:
+    """
+    The uids of C{names}, each of those that would share a uid given a hash
+    of its own instead: names alike but for their size fields (or, against
+    the Maildir rules, alike but for their flags), or a name made to look
+    like such a hash.  None may ever show another's message.  The uids
+    depend on the names only, not on the order they were parsed in.
+    """
+    uids = list(uids)
+    bases = collections.Counter(splitName(name)[0] for name in names)
+    for attempt in itertools.count(1):
+        counts = collections.Counter(uids)
+        shared = [index for index, uid in enumerate(uids) if counts[uid] > 1]
+        if not shared:
+            return uids
+        for index in shared:
+            name = names[index]
+            base = splitName(name)[0]
+            if attempt == 1:
+                uids[index] = hashedUid(base if bases[base] == 1 else name)
+            else:
+                # (Names are unique: their hashes with the attempt never tie.)
+                uids[index] = hashedUid(f"{name}\0{attempt}")
+    raise AssertionError("unreachable")
 
 
 class ListingCache:

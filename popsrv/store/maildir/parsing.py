@@ -11,6 +11,7 @@ run it without loading the server (see L{popsrv.store.maildir.helper}).
 from __future__ import annotations
 
 import array
+import bisect
 import hashlib
 import itertools
 import operator
@@ -22,8 +23,9 @@ from popsrv.store.maildir.intake import SIZE_DIGITS, recordedSize, splitName
 _T = TypeVar("_T")
 
 __all__ = [
-    "SORT_STEP", "Columns", "OrderKey", "ParsedName", "hashedUid", "inOrder", "keptIndexes", "orderKey", "parseAnyName",
-    "parseColumns", "parseName", "sortKey", "sortedInSteps", "tiesBroken", "timeKey", "uidFor", "uniquePart",
+    "SORT_STEP", "Columns", "OrderKey", "ParsedName", "hashedUid", "inOrder", "keptIndexes", "mergedInSteps",
+    "orderKey", "parseAnyName", "parseColumns", "parseName", "sortKey", "sortedInSteps", "tiesBroken", "timeKey",
+    "uidFor", "uniquePart",
 ]
 
 # How names of cur/ sort: delivery time, microseconds, the unique part, the base.
@@ -323,18 +325,25 @@ def keptIndexes(order: Sequence[int], selectors: bytes) -> list[int]:
     return list(map(before.__getitem__, itertools.compress(order, map(selectors.__getitem__, order))))
 
 
-def tiesBroken(order: list[int], times: list[int], names: list[str]) -> list[int]:
+def tiesBroken(
+    order: list[int], times: list[int], names: list[str], pause: Callable[[], None] = lambda: None
+) -> list[int]:
     """
     C{order} (indexes of C{times}, in the order of their values), with
-    each run of equal times put in the order of its names' L{sortKey}.
-    Delivery times seldom tie, so this mostly looks once and changes
-    nothing.
+    each run of equal times put in the order of its names' L{sortKey}; a
+    step of L{SORT_STEP} at a time.  Delivery times seldom tie, so this
+    mostly looks once and changes nothing.
     """
-    ordered = list(map(times.__getitem__, order))
-    if all(map(operator.lt, ordered, itertools.islice(ordered, 1, None))):
+    ordered = inOrder(times, order, pause)
+    tied: list[int] = []
+    for start in range(1, len(ordered), SORT_STEP):
+        following = itertools.islice(ordered, start, start + SORT_STEP)
+        preceding = itertools.islice(ordered, start - 1, start - 1 + SORT_STEP)
+        tied += itertools.compress(range(start, start + SORT_STEP), map(operator.eq, following, preceding))
+        pause()
+    if not tied:
         return order
     order = list(order)
-    tied = itertools.compress(range(1, len(ordered)), map(operator.eq, itertools.islice(ordered, 1, None), ordered))
     end = -1
     for position in tied:
         if position <= end:
@@ -345,3 +354,32 @@ def tiesBroken(order: list[int], times: list[int], names: list[str]) -> list[int
             end += 1
         order[start:end + 1] = sorted(order[start:end + 1], key=lambda index: sortKey(names[index]))
     return order
+
+
+def mergedInSteps(first: list[int], second: list[int], times: list[int], pause: Callable[[], None]) -> list[int]:
+    """
+    The indexes of two runs, each in the order of C{times}, merged into
+    one in that order (ties in any order), a step of at most L{SORT_STEP}
+    from each run at a time.
+    """
+    merged: list[int] = []
+    one = two = 0
+    while one < len(first) and two < len(second):
+        stepOne = first[one:one + SORT_STEP]
+        stepTwo = second[two:two + SORT_STEP]
+        # Everything of both steps up to the smaller of their last times
+        # comes before anything after them.
+        limit = min(times[stepOne[-1]], times[stepTwo[-1]])
+        takenOne = bisect.bisect_right(inOrder(times, stepOne, _still), limit)
+        takenTwo = bisect.bisect_right(inOrder(times, stepTwo, _still), limit)
+        step = stepOne[:takenOne] + stepTwo[:takenTwo]
+        step.sort(key=times.__getitem__)
+        merged += step
+        one += takenOne
+        two += takenTwo
+        pause()
+    return merged + first[one:] + second[two:]
+
+
+def _still() -> None:
+    """Do not pause."""
