@@ -676,3 +676,27 @@ def test_aNameMadeToLookLikeAHashSharesNoUid() -> None:
         kept.update([other for other in names if other != name], noSize)
         kept.update(list(reversed(names)), noSize)
         assert kept.fileNames == listing.fileNames
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 6), max_size=60), st.integers(0, 60), st.integers(1, 5))
+def test_runsAreMergedInStepsAsOneSortMergesThem(times, split, step) -> None:
+    """
+    Two runs of indexes, each in the order of their times, merged a step
+    at a time (however small), come out in the order of their times, each
+    index once, pausing between steps.
+    """
+    split = min(split, len(times))
+    first = sorted(range(split), key=times.__getitem__)
+    second = sorted(range(split, len(times)), key=times.__getitem__)
+    pauses = []
+    original = parsing.SORT_STEP
+    parsing.SORT_STEP = step
+    try:
+        merged = parsing.mergedInSteps(first, second, times, lambda: pauses.append(1))
+    finally:
+        parsing.SORT_STEP = original
+    assert sorted(merged) == list(range(len(times)))
+    assert [times[index] for index in merged] == sorted(times)
+    if first and second:
+        assert pauses

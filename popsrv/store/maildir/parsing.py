@@ -281,8 +281,9 @@ def sortedInSteps(times: list[int], kept: list[int], pause: Callable[[], None]) 
     The indexes of C{times} in the order of their values (ties in any
     order), given those of the first C{len(kept)} in order already
     (C{kept}): the others are sorted in runs of L{SORT_STEP}, pausing after
-    each, and the runs merged.  One sort of 100,000 would hold the GIL for
-    tens of milliseconds, and stall the reactor thread that long.
+    each, and the runs merged a step at a time (L{mergedInSteps}).  One
+    sort of 100,000 would hold the GIL for tens of milliseconds, and stall
+    the reactor thread that long.
     """
     byTime = times.__getitem__
     runs = [kept] if kept else []
@@ -290,13 +291,7 @@ def sortedInSteps(times: list[int], kept: list[int], pause: Callable[[], None]) 
         runs.append(sorted(range(start, min(start + SORT_STEP, len(times))), key=byTime))
         pause()
     while len(runs) > 1:
-        # The sort of two sorted runs put end to end merges them, in C.
-        merged = []
-        for index in range(0, len(runs) - 1, 2):
-            pair = runs[index] + runs[index + 1]
-            pair.sort(key=byTime)
-            merged.append(pair)
-            pause()
+        merged = [mergedInSteps(runs[index], runs[index + 1], times, pause) for index in range(0, len(runs) - 1, 2)]
         if len(runs) % 2:
             merged.append(runs[-1])
         runs = merged
