@@ -318,12 +318,14 @@ def threadedSession(maildir: Path):
 def test_aSessionListsABigCurInAHelper(tmp_path: Path, monkeypatch, freshListings) -> None:
     """
     A session in a thread of its own makes the first listing of a
-    C{cur/} of L{HELPER_LISTING_MINIMUM} entries or more in a helper, and
+    C{cur/} of L{SHARING_MINIMUM} entries or more in a helper, and
     measures the messages without a size itself; the snapshot is the one
     the server makes alone, and the next listing (kept) uses no helper.
     """
+    # Listed in the runner (not at once), and shared, though small.
     monkeypatch.setattr(maildropModule, "QUICK_DIRECTORY_SIZE", 0)
-    monkeypatch.setattr(maildropModule, "HELPER_LISTING_MINIMUM", 50)
+    monkeypatch.setattr(sharedparse, "SMALL_DIRECTORY", 0)
+    monkeypatch.setattr(sharedparse, "SHARING_MINIMUM", 50)
     fileNames = names(60)
     makeCur(tmp_path / "alice", fileNames).close()
     for name in fileNames:
@@ -343,10 +345,10 @@ def test_aSessionListsABigCurInAHelper(tmp_path: Path, monkeypatch, freshListing
     skipped = [event for event in events if event.get("event") == "not-a-file"]
     assert len(skipped) == 1 and skipped[0]["count"] == 3
     assert len(messages) == len(fileNames)
-    monkeypatch.setattr(maildropModule, "HELPER_LISTING_MINIMUM", 10**9)
+    monkeypatch.setattr(sharedparse, "SHARING_MINIMUM", 10**9)
     monkeypatch.setattr(maildropModule, "LISTINGS", ListingCache())
     assert threadedSession(tmp_path / "alice")[0] == messages
-    monkeypatch.setattr(maildropModule, "HELPER_LISTING_MINIMUM", 50)
+    monkeypatch.setattr(sharedparse, "SHARING_MINIMUM", 50)
     monkeypatch.setattr(maildropModule, "LISTINGS", freshListings)
     assert threadedSession(tmp_path / "alice")[0] == messages
     assert used == [60]
@@ -357,8 +359,10 @@ def test_aHelperThatFailsLeavesTheListingToTheServer(tmp_path: Path, monkeypatch
     If the helper cannot start, the session lists C{cur/} itself and logs
     why, once, with a stable event name.
     """
+    # Listed in the runner (not at once), and shared, though small.
     monkeypatch.setattr(maildropModule, "QUICK_DIRECTORY_SIZE", 0)
-    monkeypatch.setattr(maildropModule, "HELPER_LISTING_MINIMUM", 5)
+    monkeypatch.setattr(sharedparse, "SMALL_DIRECTORY", 0)
+    monkeypatch.setattr(sharedparse, "SHARING_MINIMUM", 5)
     monkeypatch.setattr(newmail.sys, "executable", str(tmp_path / "no-python"))
     fileNames = [name for name in names(20) if parsing.parseName(name) is not None]
     makeCur(tmp_path / "alice", fileNames).close()

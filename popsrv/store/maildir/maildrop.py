@@ -44,14 +44,15 @@ from zope.interface import implementer
 from popsrv.errors import MaildropError, MessageVanished
 from popsrv.interfaces import IMaildrop, IWholeMessages
 from popsrv.messages import MessageInfo, MessageList
-from popsrv.store.maildir.directory import LOCK_FILE, Directory, OpenedMaildir
+from popsrv.store.maildir.directory import LOCK_FILE, OpenedMaildir
 from popsrv.store.maildir.files import MessageFiles, NeedsListing
 from popsrv.store.maildir.listing import CurListing, ListingCache, recordedSize, splitName
 from popsrv.store.maildir.migrated import Found, NeedsReading, findOldUids, logFindings, serveWithOldUids
 from popsrv.store.maildir.newmail import ENTRY_WORK, NAME_WORK, GILPacer, recordSize
 from popsrv.store.maildir.newmail import deliverNew as takeNewMail
 from popsrv.store.maildir.olduids import Note
-from popsrv.store.maildir.sharedparse import ParseSharing
+from popsrv.store.maildir.sharedparse import ParseSharing, worthSharing
+from popsrv.store.maildir.skipped import logSkipped
 from popsrv.store.uidlformat import DEFAULT_UIDL_FORMAT, UidlFormat, parseUidlFormat
 from popsrv.threads import Runner, inline
 from popsrv.wire.streaming import CHUNK_SIZE, sendFile
@@ -65,10 +66,6 @@ QUICK_DIRECTORY_SIZE = 32 * 1024
 QUICK_COMMIT_FILES = 64
 # How many entries of new/ are looked at to tell that it is empty.
 QUICK_NEW_ENTRIES = 64
-# From how many entries a first listing of cur/ shares the parsing with a
-# helper process (see popsrv.store.maildir.sharedparse), which takes some
-# 25 ms to start and parses 5,000 names in about 5 ms.
-HELPER_LISTING_MINIMUM = 8192
 # How long after cur/ last changed its modification time is sure to change
 # again with the next change: the timestamps of Linux's local file systems
 # are as coarse as the kernel's clock tick (10 ms at most), those in whole
@@ -86,12 +83,9 @@ _DEFAULT_FORMAT = parseUidlFormat(DEFAULT_UIDL_FORMAT)
 
 # The messages a commit could not mark seen, with why.
 _Problems = List[Tuple[str, Exception]]
-# A snapshot, and the entries of cur/ and new/ that are not regular files.
 # A snapshot's messages, and the entries it skipped: those that are not
 # regular files, and the files it could not use, with why.
 _Snapshot = Tuple[MessageList, List[str], List[Tuple[str, str]]]
-# How many of those a warning names.
-LOGGED_NAMES = 20
 
 
 class _NeedsMeasuring(Exception):
@@ -100,15 +94,6 @@ class _NeedsMeasuring(Exception):
     file of old UIDLs read (reading files of any size): it is to be done by
     the runner.
     """
-
-
-def _holdsMany(cur: Directory, status: os.stat_result) -> bool:
-    """
-    Whether C{cur/} has L{HELPER_LISTING_MINIMUM} entries or more (its
-    size, C{status}, tells when it has fewer, most of the time, without
-    reading it).
-    """
-    return status.st_size > QUICK_DIRECTORY_SIZE and cur.holdsAtLeast(HELPER_LISTING_MINIMUM)
 
 
 def _signature(status: os.stat_result) -> tuple[int, int, int, int]:
@@ -229,38 +214,9 @@ class MaildirMaildrop:
         its messages.
         """
         messages, skipped, unusable = snapshot
-        problem, self._helperProblem = self._helperProblem, None
-        if problem is not None:
-            log.warn(
-                "could not take the new mail of {path} in a helper process ({why}): taken in the server",
-                path=self.path,
-                why=problem,
-                event="intake-helper-failed",
-            )
-        problem, self._listingProblem = self._listingProblem, None
-        if problem is not None:
-            log.warn(
-                "could not parse the names of {path}/cur in a helper process ({why}): parsed in the server",
-                path=self.path,
-                why=problem,
-                event="listing-helper-failed",
-            )
-        if skipped:
-            log.warn(
-                "skipped {count} entries of {path} that are not regular files: {names}",
-                count=len(skipped),
-                path=self.path,
-                names=skipped[:LOGGED_NAMES],
-                event="not-a-file",
-            )
-        if unusable:
-            log.warn(
-                "skipped {count} messages of {path} that cannot be used: {names}",
-                count=len(unusable),
-                path=self.path,
-                names=[f"{name} ({why})" for name, why in unusable[:LOGGED_NAMES]],
-                event="unusable-file",
-            )
+        intakeProblem, self._helperProblem = self._helperProblem, None
+        listingProblem, self._listingProblem = self._listingProblem, None
+        logSkipped(self.path, intakeProblem, listingProblem, skipped, unusable)
         if self._found is not None:
             notes, matched = self._oldUidNotes
             logFindings(self.path, self._found, notes, matched, len(messages))
@@ -357,7 +313,7 @@ class MaildirMaildrop:
         L{_snapshot}.
         """
         withSize = functools.partial(self._recordSizeInCur, maildir)
-        if inThread and listing.isEmpty() and _holdsMany(maildir.cur, status):
+        if inThread and listing.isEmpty() and worthSharing(maildir.cur, status):
             sharing = ParseSharing()
             try:
                 names, others = maildir.cur.listFiles(self._accountEntries)
