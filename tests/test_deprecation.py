@@ -26,6 +26,8 @@ MOVED = [
     ("popsrv.store.maildir", "threadRunner", "popsrv.threads"),
     ("popsrv.interfaces", "MessageInfo", "popsrv.messages"),
     ("popsrv.interfaces", "MessageList", "popsrv.messages"),
+    ("popsrv.app.metrics", "MetricsService", "popsrv.app.metricsweb"),
+    ("popsrv.app.metrics", "metricsSite", "popsrv.app.metricsweb"),
 ]
 
 

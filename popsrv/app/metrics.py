@@ -1,7 +1,8 @@
 """
 Prometheus metrics, for C{--metrics ENDPOINT}: L{MetricsObserver} counts
-what popsrv's log events tell, and L{MetricsService} serves the counts in
-Prometheus's text format at C{/metrics} on the endpoint.
+what popsrv's log events tell, and
+L{popsrv.app.metricsweb.MetricsService} serves the counts in Prometheus's
+text format at C{/metrics} on the endpoint.
 
 Why a log observer: everything worth counting (a connection, a login, a
 penalty, a refused connection, a storage error, the end of a session with
@@ -26,32 +27,22 @@ from __future__ import annotations
 import bisect
 import math
 import threading
+import warnings
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
-from twisted.application.service import MultiService
-from twisted.internet.interfaces import IStreamServerEndpoint
-from twisted.logger import ILogObserver, LogEvent, LogPublisher, globalLogPublisher
-from twisted.web.iweb import IRequest
-from twisted.web.pages import notFound
-from twisted.web.resource import IResource, Resource
-from twisted.web.server import Site
+from twisted.logger import ILogObserver, LogEvent
 from zope.interface import implementer
 
-from popsrv.app.listening import ListeningService
+from popsrv._deprecation import MOVED_IN
 from popsrv.auth import sasl
 from popsrv.pop3.commands import COMMANDS
 from popsrv.pop3.timing import COMMAND_SECONDS_BUCKETS, OTHER_COMMAND
 
-__all__ = ["METRICS_PATH", "MetricsObserver", "MetricsResource", "MetricsService", "metricsSite"]
-
-METRICS_PATH = b"metrics"
-# Seconds an idle HTTP connection of a scraper is kept (Prometheus keeps
-# its connection open between scrapes, by default 15 s to a minute apart).
-HTTP_TIMEOUT = 300
+__all__ = ["MetricsObserver"]
 
 SESSION_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0)
 # The penalty's pauses are 1, 2, 4, 8, up to 15 s (popsrv.auth.penalty),
@@ -446,122 +437,19 @@ class MetricsObserver:
         self._storageErrors.labels(self._operations(_text(event, "operation"))).inc()
 
 
-class MetricsResource(Resource):
-    """
-    C{/metrics}: an observer's metrics in Prometheus's text format.
-    """
 
-    isLeaf = True
-
-    def __init__(self, observer: MetricsObserver) -> None:
-        super().__init__()
-        self._observer = observer
-
-    def render_GET(self, request: IRequest) -> bytes:
-        """
-        The metrics, made now: 16 KB of text in about a millisecond
-        (C{benchmarks/command_timing.py}), once a scrape, no reason to
-        leave the reactor's thread.
-        """
-        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
-        return self._observer.render()
+# Moved to popsrv.app.metricsweb (which imports this module, so they are
+# looked up there only when asked for here).
+_MOVED = frozenset({"METRICS_PATH", "MetricsResource", "MetricsService", "metricsSite"})
 
 
-class _QuietSite(Site):
-    """
-    A web site without an access log: a scraper's request every few
-    seconds would fill the server's log.
-    """
+def __getattr__(name: str) -> Any:
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"{__name__}.{name} was deprecated in popsrv {MOVED_IN.public()}: use popsrv.app.metricsweb.{name} instead",
+        DeprecationWarning, stacklevel=2,
+    )
+    from popsrv.app import metricsweb
 
-    noisy = False
-    displayTracebacks = False
-
-    def logPrefix(self) -> str:
-        """
-        How Twisted names this site in its log lines ("... starting on
-        PORT").
-        """
-        return "popsrv metrics"
-
-    def startFactory(self) -> None:
-        """
-        Start serving (no access log to open, nor its clock to keep).
-        """
-
-    def stopFactory(self) -> None:
-        """
-        Stop serving.
-        """
-
-    def log(self, request: object) -> None:
-        """
-        Log nothing of a request.
-        """
-
-
-class _Root(Resource):
-    """
-    The root of the metrics' web site: C{/metrics}, and 404 elsewhere.
-    """
-
-    def getChild(self, path: bytes, request: IRequest) -> IResource:
-        """
-        Not found: the only child is C{/metrics}.
-        """
-        return notFound()
-
-
-def metricsSite(observer: MetricsObserver) -> Site:
-    """
-    The web site of C{--metrics}: the metrics at C{/metrics}, nothing
-    elsewhere.
-    """
-    root = _Root()
-    root.putChild(METRICS_PATH, MetricsResource(observer))
-    return _QuietSite(root, timeout=HTTP_TIMEOUT)
-
-
-class MetricsService(MultiService):
-    """
-    Serves the metrics of a L{MetricsObserver} on an endpoint while the
-    service runs, and has the observer watch the log meanwhile.
-
-    The endpoint is bound in C{privilegedStartService}, as the POP3
-    listeners are (L{ListeningService}), so a port below 1024 works after
-    twistd drops root; it is logged as C{metrics-listening}, with its
-    C{address}.
-
-    @ivar observer: the L{MetricsObserver}.
-    @ivar listening: the L{ListeningService} of the endpoint.
-    """
-
-    def __init__(
-        self,
-        endpoint: IStreamServerEndpoint,
-        observer: Optional[MetricsObserver] = None,
-        publisher: LogPublisher = globalLogPublisher,
-    ) -> None:
-        super().__init__()
-        self.observer = observer if observer is not None else MetricsObserver()
-        self._publisher = publisher
-        self.listening = ListeningService(
-            endpoint, metricsSite(self.observer),
-            logFormat="popsrv metrics on {address} at /metrics", event="metrics-listening",
-        )
-        self.listening.setServiceParent(self)
-
-    def startService(self) -> None:
-        """
-        Watch the log, and serve (binding the endpoint unless it is already).
-        """
-        # On the publisher itself, not behind a level filter of the log's
-        # output (twist --log-level): every event counts.
-        self._publisher.addObserver(self.observer)
-        super().startService()
-
-    def stopService(self) -> Any:
-        """
-        Stop serving and watching the log.
-        """
-        self._publisher.removeObserver(self.observer)
-        return super().stopService()
+    return getattr(metricsweb, name)

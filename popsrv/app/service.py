@@ -187,7 +187,7 @@ def makeService(
     # workers, which counts their sessions from the events they relay.
     metrics: Optional[IService] = None
     if options["metrics"] is not None and not worker:
-        from popsrv.app.metrics import MetricsService
+        from popsrv.app.metricsweb import MetricsService
 
         metrics = MetricsService(endpoints.serverFromString(reactor, options["metrics"]))
     if options["workers"] > 1 and not worker:

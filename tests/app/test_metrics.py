@@ -17,7 +17,8 @@ from twisted.logger import Logger, LogLevel, LogPublisher
 from twisted.python import usage
 from twisted.web.test.requesthelper import DummyRequest
 
-from popsrv.app.metrics import MAX_LABEL_VALUES, MetricsObserver, MetricsService, metricsSite
+from popsrv.app.metrics import MAX_LABEL_VALUES, MetricsObserver
+from popsrv.app.metricsweb import MetricsService, metricsSite
 from popsrv.app.options import Options
 from popsrv.app.service import makeService
 from popsrv.pop3.timing import CommandTimes
