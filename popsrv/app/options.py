@@ -6,17 +6,25 @@ as it is parsed, so a mistake stops the start with one clear line.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, List, Optional
+from typing import List, Optional
 
 from twisted.cred import strcred
-from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
-from twisted.internet import endpoints
 from twisted.python import usage
 
 from popsrv import __version__
 from popsrv.app.access import readableFileProblem
-from popsrv.app.listening import splitTLS, tcpArgument
+from popsrv.app.listening import splitTLS
+from popsrv.app.optionvalues import (
+    MAX_BACKLOG,
+    PATH_CHECKERS,
+    checkEndpoint,
+    checkerName,
+    daysOrNever,
+    nonNegative,
+    wholeNumber,
+    withByteNames,
+)
 from popsrv.app.secret import SecretError, defaultSecretPath, loadSecret
 from popsrv.app.shutdown import DEFAULT_SHUTDOWN_GRACE
 from popsrv.auth import sasl
@@ -28,40 +36,18 @@ from popsrv.store.realm import BadPathTemplate, MaildirTemplate, PathTemplate
 from popsrv.store.uidlformat import DEFAULT_UIDL_FORMAT, BadUidlFormat, parseUidlFormat
 from popsrv.tls import TLSConfigError, TLSSettings
 
-__all__ = ["DEFAULT_LISTEN", "DEMO_DIRECTORY", "MAX_WORKERS", "WORKER_LISTENERS", "Options", "checkerName"]
+__all__ = [
+    "DEFAULT_LISTEN", "DEMO_DIRECTORY", "MAX_BACKLOG", "MAX_WORKERS", "WORKER_LISTENERS", "Options", "checkerName",
+]
 
 DEFAULT_LISTEN = "tcp:1110:interface=127.0.0.1"
 DEFAULT_MAILDIR_ROOT = "mail"
 DEMO_DIRECTORY = "popsrv-demo"
 MAX_WORKERS = 256
-# The largest listen backlog a socket takes (the kernel caps it further,
-# at net.core.somaxconn).
-MAX_BACKLOG = 2**31 - 1
 # The listeners whose sockets worker processes can adopt as they are
 # (a UNIX socket's file is removed by whichever worker stops first, and
 # systemd's sockets are for the process it started).
 WORKER_LISTENERS = ("tcp", "tcp6", "ssl")
-
-
-def _withByteNames(checker: Any) -> Any:
-    """
-    Make Twisted's C{memory:} checker compare names and passwords as bytes,
-    like every other checker (strcred builds it with text).
-    """
-    if isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse):
-        checker.users = {
-            (k.encode("utf-8") if isinstance(k, str) else k): (v.encode("utf-8") if isinstance(v, str) else v)
-            for k, v in checker.users.items()
-        }
-    return checker
-
-
-class _NoReactor:
-    """
-    Stands in for a reactor where C{--listen} descriptions are checked: an
-    endpoint only keeps its reactor until it listens, which it never does
-    here.
-    """
 
 
 # What each supported kind of credentials is, in the words of a usage error.
@@ -69,40 +55,6 @@ _CREDENTIAL_KINDS = (
     (IUsernamePassword, "user names with passwords (USER/PASS, PLAIN, LOGIN)"),
     (IUsernameHashedPassword, "APOP, CRAM-MD5 and SCRAM logins"),
 )
-# Checkers whose argument is a file name, which a message may repeat; other
-# arguments may hold passwords (memory:alice:secret).
-_PATH_CHECKERS = ("file", "passwd-file", "pgsql")
-
-
-def checkerName(description: str) -> str:
-    """
-    An --auth description as a message may show it: the checker type, with
-    its argument only if that is a file name (C{memory:...} for
-    C{memory:alice:secret}).
-    """
-    kind, colon, argument = description.partition(":")
-    if not colon or kind in _PATH_CHECKERS:
-        return description
-    return f"{kind}:..."
-
-
-def _wholeNumber(option: str) -> Callable[[str], int]:
-    """
-    The coercer of an option that takes a whole number: its error names
-    the option (Twisted prefixes it with "Parameter type enforcement
-    failed").
-    """
-
-    def coerce(value: str) -> int:
-        try:
-            return int(value)
-        except ValueError:
-            raise ValueError(f"{option} takes a whole number, not {value!r}") from None
-
-    coerce.coerceDoc = "A whole number."  # type: ignore[attr-defined]
-    return coerce
-
-
 class Options(usage.Options, strcred.AuthOptionMixin):
     """
     The options of C{twistd popsrv}.
@@ -171,12 +123,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "timeout", None, DEFAULT_TIMEOUT,
             "Seconds of inactivity before a logged-in session is closed without deleting anything "
             "(RFC 1939 asks for at least 600).",
-            _wholeNumber("--timeout"),
+            wholeNumber("--timeout"),
         ],
         [
             "login-timeout", None, DEFAULT_LOGIN_TIMEOUT,
             "Seconds of inactivity before a connection that has not logged in is closed.",
-            _wholeNumber("--login-timeout"),
+            wholeNumber("--login-timeout"),
         ],
         [
             "shutdown-grace", None, DEFAULT_SHUTDOWN_GRACE,
@@ -238,7 +190,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 both check USER/PASS (or both APOP) are refused."""
         self.authDescriptions.append(description)
         kind, _, argument = description.partition(":")
-        if kind in _PATH_CHECKERS:
+        if kind in PATH_CHECKERS:
             # The file must be there before the checker is made: Twisted's
             # file: checker only warns about a missing one (and fails every
             # login), the others' errors would read as unexpected.
@@ -251,7 +203,7 @@ both check USER/PASS (or both APOP) are refused."""
             checker = strcred.makeChecker(description)
             self.addChecker(checker)
         except (PasswdFileError, ValueError) as error:
-            if kind not in _PATH_CHECKERS:
+            if kind not in PATH_CHECKERS:
                 super().opt_auth(description)
                 return
             # A syntax error or an unusable setting: the message names the file.
@@ -284,14 +236,14 @@ tcp:1110:interface=127.0.0.1, ssl:995:privateKey=key.pem:certKey=cert.pem, \
 systemd:domain=INET:index=0, tls:systemd:domain=INET:name=pop3s (implicit TLS \
 with --tls-cert over any endpoint) [default: tcp:1110:interface=127.0.0.1]. TCP \
 listeners queue up to 4096 connections unless backlog=N says otherwise."""
-        _checkEndpoint("--listen", description)
+        checkEndpoint("--listen", description)
         self["listen"].append(description)
 
     def opt_metrics(self, description: str) -> None:
         """Serve Prometheus metrics at /metrics on a Twisted endpoint \
 description, e.g. tcp:9110:interface=127.0.0.1 (with --workers, the parent \
 serves those of every worker)."""
-        _checkEndpoint("--metrics", description)
+        checkEndpoint("--metrics", description)
         self["metrics"] = description
 
     def postOptions(self) -> None:
@@ -320,10 +272,10 @@ serves those of every worker)."""
             self._refuse("--timeout must be a positive number of seconds")
         self._checkLimits()
         self._checkMechanisms()
-        self["credCheckers"] = [_withByteNames(c) for c in self.get("credCheckers", [])]
+        self["credCheckers"] = [withByteNames(c) for c in self.get("credCheckers", [])]
         if self["plaintext-auth"] not in PLAINTEXT_POLICIES:
             self._refuse(f"--plaintext-auth must be one of: {', '.join(PLAINTEXT_POLICIES)}")
-        self["expire"] = _daysOrNever(self["expire"])
+        self["expire"] = daysOrNever(self["expire"])
         if self["mbox"] is not None and self["uidl-format"] != DEFAULT_UIDL_FORMAT:
             self._refuse(
                 "--uidl-format is for Maildirs moved from Dovecot: --mbox spools take their UIDLs "
@@ -335,7 +287,7 @@ serves those of every worker)."""
             self._refuse(f"--uidl-format {self['uidl-format']!r}: {error}")
             self["uidl-format"] = None
         if self["login-delay"] is not None:
-            self["login-delay"] = _nonNegative("--login-delay", self["login-delay"])
+            self["login-delay"] = nonNegative("--login-delay", self["login-delay"])
         if bool(self["tls-cert"]) != bool(self["tls-key"]):
             self._refuse("--tls-cert and --tls-key go together")
         implicit = [d for d in self["listen"] if splitTLS(d)[1]]
@@ -396,10 +348,10 @@ serves those of every worker)."""
         if self["login-timeout"] <= 0:
             self._refuse("--login-timeout must be a positive number of seconds")
         if self["max-connections"] is not None:
-            self["max-connections"] = _nonNegative("--max-connections", self["max-connections"])
+            self["max-connections"] = nonNegative("--max-connections", self["max-connections"])
             if self["max-connections"] == 0:
                 self._refuse("--max-connections must be at least 1")
-        perAddress = _nonNegative("--max-connections-per-ip", self["max-connections-per-ip"])
+        perAddress = nonNegative("--max-connections-per-ip", self["max-connections-per-ip"])
         self["max-connections-per-ip"] = perAddress or None
 
     def _checkDemo(self) -> None:
@@ -474,49 +426,3 @@ serves those of every worker)."""
         except BadPathTemplate as error:
             self._refuse(f"--mbox: {error}")
             return None
-
-
-def _checkEndpoint(option: str, description: str) -> None:
-    """
-    Check the endpoint description given to C{option}, or raise a usage
-    error that says what is wrong with it.
-    """
-    inner, _ = splitTLS(description)
-    try:
-        endpoints.serverFromString(_NoReactor(), inner)
-    except Exception as error:
-        reason = str(error) or type(error).__name__
-        raise usage.UsageError(f"{option} {description!r} is not a usable endpoint: {reason}")
-    field = tcpArgument(inner, "port")
-    port = int(field) if field is not None and field.isdigit() else 0
-    if not 0 <= port <= 65535:
-        raise usage.UsageError(f"{option} {description!r}: port {port} is not between 0 and 65535")
-    # Twisted has checked that it is a number; the socket's listen()
-    # takes a C int, and a larger one would end the start in a traceback.
-    backlog = tcpArgument(inner, "backlog")
-    if backlog is not None and not 0 <= int(backlog) <= MAX_BACKLOG:
-        raise usage.UsageError(f"{option} {description!r}: backlog {backlog} is not between 0 and {MAX_BACKLOG}")
-
-
-def _nonNegative(option: str, value: str) -> int:
-    """
-    Parse a whole number of at least 0, or raise a usage error.
-    """
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise usage.UsageError(f"{option} takes a whole number of at least 0, not {value!r}")
-    return number
-
-
-def _daysOrNever(value: str) -> Optional[int]:
-    """
-    Parse --expire: C{None} for NEVER, or a number of days.
-    """
-    if value.upper() == "NEVER":
-        return None
-    return _nonNegative("--expire", value)
-
-
