@@ -283,9 +283,33 @@ def test_aHelperParsesNothingOnceItsServerIsGone() -> None:
     A helper whose server is gone (its parent is not the process it was
     started for) stops parsing and writes nothing.
     """
-    command = helper.helperCommand("parse", os.getpid() + 1_000_000)
+    command = helper.helperCommand("parse", os.getpid() + 1_000_000, parsing.CODE_DIGEST)
     done = subprocess.run(command, input=helper.joined(names(3000)), capture_output=True, timeout=DEADLINE)
     assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+
+
+def test_aHelperWhoseCodeIsNotTheServersRefusesToParse(tmp_path: Path, monkeypatch) -> None:
+    """
+    A helper whose parsing code differs from the server's (as after an
+    upgrade under a running server) refuses, in one line; the session
+    then does the work itself.
+    """
+    done = subprocess.run(
+        helper.helperCommand("parse", os.getpid(), "0" * 16), input=helper.joined(names(10)), capture_output=True,
+        timeout=DEADLINE,
+    )
+    assert done.returncode == 1 and done.stdout == b"" and b"restart popsrv" in done.stderr
+    monkeypatch.setattr(sharedparse, "CODE_DIGEST", "0" * 16)
+    cur = makeCur(tmp_path, names(50))
+    try:
+        listed = sharedparse.listInHelper(cur, lambda: None)
+        fileNames, _ = cur.listFiles()
+    finally:
+        cur.close()
+    assert isinstance(listed, str) and "restart popsrv" in listed and "\n" not in listed
+    listing, problem = shared(fileNames)
+    assert problem is not None and "restart popsrv" in problem
+    sameListing(listing, inServer(fileNames))
 
 
 def test_aHelperGivenAnUnknownCommandSaysSoInOneLine() -> None:
@@ -315,14 +339,17 @@ def threadedSession(maildir: Path):
         maildrop.release()
 
 
-def test_aSessionListsABigCurInAHelper(tmp_path: Path, monkeypatch, freshListings) -> None:
+@pytest.mark.parametrize("othersLoggedIn", [False, True], ids=["alone", "others logged in"])
+def test_aSessionListsABigCurWithAHelper(tmp_path: Path, monkeypatch, freshListings, othersLoggedIn: bool) -> None:
     """
     A session in a thread of its own makes the first listing of a
-    C{cur/} of L{SHARING_MINIMUM} entries or more in a helper, and
-    measures the messages without a size itself; the snapshot is the one
-    the server makes alone, and the next listing (kept) uses no helper.
+    C{cur/} of L{SHARING_MINIMUM} entries or more with a helper: sharing
+    the parse when no other session is logged in, wholly in the helper
+    when another is; it measures the messages without a size itself. The
+    snapshot is the one the server makes alone, and the next listing
+    (kept) uses no helper.
     """
-    # Listed in the runner (not at once), and shared, though small.
+    # Listed in the runner (not at once), and with a helper, though small.
     monkeypatch.setattr(maildropModule, "QUICK_DIRECTORY_SIZE", 0)
     monkeypatch.setattr(sharedparse, "SMALL_DIRECTORY", 0)
     monkeypatch.setattr(sharedparse, "SHARING_MINIMUM", 50)
@@ -335,12 +362,31 @@ def test_aSessionListsABigCurInAHelper(tmp_path: Path, monkeypatch, freshListing
 
     class Spying(sharedparse.ParseSharing):
         def parse(self, names, account, pause):
-            used.append(len(names))
+            used.append(("shared", len(names)))
             return super().parse(names, account, pause)
 
-    monkeypatch.setattr(maildropModule, "ParseSharing", Spying)
-    messages, events = threadedSession(tmp_path / "alice")
-    assert used == [60]
+    listInHelper = sharedparse.listInHelper
+
+    def spyingList(cur, pause):
+        used.append(("listed", None))
+        return listInHelper(cur, pause)
+
+    monkeypatch.setattr(sharedparse, "ParseSharing", Spying)
+    monkeypatch.setattr(sharedparse, "listInHelper", spyingList)
+    # Only sessions logged in now count (not those of tests just before),
+    # and none is.
+    monkeypatch.setattr(maildropModule, "BUSY_WINDOW", 0.0)
+    from popsrv.store.maildir.directory import OpenedMaildir
+
+    assert OpenedMaildir.lockedCount() == 0
+    other = MaildirMaildrop(str(tmp_path / "bob"), "bob")
+    if othersLoggedIn:
+        other.lock()
+    try:
+        messages, events = threadedSession(tmp_path / "alice")
+    finally:
+        other.release()
+    assert used == ([("listed", None)] if othersLoggedIn else [("shared", 60)])
     assert [event for event in events if event.get("event") == "listing-helper-failed"] == []
     skipped = [event for event in events if event.get("event") == "not-a-file"]
     assert len(skipped) == 1 and skipped[0]["count"] == 3
@@ -351,7 +397,142 @@ def test_aSessionListsABigCurInAHelper(tmp_path: Path, monkeypatch, freshListing
     monkeypatch.setattr(sharedparse, "SHARING_MINIMUM", 50)
     monkeypatch.setattr(maildropModule, "LISTINGS", freshListings)
     assert threadedSession(tmp_path / "alice")[0] == messages
-    assert used == [60]
+    assert len(used) == 1
+
+
+def test_lockedMaildirsAreCounted(tmp_path: Path) -> None:
+    """
+    The Maildirs sessions of this process hold locked are counted, each
+    once, until released (however often); other sessions are busy while
+    another holds one, or opened one within the window.
+    """
+    from popsrv.store.maildir.directory import OpenedMaildir
+
+    before = OpenedMaildir.lockedCount()
+    drops = [MaildirMaildrop(str(tmp_path / name), name) for name in ("a", "b")]
+    drops[0].lock()
+    assert OpenedMaildir.lockedCount() == before + 1
+    drops[1].lock()
+    assert OpenedMaildir.lockedCount() == before + 2
+    assert OpenedMaildir.othersBusy(0.0)
+    drops[0].release()
+    drops[0].release()
+    assert OpenedMaildir.lockedCount() == before + 1
+    # Only drops[1] is open now, but drops[0] was opened a moment ago.
+    assert OpenedMaildir.othersBusy(60.0)
+    if before == 0:
+        assert not OpenedMaildir.othersBusy(0.0)
+    drops[1].release()
+    assert OpenedMaildir.lockedCount() == before
+
+
+def test_aHelperListsCurAsTheServerDoes(tmp_path: Path) -> None:
+    """
+    A helper that lists and parses C{cur/} itself makes the listing the
+    server makes alone, in the same order, and names the entries that are
+    not regular files.
+    """
+    cur = makeCur(tmp_path, names(3000) + ["\udcd9\udca3.h,W=\udcd9\udca3", "\udcd9\udca3.h,W=4:2,S"])
+    try:
+        listed = sharedparse.listInHelper(cur, lambda: None)
+        # The names as the server reads them.
+        fileNames, _ = cur.listFiles()
+    finally:
+        cur.close()
+    assert not isinstance(listed, str), listed
+    parsed, order, unsized, others = listed
+    listing = CurListing()
+    listing.adopt(parsed, array.array("q", order), [], lambda name: None)
+    sameListing(listing, inServer(fileNames))
+    assert sorted(unsized) == sorted(name for name in fileNames if parsing.parseName(name) is None)
+    assert sorted(others) == ["a-directory", "a-fifo", "a-link,W=1"]
+
+
+def test_aHelperDecodesNamesAsTheServerDoes(tmp_path: Path, monkeypatch) -> None:
+    """
+    A listing helper decodes the names as the server's file system
+    encoding does, whatever its own: the names it gives are those the
+    server would read (here, as Latin-1).
+    """
+    cur = makeCur(tmp_path, ["1.\u0663,W=\u0663", "2.\u00e9,W=5:2,S", "3.x,W=4"])
+    monkeypatch.setattr(sharedparse.sys, "getfilesystemencoding", lambda: "latin-1")
+    try:
+        listed = sharedparse.listInHelper(cur, lambda: None)
+    finally:
+        cur.close()
+    monkeypatch.undo()
+    assert not isinstance(listed, str), listed
+    parsed, order, unsized, others = listed
+    asLatin1 = sorted(os.fsencode(name).decode("latin-1", "surrogateescape") for name in os.listdir(tmp_path / "cur"))
+    assert sorted(parsed.names + unsized + others) == asLatin1
+    # Read as Latin-1, the Arabic-Indic digit is two letters: no size.
+    assert unsized == ["1.\u00d9\u00a3,W=\u00d9\u00a3"]
+
+
+@pytest.mark.parametrize("kind", ["fails", "junk", "unordered"])
+def test_aListingHelperThatFailsLeavesItToTheSession(tmp_path: Path, monkeypatch, kind: str) -> None:
+    """
+    A listing helper that fails, writes junk or a listing out of the order
+    of delivery is not trusted: the session lists and parses every name
+    itself (no second helper), into the same listing, and the first
+    listing says why.
+    """
+    cur = makeCur(tmp_path, names(300))
+    # The names as the server reads them.
+    fileNames, _ = cur.listFiles()
+    listing = None
+    if kind == "unordered":
+        parsed = parsing.Columns()
+        unsized = parsing.parseColumns(fileNames, parsed)
+        times = list(parsed.times)
+        backwards = sorted(range(len(times)), key=lambda index: -times[index])
+        listing = helper.packListing(parsed, backwards, unsized, fileNames, [])
+    scripts = {
+        "fails": "import sys; sys.exit('NotADirectoryError: no')",
+        "junk": "print('junk')",
+        "unordered": f"import sys; sys.stdout.buffer.write({listing!r})",
+    }
+    helperCommand = helper.helperCommand
+
+    started = []
+
+    def command(*arguments):
+        started.append(arguments[0])
+        if arguments[0] == "list":
+            return [sys.executable, "-c", scripts[kind]]
+        return helperCommand(*arguments)
+
+    monkeypatch.setattr(helper, "helperCommand", command)
+    try:
+        parsed, order, unsized, others, problem = sharedparse.firstListing(
+            cur, True, lambda count: None, lambda count: None, lambda: None
+        )
+    finally:
+        cur.close()
+    adopted = CurListing()
+    adopted.adopt(parsed, order, [], lambda name: None)
+    sameListing(adopted, inServer(fileNames))
+    assert sorted(others) == ["a-directory", "a-fifo", "a-link,W=1"]
+    expected = {
+        "fails": "NotADirectoryError: no", "junk": "the helper's listing is unusable",
+        "unordered": "the helper's listing is not in the order of delivery",
+    }[kind]
+    assert problem is not None and problem.startswith(expected) and "\n" not in problem
+    assert started == ["list"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(st.characters(blacklist_characters="\0"), max_size=12), max_size=40), st.integers(1, 30))
+def test_namesAreSplitInStepsAsAtOnce(fileNames, step) -> None:
+    """
+    Names decoded a step at a time (however small) are those joined.
+    """
+    original = helper.SPLIT_STEP
+    helper.SPLIT_STEP = step
+    try:
+        assert helper.splitInSteps(helper.joined(fileNames), lambda: None) == fileNames
+    finally:
+        helper.SPLIT_STEP = original
 
 
 def test_aHelperThatFailsLeavesTheListingToTheServer(tmp_path: Path, monkeypatch, freshListings) -> None:
@@ -371,3 +552,39 @@ def test_aHelperThatFailsLeavesTheListingToTheServer(tmp_path: Path, monkeypatch
     failures = [event for event in events if event.get("event") == "listing-helper-failed"]
     assert len(failures) == 1 and failures[0]["log_level"] == LogLevel.warn
     assert failures[0]["why"].startswith("cannot start ") and "Traceback" not in failures[0]["why"]
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "a/b,W=1", ".hidden,W=1", "..", "."])
+def test_aListingOfNamesThatNoDirectoryHoldsIsRefused(bad: str) -> None:
+    """
+    A listing whose names hold a slash or start with a dot (which a
+    listing leaves out), such as "..", is refused: names are used as file
+    names within cur/.
+    """
+    fileNames = names(20)
+    for where in ("names", "others"):
+        parsed = parsing.Columns()
+        listed = fileNames + [bad] if where == "names" else fileNames
+        unsized = parsing.parseColumns(listed, parsed)
+        times = list(parsed.times)
+        order = sorted(range(len(times)), key=times.__getitem__)
+        data = helper.packListing(parsed, order, unsized, listed, [bad] if where == "others" else [])
+        with pytest.raises(ValueError):
+            helper.unpackListing(data, parsing.Columns())
+
+
+def test_aListingCutShortIsRefused() -> None:
+    """
+    A listing whose names or other entries do not end with a NUL (cut
+    short) is refused.
+    """
+    fileNames = names(20)
+    parsed = parsing.Columns()
+    unsized = parsing.parseColumns(fileNames, parsed)
+    times = list(parsed.times)
+    order = sorted(range(len(times)), key=times.__getitem__)
+    good = helper.packListing(parsed, order, unsized, fileNames, ["a-fifo"])
+    assert helper.unpackListing(good, parsing.Columns())[2] == ["a-fifo"]
+    bad = good[:-1] + b"x"
+    with pytest.raises(ValueError):
+        helper.unpackListing(bad, parsing.Columns())

@@ -700,3 +700,15 @@ def test_runsAreMergedInStepsAsOneSortMergesThem(times, split, step) -> None:
     assert [times[index] for index in merged] == sorted(times)
     if first and second:
         assert pauses
+
+
+def test_aNameListedTwiceGetsUidsOfItsOwn() -> None:
+    """
+    A name listed twice (a directory read while renames went on) does not
+    keep the listing from being made: every uid is unique.
+    """
+    names = ["1.x,S=1,W=5", "1.x,S=1,W=5", "1.x,S=2,W=5", "2.y,W=1"]
+    listing = CurListing()
+    listing.update(names, noSize)
+    uids = [info.uid for info in listing.messages]
+    assert len(uids) == len(set(uids)) == 4

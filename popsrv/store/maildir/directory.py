@@ -18,9 +18,11 @@ from __future__ import annotations
 import errno
 import fcntl
 import itertools
+import math
 import os
 import stat
 import threading
+import time
 from typing import BinaryIO, Callable, List, Optional, Tuple
 
 from popsrv.errors import MaildropError, MaildropLocked, MaildropUnusable
@@ -216,7 +218,16 @@ class OpenedMaildir:
         (not to be closed: L{close} does).
     """
 
+    # How many are open (locked) in this process, and when the last two
+    # were opened (time.monotonic()), for L{othersBusy}.
+    _locked = 0
+    _opened = (-math.inf, -math.inf)
+    _counting = threading.Lock()
+
     def __init__(self, root: int, cur: Directory, new: Directory, lock: int) -> None:
+        with OpenedMaildir._counting:
+            OpenedMaildir._locked += 1
+            OpenedMaildir._opened = (OpenedMaildir._opened[1], time.monotonic())
         self._root = root
         self.top = Directory(root, ".")
         self.cur = cur
@@ -293,8 +304,27 @@ class OpenedMaildir:
                 return
             self._closing = True
             idle = self._users == 0
+        with OpenedMaildir._counting:
+            OpenedMaildir._locked -= 1
         if idle:
             self._closeDescriptors()
+
+    @classmethod
+    def lockedCount(cls) -> int:
+        """
+        How many Maildirs sessions of this process hold open (locked) now.
+        """
+        return cls._locked
+
+    @classmethod
+    def othersBusy(cls, window: float) -> bool:
+        """
+        Whether sessions of this process other than the caller's (which
+        holds a Maildir open) hold one open too, or opened one within the
+        last C{window} seconds: whether other clients are being served.
+        """
+        with cls._counting:
+            return cls._locked > 1 or time.monotonic() - cls._opened[0] < window
 
     def _closeDescriptors(self) -> None:
         """

@@ -229,9 +229,14 @@ def _unshared(uids: list[str], names: list[str]) -> list[str]:
             base = splitName(name)[0]
             if attempt == 1:
                 uids[index] = hashedUid(base if bases[base] == 1 else name)
-            else:
-                # (Names are unique: their hashes with the attempt never tie.)
+            elif attempt == 2:
+                # (Names of one directory are unique: their hashes with the
+                # attempt do not tie.)
                 uids[index] = hashedUid(f"{name}\0{attempt}")
+            else:
+                # A name listed twice (a directory read while renames
+                # went on) is told apart by its place.
+                uids[index] = hashedUid(f"{name}\0{attempt}\0{index}")
     raise AssertionError("unreachable")
 
 

@@ -51,7 +51,7 @@ from popsrv.store.maildir.migrated import Found, NeedsReading, findOldUids, logF
 from popsrv.store.maildir.newmail import ENTRY_WORK, NAME_WORK, GILPacer, recordSize
 from popsrv.store.maildir.newmail import deliverNew as takeNewMail
 from popsrv.store.maildir.olduids import Note
-from popsrv.store.maildir.sharedparse import ParseSharing, worthSharing
+from popsrv.store.maildir.sharedparse import firstListing, worthSharing
 from popsrv.store.maildir.skipped import logSkipped
 from popsrv.store.uidlformat import DEFAULT_UIDL_FORMAT, UidlFormat, parseUidlFormat
 from popsrv.threads import Runner, inline
@@ -66,6 +66,9 @@ QUICK_DIRECTORY_SIZE = 32 * 1024
 QUICK_COMMIT_FILES = 64
 # How many entries of new/ are looked at to tell that it is empty.
 QUICK_NEW_ENTRIES = 64
+# Other clients are being served if another session logged in within this
+# many seconds (see OpenedMaildir.othersBusy).
+BUSY_WINDOW = 1.0
 # How long after cur/ last changed its modification time is sure to change
 # again with the next change: the timestamps of Linux's local file systems
 # are as coarse as the kernel's clock tick (10 ms at most), those in whole
@@ -314,13 +317,10 @@ class MaildirMaildrop:
         """
         withSize = functools.partial(self._recordSizeInCur, maildir)
         if inThread and listing.isEmpty() and worthSharing(maildir.cur, status):
-            sharing = ParseSharing()
-            try:
-                names, others = maildir.cur.listFiles(self._accountEntries)
-                parsed, order, unsized = sharing.parse(names, self._accountNames, self._pause)
-            finally:
-                sharing.close()
-            self._listingProblem = sharing.problem
+            parsed, order, unsized, others, self._listingProblem = firstListing(
+                maildir.cur, OpenedMaildir.othersBusy(BUSY_WINDOW), self._accountEntries, self._accountNames,
+                self._pause,
+            )
             listing.adopt(parsed, order, unsized, withSize, self._accountNames, self._pause)
             return others
         names, others = maildir.cur.listFiles(self._accountEntries)

@@ -18,14 +18,15 @@ import operator
 import re
 from typing import Callable, Iterable, Optional, Sequence, Tuple, TypeVar
 
+from popsrv.store.maildir import intake
 from popsrv.store.maildir.intake import SIZE_DIGITS, recordedSize, splitName
 
 _T = TypeVar("_T")
 
 __all__ = [
-    "SORT_STEP", "Columns", "OrderKey", "ParsedName", "hashedUid", "inOrder", "keptIndexes", "mergedInSteps",
-    "orderKey", "parseAnyName", "parseColumns", "parseName", "sortKey", "sortedInSteps", "tiesBroken", "timeKey",
-    "uidFor", "uniquePart",
+    "CODE_DIGEST", "SORT_STEP", "Columns", "OrderKey", "ParsedName", "hashedUid", "inOrder", "inTimeOrder",
+    "keptIndexes", "mergedInSteps", "orderKey", "parseAnyName", "parseColumns", "parseName", "sortKey",
+    "sortedInSteps", "tiesBroken", "timeKey", "uidFor", "uniquePart",
 ]
 
 # How names of cur/ sort: delivery time, microseconds, the unique part, the base.
@@ -67,6 +68,23 @@ _SECONDS_DIGITS = 12
 _MICRO_DIGITS = 6
 _SECONDS_CAP: int = 10**_SECONDS_DIGITS - 1
 _MICRO_CAP: int = 10**_MICRO_DIGITS - 1
+
+
+def _codeDigest() -> str:
+    """
+    A digest of the code that parses names (this module and
+    L{popsrv.store.maildir.intake}) as this process loaded it.  A helper
+    process runs the files on disk, which an upgrade may have changed
+    under a running server: its results are used only if the two agree.
+    """
+    digest = hashlib.sha256()
+    for path in (__file__, intake.__file__):
+        with open(path, "rb") as code:
+            digest.update(code.read())
+    return digest.hexdigest()[:16]
+
+
+CODE_DIGEST = _codeDigest()
 
 
 def hashedUid(text: str) -> str:
@@ -349,6 +367,21 @@ def tiesBroken(
             end += 1
         order[start:end + 1] = sorted(order[start:end + 1], key=lambda index: sortKey(names[index]))
     return order
+
+
+def inTimeOrder(order: Sequence[int], times: list[int], pause: Callable[[], None]) -> bool:
+    """
+    Whether C{order} (indexes of C{times}) is in the order of their values,
+    looking a step of L{SORT_STEP} at a time.
+    """
+    ordered = inOrder(times, order, pause)
+    for start in range(1, len(ordered), SORT_STEP):
+        following = itertools.islice(ordered, start, start + SORT_STEP)
+        preceding = itertools.islice(ordered, start - 1, start - 1 + SORT_STEP)
+        if not all(map(operator.le, preceding, following)):
+            return False
+        pause()
+    return True
 
 
 def mergedInSteps(first: list[int], second: list[int], times: list[int], pause: Callable[[], None]) -> list[int]:

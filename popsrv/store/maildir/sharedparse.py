@@ -1,15 +1,19 @@
 """
-The first listing of a big C{cur/} parsed on two cores: a share of the
-names in a helper process (L{popsrv.store.maildir.helper}), the rest in the
-session's thread, at the same time.
+The first listing of a big C{cur/} made with a helper process
+(L{popsrv.store.maildir.helper}), on another core (L{firstListing}): while
+no other session is logged in, parsed on two cores at once, a share of the
+names in the helper and the rest in the session's thread; while others
+are, listed and parsed wholly in the helper, so that the work holds the
+server's GIL, which their sessions need, for as little as can be.
 
-Parsing and sorting 100,000 names takes about 110 ms of CPU, and the whole
-first listing (reading the directory, parsing, sorting, the snapshot)
-about 230 ms: sharing the parse takes some 50 ms off, and off the
-server's GIL.  The helper is started before the directory is read, so that
-its start (some 25 ms) is not waited for.  Whatever goes wrong with it
-(it cannot start, fails, or writes what cannot be read), the session
-parses the helper's share itself, and L{ParseSharing.problem} says why.
+Measured on 100,000 names (C{benchmarks/README.md}, "firstlogin"): shared,
+the first login takes about 240 ms alone, 370 with another client's
+sessions running, which then take 1.2 to 1.6 ms against 0.8 on the idle
+server; wholly in the helper, 320 ms alone, 360 with the sessions running,
+which take 0.9 ms.  A shared parse starts the helper before the directory
+is read, so that its start (some 25 ms) is not waited for.  Whatever goes
+wrong with a helper (it cannot start, fails, or writes what cannot be
+read), the session does the work itself, and says why.
 """
 
 from __future__ import annotations
@@ -20,16 +24,24 @@ import select
 import subprocess
 import sys
 import time
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, Union
 
 from popsrv.store.maildir import helper
 from popsrv.store.maildir.directory import Directory
 from popsrv.store.maildir.listing import ACCOUNT_STEP
-from popsrv.store.maildir.parsing import Columns, mergedInSteps, parseColumns, sortedInSteps, tiesBroken
+from popsrv.store.maildir.parsing import (
+    CODE_DIGEST,
+    Columns,
+    inTimeOrder,
+    mergedInSteps,
+    parseColumns,
+    sortedInSteps,
+    tiesBroken,
+)
 
 __all__ = [
-    "HELPER_SHARE", "HELPER_TIMEOUT", "HELPER_TIME_PER_NAME", "SHARING_MINIMUM", "ParseSharing", "SharedParse",
-    "worthSharing",
+    "HELPER_SHARE", "HELPER_TIMEOUT", "HELPER_TIME_PER_NAME", "SHARING_MINIMUM", "FirstListing", "ParseSharing",
+    "HelperListing", "SharedParse", "firstListing", "listInHelper", "worthSharing",
 ]
 
 # From how many entries a first listing of cur/ is worth sharing: the
@@ -45,12 +57,98 @@ HELPER_SHARE = 0.40
 # 40,000 names); then it is given up (a helper stopped, or wedged).
 HELPER_TIMEOUT = 5.0
 HELPER_TIME_PER_NAME = 0.0005
+# (For a listing, from the directory's size: some 70 octets a name.)
+HELPER_TIME_PER_OCTET = HELPER_TIME_PER_NAME / 70
+# How long a killed helper is waited for (one stuck in the kernel is left
+# to be reaped by the next wait).
+KILL_WAIT = 5.0
 # How much of what a failed helper wrote is kept.
 PROBLEM_LENGTH = 200
 
 # The names parsed, their POP3 order (indexes), and the names that record
 # no POP3 size.
 SharedParse = Tuple[Columns, "array.array[int]", List[str]]
+# What a helper listed: the names parsed, their POP3 order, the names that
+# record no POP3 size, and the names of the other entries.
+HelperListing = Tuple[Columns, List[int], List[str], List[str]]
+# A first listing: the names parsed, their POP3 order, the names of the entries that are not
+# regular files, and why a helper did not do its part (or None).
+FirstListing = Tuple[Columns, "array.array[int]", List[str], List[str], Optional[str]]
+
+
+def firstListing(
+    cur: Directory,
+    othersLoggedIn: bool,
+    accountEntries: Callable[[int], None],
+    accountNames: Callable[[int], None],
+    pause: Callable[[], None],
+) -> FirstListing:
+    """
+    List and parse a big C{cur/}: wholly in a helper if other sessions are
+    logged in (L{listInHelper}), else sharing the parse with one
+    (L{ParseSharing}); by itself, for whatever a helper could not do.
+
+    @param accountEntries: called with a number of directory entries about
+        to be read here (to pace CPU work).
+    @param accountNames: called with a number of names about to be parsed
+        here.
+    @param pause: called between steps (to let other threads run).
+    """
+    if othersLoggedIn:
+        listed = listInHelper(cur, pause)
+        if not isinstance(listed, str):
+            parsed, order, unsized, others = listed
+            return parsed, array.array("q", order), unsized, others, None
+        # (Not a second helper: the first took long, maybe.)
+        sharing = ParseSharing(start=False)
+        problem: Optional[str] = listed
+    else:
+        sharing = ParseSharing()
+        problem = None
+    try:
+        names, others = cur.listFiles(accountEntries)
+        parsed, sharedOrder, unsized = sharing.parse(names, accountNames, pause)
+    finally:
+        sharing.close()
+    return parsed, sharedOrder, unsized, others, problem or sharing.problem
+
+
+def listInHelper(cur: Directory, pause: Callable[[], None]) -> Union[HelperListing, str]:
+    """
+    List and parse C{cur/} wholly in a helper process, which inherits its
+    descriptor; return the names parsed, their POP3 order, the names that
+    record no POP3 size and those of the other entries, or why that failed
+    (one line).
+    """
+    timeout = HELPER_TIMEOUT + cur.status().st_size * HELPER_TIME_PER_OCTET
+    try:
+        process = subprocess.Popen(
+            helper.helperCommand(
+                "list", cur.fileno(), os.getpid(), sys.getfilesystemencoding(), sys.getfilesystemencodeerrors(),
+                CODE_DIGEST,
+            ),
+            pass_fds=(cur.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+    except OSError as error:
+        return f"cannot start {sys.executable}: {error.strerror or error}"
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "the helper did not finish in time"
+    finally:
+        _end(process)
+    if process.returncode != 0:
+        lines = err.decode("utf-8", "replace").strip().splitlines()
+        return (lines[-1] if lines else f"exit status {process.returncode}")[:PROBLEM_LENGTH]
+    parsed = Columns()
+    try:
+        order, unsized, others = helper.unpackListing(out, parsed, pause)
+    except (ValueError, UnicodeDecodeError) as error:
+        return f"the helper's listing is unusable: {error}"[:PROBLEM_LENGTH]
+    # (The helper broke the ties by the whole sort key too.)
+    if not inTimeOrder(order, parsed.times.tolist(), pause):
+        return "the helper's listing is not in the order of delivery"
+    return parsed, order, unsized, others
 
 
 def worthSharing(cur: Directory, status: os.stat_result) -> bool:
@@ -71,13 +169,19 @@ class ParseSharing:
         did not.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, start: bool = True) -> None:
+        """
+        @param start: whether to start the helper (else the session will
+            parse every name itself).
+        """
         self.problem: Optional[str] = None
         self._process: Optional[subprocess.Popen[bytes]] = None
         self._deadline = 0.0
+        if not start:
+            return
         try:
             self._process = subprocess.Popen(
-                helper.helperCommand("parse", os.getpid()), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                helper.helperCommand("parse", os.getpid(), CODE_DIGEST), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
         except OSError as error:
@@ -172,6 +276,9 @@ class ParseSharing:
         except (ValueError, UnicodeDecodeError) as error:
             self.problem = f"the helper's names are unusable: {error}"[:PROBLEM_LENGTH]
             return None
+        if not inTimeOrder(order, parsed.times.tolist(), lambda: None):
+            self.problem = "the helper's names are not in the order of delivery"
+            return None
         return parsed, order, unsized
 
     def close(self) -> None:
@@ -179,14 +286,8 @@ class ParseSharing:
         Make sure the helper is gone (killed if it still runs) and reaped.
         """
         process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        for stream in (process.stdin, process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
+        if process is not None:
+            _end(process)
 
 
 def _parsed(names: List[str], columns: Columns, account: Callable[[int], None]) -> List[str]:
@@ -200,3 +301,19 @@ def _parsed(names: List[str], columns: Columns, account: Callable[[int], None]) 
         account(len(batch))
         unsized += parseColumns(batch, columns)
     return unsized
+
+
+def _end(process: subprocess.Popen[bytes]) -> None:
+    """
+    Make sure a helper is gone (killed if it still runs), reaped if it
+    ends soon, and its pipes closed.
+    """
+    if process.poll() is None:
+        process.kill()
+        try:
+            process.wait(KILL_WAIT)
+        except subprocess.TimeoutExpired:
+            pass
+    for stream in (process.stdin, process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
