@@ -361,9 +361,9 @@ def test_aSessionListsABigCurWithAHelper(tmp_path: Path, monkeypatch, freshListi
     used = []
 
     class Spying(sharedparse.ParseSharing):
-        def parse(self, names, account, pause):
+        def parse(self, names, account, pause, share=None):
             used.append(("shared", len(names)))
-            return super().parse(names, account, pause)
+            return super().parse(names, account, pause, share)
 
     listInHelper = sharedparse.listInHelper
 
@@ -373,9 +373,6 @@ def test_aSessionListsABigCurWithAHelper(tmp_path: Path, monkeypatch, freshListi
 
     monkeypatch.setattr(sharedparse, "ParseSharing", Spying)
     monkeypatch.setattr(sharedparse, "listInHelper", spyingList)
-    # Only sessions logged in now count (not those of tests just before),
-    # and none is.
-    monkeypatch.setattr(maildropModule, "BUSY_WINDOW", 0.0)
     from popsrv.store.maildir.directory import OpenedMaildir
 
     assert OpenedMaildir.lockedCount() == 0
@@ -403,27 +400,59 @@ def test_aSessionListsABigCurWithAHelper(tmp_path: Path, monkeypatch, freshListi
 def test_lockedMaildirsAreCounted(tmp_path: Path) -> None:
     """
     The Maildirs sessions of this process hold locked are counted, each
-    once, until released (however often); other sessions are busy while
-    another holds one, or opened one within the window.
+    once, until released (however often), and so are the openings.
     """
     from popsrv.store.maildir.directory import OpenedMaildir
 
-    before = OpenedMaildir.lockedCount()
+    before, opened = OpenedMaildir.lockedCount(), OpenedMaildir.openings()
     drops = [MaildirMaildrop(str(tmp_path / name), name) for name in ("a", "b")]
     drops[0].lock()
     assert OpenedMaildir.lockedCount() == before + 1
     drops[1].lock()
     assert OpenedMaildir.lockedCount() == before + 2
-    assert OpenedMaildir.othersBusy(0.0)
     drops[0].release()
     drops[0].release()
     assert OpenedMaildir.lockedCount() == before + 1
-    # Only drops[1] is open now, but drops[0] was opened a moment ago.
-    assert OpenedMaildir.othersBusy(60.0)
-    if before == 0:
-        assert not OpenedMaildir.othersBusy(0.0)
     drops[1].release()
     assert OpenedMaildir.lockedCount() == before
+    assert OpenedMaildir.openings() == opened + 2
+
+
+def test_aLoginDuringTheListingHandsTheHelperEveryName(tmp_path: Path, monkeypatch) -> None:
+    """
+    If another session logs in while this one lists C{cur/}, the helper
+    is handed every name (this session's thread then parses none); else
+    its share.
+    """
+    shares = []
+
+    class Spying(sharedparse.ParseSharing):
+        def parse(self, names, account, pause, share=None):
+            shares.append(share)
+            return super().parse(names, account, pause, share)
+
+    monkeypatch.setattr(sharedparse, "ParseSharing", Spying)
+    cur = makeCur(tmp_path / "alice", names(300))
+    other = MaildirMaildrop(str(tmp_path / "bob"), "bob")
+    listFiles = cur.listFiles
+
+    def listWhileBobLogsIn(account):
+        other.lock()
+        other.release()
+        return listFiles(account)
+
+    try:
+        expected = sharedparse.firstListing(cur, lambda count: None, lambda count: None, lambda: None)
+        monkeypatch.setattr(cur, "listFiles", listWhileBobLogsIn)
+        everything = sharedparse.firstListing(cur, lambda count: None, lambda count: None, lambda: None)
+    finally:
+        cur.close()
+    assert shares == [sharedparse.HELPER_SHARE, 1.0]
+    assert everything[4] is None and expected[4] is None
+    first, second = CurListing(), CurListing()
+    first.adopt(expected[0], expected[1], [], lambda name: None)
+    second.adopt(everything[0], everything[1], [], lambda name: None)
+    sameListing(second, first)
 
 
 def test_aHelperListsCurAsTheServerDoes(tmp_path: Path) -> None:
@@ -503,11 +532,18 @@ def test_aListingHelperThatFailsLeavesItToTheSession(tmp_path: Path, monkeypatch
         return helperCommand(*arguments)
 
     monkeypatch.setattr(helper, "helperCommand", command)
+    # This session's Maildir and another are locked: the listing is for a
+    # helper.
+    sessions = [MaildirMaildrop(str(tmp_path / name), name) for name in ("self", "bob")]
+    for session in sessions:
+        session.lock()
     try:
         parsed, order, unsized, others, problem = sharedparse.firstListing(
-            cur, True, lambda count: None, lambda count: None, lambda: None
+            cur, lambda count: None, lambda count: None, lambda: None
         )
     finally:
+        for session in sessions:
+            session.release()
         cur.close()
     adopted = CurListing()
     adopted.adopt(parsed, order, [], lambda name: None)

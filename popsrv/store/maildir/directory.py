@@ -18,11 +18,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import itertools
-import math
 import os
 import stat
 import threading
-import time
 from typing import BinaryIO, Callable, List, Optional, Tuple
 
 from popsrv.errors import MaildropError, MaildropLocked, MaildropUnusable
@@ -218,16 +216,16 @@ class OpenedMaildir:
         (not to be closed: L{close} does).
     """
 
-    # How many are open (locked) in this process, and when the last two
-    # were opened (time.monotonic()), for L{othersBusy}.
+    # How many are open (locked) in this process, and how many were ever
+    # opened, for L{lockedCount} and L{openings}.
     _locked = 0
-    _opened = (-math.inf, -math.inf)
+    _openings = 0
     _counting = threading.Lock()
 
     def __init__(self, root: int, cur: Directory, new: Directory, lock: int) -> None:
         with OpenedMaildir._counting:
             OpenedMaildir._locked += 1
-            OpenedMaildir._opened = (OpenedMaildir._opened[1], time.monotonic())
+            OpenedMaildir._openings += 1
         self._root = root
         self.top = Directory(root, ".")
         self.cur = cur
@@ -317,14 +315,12 @@ class OpenedMaildir:
         return cls._locked
 
     @classmethod
-    def othersBusy(cls, window: float) -> bool:
+    def openings(cls) -> int:
         """
-        Whether sessions of this process other than the caller's (which
-        holds a Maildir open) hold one open too, or opened one within the
-        last C{window} seconds: whether other clients are being served.
+        How many Maildirs sessions of this process have opened (locked) so
+        far: a difference between two readings counts the logins between.
         """
-        with cls._counting:
-            return cls._locked > 1 or time.monotonic() - cls._opened[0] < window
+        return cls._openings
 
     def _closeDescriptors(self) -> None:
         """

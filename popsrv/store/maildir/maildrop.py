@@ -66,9 +66,6 @@ QUICK_DIRECTORY_SIZE = 32 * 1024
 QUICK_COMMIT_FILES = 64
 # How many entries of new/ are looked at to tell that it is empty.
 QUICK_NEW_ENTRIES = 64
-# Other clients are being served if another session logged in within this
-# many seconds (see OpenedMaildir.othersBusy).
-BUSY_WINDOW = 1.0
 # How long after cur/ last changed its modification time is sure to change
 # again with the next change: the timestamps of Linux's local file systems
 # are as coarse as the kernel's clock tick (10 ms at most), those in whole
@@ -318,8 +315,7 @@ class MaildirMaildrop:
         withSize = functools.partial(self._recordSizeInCur, maildir)
         if inThread and listing.isEmpty() and worthSharing(maildir.cur, status):
             parsed, order, unsized, others, self._listingProblem = firstListing(
-                maildir.cur, OpenedMaildir.othersBusy(BUSY_WINDOW), self._accountEntries, self._accountNames,
-                self._pause,
+                maildir.cur, self._accountEntries, self._accountNames, self._pause
             )
             listing.adopt(parsed, order, unsized, withSize, self._accountNames, self._pause)
             return others

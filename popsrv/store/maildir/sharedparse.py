@@ -27,7 +27,7 @@ import time
 from typing import Callable, List, Optional, Tuple, Union
 
 from popsrv.store.maildir import helper
-from popsrv.store.maildir.directory import Directory
+from popsrv.store.maildir.directory import Directory, OpenedMaildir
 from popsrv.store.maildir.listing import ACCOUNT_STEP
 from popsrv.store.maildir.parsing import (
     CODE_DIGEST,
@@ -78,15 +78,16 @@ FirstListing = Tuple[Columns, "array.array[int]", List[str], List[str], Optional
 
 def firstListing(
     cur: Directory,
-    othersLoggedIn: bool,
     accountEntries: Callable[[int], None],
     accountNames: Callable[[int], None],
     pause: Callable[[], None],
 ) -> FirstListing:
     """
-    List and parse a big C{cur/}: wholly in a helper if other sessions are
-    logged in (L{listInHelper}), else sharing the parse with one
-    (L{ParseSharing}); by itself, for whatever a helper could not do.
+    List and parse a big C{cur/} with a helper process: wholly in the
+    helper if other sessions are logged in now (L{listInHelper}); else
+    sharing the parse with one (L{ParseSharing}), handing it every name if
+    others logged in while this session listed C{cur/}; by itself, for
+    whatever a helper could not do.
 
     @param accountEntries: called with a number of directory entries about
         to be read here (to pace CPU work).
@@ -94,7 +95,8 @@ def firstListing(
         here.
     @param pause: called between steps (to let other threads run).
     """
-    if othersLoggedIn:
+    # (The caller's own Maildir is one of those open.)
+    if OpenedMaildir.lockedCount() > 1:
         listed = listInHelper(cur, pause)
         if not isinstance(listed, str):
             parsed, order, unsized, others = listed
@@ -106,8 +108,10 @@ def firstListing(
         sharing = ParseSharing()
         problem = None
     try:
+        openings = OpenedMaildir.openings()
         names, others = cur.listFiles(accountEntries)
-        parsed, sharedOrder, unsized = sharing.parse(names, accountNames, pause)
+        share = HELPER_SHARE if OpenedMaildir.openings() == openings else 1.0
+        parsed, sharedOrder, unsized = sharing.parse(names, accountNames, pause, share)
     finally:
         sharing.close()
     return parsed, sharedOrder, unsized, others, problem or sharing.problem
@@ -188,21 +192,27 @@ class ParseSharing:
             self.problem = f"cannot start {sys.executable}: {error.strerror or error}"
 
     def parse(
-        self, names: List[str], account: Callable[[int], None], pause: Callable[[], None]
+        self,
+        names: List[str],
+        account: Callable[[int], None],
+        pause: Callable[[], None],
+        share: Optional[float] = None,
     ) -> SharedParse:
         """
         Parse C{names} (see L{popsrv.store.maildir.parsing.parseColumns}):
-        the last L{HELPER_SHARE} of them in the helper, the others here
-        meanwhile; return them parsed, in POP3 order.
+        the last C{share} of them (by default L{HELPER_SHARE}) in the
+        helper, the others here meanwhile; return them parsed, in POP3
+        order.
 
         @param account: called with a number of names about to be parsed
             here, for every L{ACCOUNT_STEP} of them (to pace CPU work).
         @param pause: called between the steps of sorting (to let other
             threads run).
         """
-        share = int(len(names) * HELPER_SHARE) if self._process is not None else 0
-        mine, theirs = names[:len(names) - share], names[len(names) - share:]
-        self._deadline = time.monotonic() + HELPER_TIMEOUT + share * HELPER_TIME_PER_NAME
+        fraction = HELPER_SHARE if share is None else share
+        count = int(len(names) * fraction) if self._process is not None else 0
+        mine, theirs = names[:len(names) - count], names[len(names) - count:]
+        self._deadline = time.monotonic() + HELPER_TIMEOUT + count * HELPER_TIME_PER_NAME
         sent = self._send(theirs)
         columns = Columns()
         unsized = _parsed(mine, columns, account)
