@@ -1,19 +1,17 @@
 """
 The first listing of a big C{cur/} made with a helper process
 (L{popsrv.store.maildir.helper}), on another core (L{firstListing}): while
-no other session is logged in, parsed on two cores at once, a share of the
-names in the helper and the rest in the session's thread; while others
-are, listed and parsed wholly in the helper, so that the work holds the
-server's GIL, which their sessions need, for as little as can be.
+another session is logged in, listed and parsed wholly in the helper, so
+that the work holds the server's GIL, which the other sessions need, for
+as little as can be; otherwise parsed on two cores at once, a share of the
+names in the helper (all of them, if another session logged in while this
+one listed C{cur/}) and the rest in the session's thread.
 
-Measured on 100,000 names (C{benchmarks/README.md}, "firstlogin"): shared,
-the first login takes about 240 ms alone, 370 with another client's
-sessions running, which then take 1.2 to 1.6 ms against 0.8 on the idle
-server; wholly in the helper, 320 ms alone, 360 with the sessions running,
-which take 0.9 ms.  A shared parse starts the helper before the directory
-is read, so that its start (some 25 ms) is not waited for.  Whatever goes
-wrong with a helper (it cannot start, fails, or writes what cannot be
-read), the session does the work itself, and says why.
+A shared parse starts the helper before the directory is read, so that its
+start (some 25 ms) is not waited for.  Whatever goes wrong with a helper
+(it cannot start, fails, or writes what cannot be read), the session does
+the work itself, and says why.  Measured figures: C{benchmarks/README.md},
+"firstlogin".
 """
 
 from __future__ import annotations
