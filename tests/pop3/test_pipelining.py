@@ -12,7 +12,9 @@ import time
 
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 
 from popsrv.pop3 import POP3Factory
 from popsrv.store.maildir import deliver
@@ -236,6 +238,8 @@ def test_smallPipelinedRetrievalsLeaveInFewSends(tmp_path) -> None:
         received = b""
         while not received.endswith(expected):
             received += clientSocket.recv(1 << 20)
+        # The session ends (its Maildir is unlocked).
+        protocol.connectionLost(Failure(ConnectionDone()))
     finally:
         serverSocket.close()
         clientSocket.close()
@@ -262,6 +266,8 @@ def test_aClientThatDoesNotReadStopsBeingAnswered(tmp_path) -> None:
         pending = len(transport.dataBuffer) + transport._tempDataLen
         assert sum(sends) + pending < 20 * len(message)
         assert pending < 4 * len(message)
+        # The session ends (its Maildir is unlocked).
+        protocol.connectionLost(Failure(ConnectionDone()))
     finally:
         serverSocket.close()
         clientSocket.close()

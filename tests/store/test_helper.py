@@ -322,6 +322,17 @@ def test_aHelperGivenAnUnknownCommandSaysSoInOneLine() -> None:
 
 
 @pytest.fixture
+def noOtherSessions(monkeypatch) -> None:
+    """
+    Count no Maildir as locked by other sessions (other tests of this
+    process may have left some locked).
+    """
+    from popsrv.store.maildir.directory import OpenedMaildir
+
+    monkeypatch.setattr(OpenedMaildir, "_locked", 0)
+
+
+@pytest.fixture
 def freshListings(monkeypatch) -> ListingCache:
     cache = ListingCache()
     monkeypatch.setattr(maildropModule, "LISTINGS", cache)
@@ -340,7 +351,9 @@ def threadedSession(maildir: Path):
 
 
 @pytest.mark.parametrize("othersLoggedIn", [False, True], ids=["alone", "others logged in"])
-def test_aSessionListsABigCurWithAHelper(tmp_path: Path, monkeypatch, freshListings, othersLoggedIn: bool) -> None:
+def test_aSessionListsABigCurWithAHelper(
+    tmp_path: Path, monkeypatch, freshListings, noOtherSessions, othersLoggedIn: bool
+) -> None:
     """
     A session in a thread of its own makes the first listing of a
     C{cur/} of L{SHARING_MINIMUM} entries or more with a helper: sharing
@@ -418,7 +431,7 @@ def test_lockedMaildirsAreCounted(tmp_path: Path) -> None:
     assert OpenedMaildir.openings() == opened + 2
 
 
-def test_aLoginDuringTheListingHandsTheHelperEveryName(tmp_path: Path, monkeypatch) -> None:
+def test_aLoginDuringTheListingHandsTheHelperEveryName(tmp_path: Path, monkeypatch, noOtherSessions) -> None:
     """
     If another session logs in while this one lists C{cur/}, the helper
     is handed every name (this session's thread then parses none); else
@@ -571,7 +584,9 @@ def test_namesAreSplitInStepsAsAtOnce(fileNames, step) -> None:
         helper.SPLIT_STEP = original
 
 
-def test_aHelperThatFailsLeavesTheListingToTheServer(tmp_path: Path, monkeypatch, freshListings) -> None:
+def test_aHelperThatFailsLeavesTheListingToTheServer(
+    tmp_path: Path, monkeypatch, freshListings, noOtherSessions
+) -> None:
     """
     If the helper cannot start, the session lists C{cur/} itself and logs
     why, once, with a stable event name.

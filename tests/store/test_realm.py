@@ -309,6 +309,7 @@ def test_loginDelayCountsPerMaildrop(tmp_path):
     assert second.login("alice@example.com").startswith(b"-ERR [LOGIN-DELAY]")
     first.clock.advance(900)
     assert second.login("alice@example.com").startswith(b"+OK alice@example.com has 0 messages")
+    assert second.send("QUIT").startswith(b"+OK")
     assert os.listdir(tmp_path) == ["example.com"]
 
 
