@@ -639,3 +639,18 @@ def test_aListingCutShortIsRefused() -> None:
     bad = good[:-1] + b"x"
     with pytest.raises(ValueError):
         helper.unpackListing(bad, parsing.Columns())
+
+
+def test_theCodeDigestOfUnreadableCodeIsAMark(monkeypatch) -> None:
+    """
+    The digest of the parsing code is of the files this process loaded;
+    if they cannot be read (as in a zip), it is a mark, and no import
+    fails.
+    """
+    assert len(parsing.CODE_DIGEST) == 16 and parsing._codeDigest() == parsing.CODE_DIGEST
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError("no")
+
+    monkeypatch.setattr("builtins.open", unreadable)
+    assert parsing._codeDigest() == "unreadable"

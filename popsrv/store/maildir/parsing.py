@@ -78,9 +78,14 @@ def _codeDigest() -> str:
     under a running server: its results are used only if the two agree.
     """
     digest = hashlib.sha256()
-    for path in (__file__, intake.__file__):
-        with open(path, "rb") as code:
-            digest.update(code.read())
+    try:
+        for path in (__file__, intake.__file__):
+            with open(path, "rb") as code:
+                digest.update(code.read())
+    except OSError:
+        # (Not files of their own, as in a zip: no helper can load them
+        # either, and the server does the work itself.)
+        return "unreadable"
     return digest.hexdigest()[:16]
 
 
