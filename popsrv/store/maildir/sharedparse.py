@@ -69,8 +69,9 @@ SharedParse = Tuple[Columns, "array.array[int]", List[str]]
 # What a helper listed: the names parsed, their POP3 order, the names that
 # record no POP3 size, and the names of the other entries.
 HelperListing = Tuple[Columns, List[int], List[str], List[str]]
-# A first listing: the names parsed, their POP3 order, the names of the entries that are not
-# regular files, and why a helper did not do its part (or None).
+# A first listing: the names parsed, their POP3 order, the names that
+# record no POP3 size, those of the entries that are not regular files, and
+# why a helper did not do its part (or None).
 FirstListing = Tuple[Columns, "array.array[int]", List[str], List[str], Optional[str]]
 
 
