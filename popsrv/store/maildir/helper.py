@@ -42,8 +42,8 @@ if TYPE_CHECKING:
     from popsrv.store.maildir.parsing import Columns
 
 __all__ = [
-    "LISTING_STEP", "SPLIT_STEP", "helperCommand", "joined", "main", "packListing", "packParsed", "splitInSteps",
-    "unpackListing", "unpackParsed",
+    "LISTING_STEP", "PROBLEM_LENGTH", "SPLIT_STEP", "exitProblem", "helperCommand", "joined", "main", "packListing",
+    "packParsed", "splitInSteps", "startProblem", "unpackListing", "unpackParsed",
 ]
 
 # How many names of cur/ a helper parses at a time.
@@ -81,6 +81,26 @@ def helperCommand(*arguments: object) -> List[str]:
     with C{surrogateescape}, give back their octets exactly).
     """
     return [sys.executable, "-I", "-S", "-X", "utf8", os.path.abspath(__file__), *map(str, arguments)]
+
+
+# How much of what a failed helper wrote is kept.
+PROBLEM_LENGTH = 200
+
+
+def startProblem(error: OSError) -> str:
+    """
+    Why a helper process could not start, in one line.
+    """
+    return f"cannot start {sys.executable}: {error.strerror or error}"[:PROBLEM_LENGTH]
+
+
+def exitProblem(status: int, errors: bytes) -> str:
+    """
+    Why a helper process failed, in one line: the last line it wrote on
+    its standard error, or its exit status.
+    """
+    lines = errors.decode("utf-8", "replace").strip().splitlines()
+    return (lines[-1] if lines else f"exit status {status}")[:PROBLEM_LENGTH]
 
 
 def joined(names: Sequence[str]) -> bytes:
@@ -276,10 +296,7 @@ def _parse(parent: int, digest: str) -> None:
         names = _split(given.read())
     account = _checkingParent(parent, intake.LIST_STEP * intake.NAME_WORK)
     columns = parsing.Columns()
-    unsized: List[str] = []
-    for start in range(0, len(names), LISTING_STEP):
-        account(LISTING_STEP * intake.NAME_WORK)
-        unsized += parsing.parseColumns(names[start:start + LISTING_STEP], columns)
+    unsized = parsing.parseInSteps(names, columns, LISTING_STEP, lambda count: account(count * intake.NAME_WORK))
     del names
     times = columns.times.tolist()
     parsed = packParsed(columns, sorted(range(len(times)), key=times.__getitem__), unsized)
@@ -299,10 +316,7 @@ def _list(curFd: int, parent: int, encoding: str, errors: str, digest: str) -> N
         names = [os.fsencode(name).decode(encoding, errors) for name in names]
         others = [os.fsencode(name).decode(encoding, errors) for name in others]
     columns = parsing.Columns()
-    unsized: List[str] = []
-    for start in range(0, len(names), LISTING_STEP):
-        account(LISTING_STEP * intake.NAME_WORK)
-        unsized += parsing.parseColumns(names[start:start + LISTING_STEP], columns)
+    unsized = parsing.parseInSteps(names, columns, LISTING_STEP, lambda count: account(count * intake.NAME_WORK))
     times = columns.times.tolist()
     order = parsing.tiesBroken(sorted(range(len(times)), key=times.__getitem__), times, columns.names)
     listing = packListing(columns, order, unsized, names, others)

@@ -32,8 +32,6 @@ ENTRY_WORK = intake.ENTRY_WORK
 NAME_WORK = intake.NAME_WORK
 # From how many entries in new/ a helper process takes them first.
 HELPER_MINIMUM = 1024
-# How much of what a failed helper wrote is logged.
-HELPER_ERROR_LENGTH = 200
 
 
 class GILPacer:
@@ -92,11 +90,10 @@ def _runHelper(command: List[str], fds: Sequence[int]) -> Union[bytes, str]:
             command, pass_fds=tuple(fds), stdin=subprocess.DEVNULL, capture_output=True, check=False,
         )
     except OSError as error:
-        return f"cannot start {sys.executable}: {error.strerror or error}"
+        return helper.startProblem(error)
     if done.returncode == 0:
         return done.stdout
-    lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
-    return (lines[-1] if lines else f"exit status {done.returncode}")[:HELPER_ERROR_LENGTH]
+    return helper.exitProblem(done.returncode, done.stderr)
 
 
 def takeInHelper(new: Directory, cur: Directory) -> Optional[str]:

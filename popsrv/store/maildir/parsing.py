@@ -25,7 +25,8 @@ _T = TypeVar("_T")
 
 __all__ = [
     "CODE_DIGEST", "SORT_STEP", "Columns", "OrderKey", "ParsedName", "hashedUid", "inOrder", "inTimeOrder",
-    "keptIndexes", "mergedInSteps", "orderKey", "parseAnyName", "parseColumns", "parseName", "sortKey",
+    "keptIndexes", "mergedInSteps", "orderKey", "parseAnyName", "parseColumns", "parseInSteps", "parseName",
+    "sortKey",
     "sortedInSteps", "tiesBroken", "timeKey", "uidFor", "uniquePart",
 ]
 
@@ -292,6 +293,20 @@ def parseColumns(names: list[str], columns: Columns) -> list[str]:
             unsized.append(name)
         else:
             columns.add(entry)
+    return unsized
+
+
+def parseInSteps(names: list[str], columns: Columns, step: int, account: Callable[[int], None]) -> list[str]:
+    """
+    Parse C{names} into C{columns} (see L{parseColumns}) C{step} of them at
+    a time, telling C{account} how many before each step; return those
+    that record no POP3 size.
+    """
+    unsized: list[str] = []
+    for start in range(0, len(names), step):
+        batch = names[start:start + step]
+        account(len(batch))
+        unsized += parseColumns(batch, columns)
     return unsized
 
 

@@ -32,7 +32,7 @@ from popsrv.store.maildir.parsing import (
     Columns,
     inTimeOrder,
     mergedInSteps,
-    parseColumns,
+    parseInSteps,
     sortedInSteps,
     tiesBroken,
 )
@@ -60,8 +60,6 @@ HELPER_TIME_PER_OCTET = HELPER_TIME_PER_NAME / 70
 # How long a killed helper is waited for (one stuck in the kernel is left
 # to be reaped by the next wait).
 KILL_WAIT = 5.0
-# How much of what a failed helper wrote is kept.
-PROBLEM_LENGTH = 200
 
 # The names parsed, their POP3 order (indexes), and the names that record
 # no POP3 size.
@@ -133,7 +131,7 @@ def listInHelper(cur: Directory, pause: Callable[[], None]) -> Union[HelperListi
             pass_fds=(cur.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
     except OSError as error:
-        return f"cannot start {sys.executable}: {error.strerror or error}"
+        return helper.startProblem(error)
     try:
         out, err = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -141,13 +139,12 @@ def listInHelper(cur: Directory, pause: Callable[[], None]) -> Union[HelperListi
     finally:
         _end(process)
     if process.returncode != 0:
-        lines = err.decode("utf-8", "replace").strip().splitlines()
-        return (lines[-1] if lines else f"exit status {process.returncode}")[:PROBLEM_LENGTH]
+        return helper.exitProblem(process.returncode, err)
     parsed = Columns()
     try:
         order, unsized, others = helper.unpackListing(out, parsed, pause)
     except (ValueError, UnicodeDecodeError) as error:
-        return f"the helper's listing is unusable: {error}"[:PROBLEM_LENGTH]
+        return f"the helper's listing is unusable: {error}"[:helper.PROBLEM_LENGTH]
     # (The helper broke the ties by the whole sort key too.)
     if not inTimeOrder(order, parsed.times.tolist(), pause):
         return "the helper's listing is not in the order of delivery"
@@ -188,7 +185,7 @@ class ParseSharing:
                 stderr=subprocess.PIPE,
             )
         except OSError as error:
-            self.problem = f"cannot start {sys.executable}: {error.strerror or error}"
+            self.problem = helper.startProblem(error)
 
     def parse(
         self,
@@ -214,12 +211,12 @@ class ParseSharing:
         self._deadline = time.monotonic() + HELPER_TIMEOUT + count * HELPER_TIME_PER_NAME
         sent = self._send(theirs)
         columns = Columns()
-        unsized = _parsed(mine, columns, account)
+        unsized = parseInSteps(mine, columns, ACCOUNT_STEP, account)
         order = sortedInSteps(columns.times.tolist(), [], pause)
         received = self._receive(theirs) if sent else None
         if received is None:
             self.close()
-            unsized += _parsed(theirs, columns, account)
+            unsized += parseInSteps(theirs, columns, ACCOUNT_STEP, account)
             times = columns.times.tolist()
             order = sortedInSteps(times, order, pause)
         else:
@@ -276,14 +273,13 @@ class ParseSharing:
             self.problem = "the helper did not finish in time"
             return None
         if process.returncode != 0:
-            lines = err.decode("utf-8", "replace").strip().splitlines()
-            self.problem = (lines[-1] if lines else f"exit status {process.returncode}")[:PROBLEM_LENGTH]
+            self.problem = helper.exitProblem(process.returncode, err)
             return None
         parsed = Columns()
         try:
             order, unsized = helper.unpackParsed(out, names, parsed)
         except (ValueError, UnicodeDecodeError) as error:
-            self.problem = f"the helper's names are unusable: {error}"[:PROBLEM_LENGTH]
+            self.problem = f"the helper's names are unusable: {error}"[:helper.PROBLEM_LENGTH]
             return None
         if not inTimeOrder(order, parsed.times.tolist(), lambda: None):
             self.problem = "the helper's names are not in the order of delivery"
@@ -297,19 +293,6 @@ class ParseSharing:
         process, self._process = self._process, None
         if process is not None:
             _end(process)
-
-
-def _parsed(names: List[str], columns: Columns, account: Callable[[int], None]) -> List[str]:
-    """
-    Parse C{names} into C{columns} a step at a time; return those that
-    record no POP3 size.
-    """
-    unsized: List[str] = []
-    for start in range(0, len(names), ACCOUNT_STEP):
-        batch = names[start:start + ACCOUNT_STEP]
-        account(len(batch))
-        unsized += parseColumns(batch, columns)
-    return unsized
 
 
 def _end(process: subprocess.Popen[bytes]) -> None:
