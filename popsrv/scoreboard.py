@@ -365,6 +365,33 @@ class Scoreboard:
         L{LOCK_PATIENCE}.
         """
         _TOTAL.pack_into(self._map, self._totals + _TOTAL.size * column, 0)
-        for index in range(self._capacity):
-            offset = self._rows + index * self._rowSize + _ROW.size + _COLUMN.size * column
-            _COLUMN.pack_into(self._map, offset, 0, 0)
+        # Only rows in the file's data are swept (the rest is holes, which
+        # read as zeros), and only cells that are not zero are written: a
+        # sweep of a fresh table touches none of its pages.
+        for start, end in self._dataRegions():
+            first = max(0, (start - self._rows) // self._rowSize)
+            last = min(self._capacity, -(-(end - self._rows) // self._rowSize))
+            for index in range(first, last):
+                offset = self._rows + index * self._rowSize + _ROW.size + _COLUMN.size * column
+                if _COLUMN.unpack_from(self._map, offset) != (0, 0):
+                    _COLUMN.pack_into(self._map, offset, 0, 0)
+
+    def _dataRegions(self) -> Iterator[tuple[int, int]]:
+        """
+        The regions of the table's file that hold data (not holes), as
+        (start, end) offsets; the whole file where the file system cannot
+        tell.
+        """
+        size = len(self._map)
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(self._fd, offset, os.SEEK_DATA)
+                end = os.lseek(self._fd, start, os.SEEK_HOLE)
+            except OSError as error:
+                if error.errno == errno.ENXIO:
+                    return
+                yield offset, size
+                return
+            yield start, min(end, size)
+            offset = end

@@ -280,3 +280,50 @@ def test_clearingAColumnTakesNoLock(board: Scoreboard, monkeypatch: pytest.Monke
     monkeypatch.undo()
     row = board.peek(addressKey("192.0.2.1"))
     assert row is not None and row.connections == [0, 0] and board.total() == 0
+
+
+def test_clearingAColumnOfAFreshTableWritesNothing(tmp_path) -> None:
+    """
+    A new worker's column is cleared without writing to the rows of a
+    table that has none in use: its pages are never made (the parent of 2
+    workers kept 3.7 MB of zeros before).
+    """
+    board = Scoreboard.create(columns=2, capacity=2**15, directory=str(tmp_path))
+    try:
+        size = os.fstat(board.fileno()).st_size
+        assert size > 2**20
+        board.clearColumn(0)
+        board.clearColumn(1)
+        assert os.fstat(board.fileno()).st_blocks * 512 < 64 * 1024
+        # A row in use far into the table is cleared all the same.
+        keys = [addressKey(f"198.51.100.{n}") for n in range(200)]
+        for key in keys:
+            board.update(key, 1.0, connect)
+        board.clearColumn(0)
+        assert board.total() == 0
+        assert all(board.peek(key).connections == [0, 0] for key in keys)  # type: ignore[union-attr]
+    finally:
+        board.close()
+
+
+def test_clearingWhereHolesCannotBeFoundSweepsEverything(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    On a file system that cannot tell data from holes, every row is
+    swept.
+    """
+    board = Scoreboard.create(columns=2, capacity=WAYS * 64)
+    try:
+        keys = [addressKey(f"198.51.100.{n}") for n in range(40)]
+        for key in keys:
+            board.update(key, 1.0, connect)
+
+        def noSeekData(fd: int, position: int, how: int) -> int:
+            raise OSError(22, "Invalid argument")
+
+        monkeypatch.setattr(os, "lseek", noSeekData)
+        board.clearColumn(0)
+        monkeypatch.undo()
+        assert board.total() == 0
+        assert all(board.peek(key).connections == [0, 0] for key in keys)  # type: ignore[union-attr]
+    finally:
+        board.close()
