@@ -78,6 +78,11 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     supportedInterfaces = (IUsernamePassword, IUsernameHashedPassword)
     optFlags = [
         ["demo", None, f"Serve a demo user and Maildir kept in ./{DEMO_DIRECTORY}/ and print how to fetch its mail."],
+        [
+            "spawn-workers", None,
+            "Start each of the --workers as a new Python process, instead of forking it from the parent "
+            "(which shares the memory of their code): for a checker plugin that does not survive a fork.",
+        ],
     ]
     optParameters = [
         [

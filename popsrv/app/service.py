@@ -287,6 +287,7 @@ def _workerPool(
         # The workers keep the mbox state where this process would: they
         # may run as another user, whose default differs.
         environment={"STATE_DIRECTORY": defaultStateDirectory()},
+        fork=not options["spawn-workers"],
     )
     pool.setServiceParent(service)
     RootWarning(options["workers"]).setServiceParent(service)

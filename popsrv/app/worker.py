@@ -23,6 +23,7 @@ from zope.interface import implementer
 from popsrv.app.listening import serverEndpoint
 from popsrv.app.options import Options
 from popsrv.app.service import makeService
+from popsrv.app.workerlog import BatchingLineObserver
 from popsrv.app.workers import USAGE_ERROR
 from popsrv.scoreboard import Scoreboard
 
@@ -99,30 +100,64 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     Run one worker: the entry point of C{python -m popsrv.app.worker}.
     """
     from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, jsonFileLogObserver
+    from twisted.logger import globalLogBeginner
 
-    arguments = _parseArguments(sys.argv[1:] if argv is None else argv)
-    # A SIGHUP that comes before the TLS reloader is installed must not
-    # end the worker.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    options = Options()
-    options.worker = True
-    try:
-        options.parseOptions(arguments.options)
-    except usage.UsageError as error:
-        sys.stderr.write(f"popsrv worker: {error}\n")
-        sys.exit(USAGE_ERROR)
-    adopted = []
-    for item in arguments.adopt:
-        fd, _, family = item.partition(":")
-        adopted.append((int(fd), _FAMILIES[family]))
-    if len(adopted) != len(options["listen"]):
-        sys.stderr.write("popsrv worker: one inherited socket per --listen is needed\n")
-        sys.exit(USAGE_ERROR)
-    inherited = iter(adopted)
     # Every event, whatever its level: the parent filters what its own log
     # shows, and its --metrics count what the events tell.
-    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout, recordSeparator="")], redirectStandardIO=False)
+    observer = BatchingLineObserver(reactor, sys.stdout.fileno())
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    _run(reactor, sys.argv[1:] if argv is None else argv, observer)
+
+
+def runForked(argv: Sequence[str]) -> None:
+    """
+    Run one worker in a child of the fork server
+    (L{popsrv.app.forkserver}), which gave it a new reactor, no log
+    observers, and its sockets to the parent as standard input, output and
+    error.
+    """
+    from twisted.internet import reactor
+    from twisted.logger import globalLogPublisher
+
+    observer = BatchingLineObserver(reactor, 1)
+    globalLogPublisher.addObserver(observer)
+    _run(reactor, argv, observer)
+
+
+def _run(reactor: Any, argv: Sequence[str], observer: BatchingLineObserver) -> None:
+    """
+    Parse a worker's arguments, and serve until the reactor stops.
+    """
+    try:
+        arguments = _parseArguments(argv)
+        # A SIGHUP that comes before the TLS reloader is installed must not
+        # end the worker.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        options = Options()
+        options.worker = True
+        try:
+            options.parseOptions(arguments.options)
+        except usage.UsageError as error:
+            sys.stderr.write(f"popsrv worker: {error}\n")
+            sys.exit(USAGE_ERROR)
+        adopted = []
+        for item in arguments.adopt:
+            fd, _, family = item.partition(":")
+            adopted.append((int(fd), _FAMILIES[family]))
+        if len(adopted) != len(options["listen"]):
+            sys.stderr.write("popsrv worker: one inherited socket per --listen is needed\n")
+            sys.exit(USAGE_ERROR)
+        _serve(reactor, arguments, options, iter(adopted), observer)
+    finally:
+        observer.flush()
+
+
+def _serve(
+    reactor: Any, arguments: argparse.Namespace, options: Options, inherited: Any, observer: BatchingLineObserver
+) -> None:
+    """
+    Start the service on the inherited sockets and run the reactor.
+    """
     try:
         scoreboard = None
         if arguments.scoreboard is not None:
@@ -138,6 +173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         sys.exit(USAGE_ERROR)
     # Its SIGHUP handler is in place: the parent may pass SIGHUP on now.
     log.info("worker ready", event="worker-ready")
+    observer.flush()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     threading.Thread(target=_stopWhenOrphaned, args=(reactor,), name="parent-watch", daemon=True).start()
     reactor.run()
@@ -146,9 +182,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 def _stopWhenOrphaned(reactor: Any) -> None:
     """
     Wait for the end of standard input, which comes when the parent is
-    gone, and stop the worker then.
+    gone, and stop the worker then.  (A forked worker's standard input is
+    a socket, whose reads fail with ECONNRESET instead when the parent
+    died with data unread.)
     """
-    while os.read(0, 4096):
+    try:
+        while os.read(0, 4096):
+            pass
+    except OSError:
         pass
     log.info("the parent process is gone: stopping", event="orphaned")
     reactor.callFromThread(_stop, reactor)

@@ -48,6 +48,7 @@ from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
+from popsrv.app import forking
 from popsrv.app.listening import describeAddress, serverEndpoint, splitTLS
 from popsrv.scoreboard import Scoreboard
 
@@ -170,6 +171,7 @@ class WorkerPool(Service):
         scoreboard: Optional[Scoreboard] = None,
         stopGrace: float = STOP_GRACE,
         environment: Optional[Mapping[str, str]] = None,
+        fork: bool = True,
     ) -> None:
         self.reactor = reactor
         self.environment = dict(environment or {})
@@ -186,6 +188,9 @@ class WorkerPool(Service):
         self._delays: dict[int, float] = {}
         self._restarts: dict[int, IDelayedCall] = {}
         self._previousHangup: Union[Callable[[int, Optional[FrameType]], Any], int, None] = None
+        self._fork = fork
+        # Why workers cannot be forked (None: they can), as of the start.
+        self._unforkable: Optional[str] = "the pool has not started"
 
     def privilegedStartService(self) -> None:
         """
@@ -200,6 +205,10 @@ class WorkerPool(Service):
         """
         super().startService()
         self._bind()
+        self._unforkable = forking.available() if self._fork else "forking is off"
+        if self._unforkable is None:
+            # Before the reactor runs, while this process has one thread.
+            forking.prepare()
         for index in range(self.count):
             self._spawn(index)
         self._previousHangup = signal.signal(signal.SIGHUP, self._hangup)
@@ -246,15 +255,35 @@ class WorkerPool(Service):
             childFDs[fd] = fd
             adopt += ["--scoreboard", str(fd)]
         worker = _WorkerProcess(self, index)
-        argv = [self._executable, "-m", "popsrv.app.worker", "--index", str(index), *adopt, "--", *self.arguments]
+        arguments = ["--index", str(index), *adopt, "--", *self.arguments]
         from popsrv.auth.scram import placeholderKeyEnvironment
 
-        env = {**os.environ, **self.environment, **placeholderKeyEnvironment()}
-        self.reactor.spawnProcess(worker, self._executable, argv, env=env, childFDs=childFDs)
+        environment = {**self.environment, **placeholderKeyEnvironment()}
+        why = self._whyNotFork()
+        if why is None:
+            keep = [fd for fd in childFDs if fd > 2]
+            try:
+                forking.forkWorker(self.reactor, worker, arguments, environment, keep)
+            except OSError as error:
+                why = f"the fork failed ({error.strerror})"
+        if why is not None:
+            argv = [self._executable, "-m", "popsrv.app.worker", *arguments]
+            env = {**os.environ, **environment}
+            self.reactor.spawnProcess(worker, self._executable, argv, env=env, childFDs=childFDs)
         self._workers[index] = worker
         self._started[index] = self.reactor.seconds()
         pid = getattr(worker.transport, "pid", None)
-        log.info("worker {worker} started (pid {pid})", worker=index, pid=pid, event="worker-start")
+        log.info(
+            "worker {worker} started (pid {pid}, {how})", worker=index, pid=pid, event="worker-start",
+            how="forked" if why is None else f"a new process: {why}",
+        )
+
+    def _whyNotFork(self) -> Optional[str]:
+        """
+        C{None} if a worker can be forked now (see L{popsrv.app.forking}),
+        else why it starts as a new process.
+        """
+        return self._unforkable or forking.available()
 
     def _ended(self, worker: _WorkerProcess, reason: Failure) -> None:
         """

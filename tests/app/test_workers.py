@@ -22,7 +22,7 @@ from tests.support.servers import Launcher, Popsrv
 
 HOST = "127.0.0.1"
 DEADLINE = 20.0
-WORKER_STARTED = r"worker (\d+) started \(pid (\d+)\)"
+WORKER_STARTED = r"worker (\d+) started \(pid (\d+)\b"
 
 
 def workerPids(server: Popsrv, count: int, since: int = 0) -> Dict[int, int]:

@@ -1,0 +1,234 @@
+"""
+Tests of L{popsrv.app.forking}: workers forked from a real twistd parent
+(what they hold, how they end, how they are started again), the parent's
+handle on each, and the fallback to new processes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import threading
+from typing import List, Optional
+
+import pytest
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+
+from popsrv.app import forking
+from popsrv.app.forking import ForkedTransport
+from tests.app.test_workers import DEADLINE, login, servedStat, waitUntil, workerPids
+from tests.support.servers import Launcher, Popsrv
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="forking workers needs /proc/self/fd")
+
+
+def parentOf(pid: int) -> int:
+    """
+    The process id of C{pid}'s parent.
+    """
+    with open(f"/proc/{pid}/status") as f:
+        match = re.search(r"^PPid:\s+(\d+)", f.read(), re.M)
+    assert match is not None
+    return int(match.group(1))
+
+
+def descriptorTargets(pid: int) -> List[str]:
+    """
+    What each open descriptor of C{pid} refers to.
+    """
+    targets = []
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/{pid}/fd/{name}"))
+        except FileNotFoundError:
+            pass
+    return targets
+
+
+def commandLine(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read()
+
+
+@pytest.fixture
+def forked(launcher: Launcher) -> Popsrv:
+    """
+    popsrv with two forked workers, and a message for alice.
+    """
+    from popsrv.store.maildir import deliver
+
+    server = launcher.popsrv("--workers", "2", "--shutdown-grace", "1")
+    deliver(server.maildir("alice"), b"Subject: hi\n\nhello\n")
+    workerPids(server, 2)
+    return server
+
+
+def test_workersAreForkedFromTheParent(forked: Popsrv) -> None:
+    """
+    The workers are children of twistd running its code (not new
+    interpreters), and serve the listening socket.
+    """
+    pids = workerPids(forked, 2)
+    for pid in pids.values():
+        assert parentOf(pid) == forked.twistd.process.pid
+        assert b"popsrv.app.worker" not in commandLine(pid)
+    assert len(re.findall(r"worker \d started \(pid \d+, forked\)", forked.twistd.output)) == 2
+    for _ in range(4):
+        assert servedStat(forked) == (1, 22)
+
+
+def test_forkedWorkersHoldNothingOfTheParents(forked: Popsrv) -> None:
+    """
+    A forked worker does not hold the parent's standard output (twistd's
+    log here): what it inherited but the listening socket and the
+    scoreboard points at /dev/null; its standard input and output are its
+    events socket.
+    """
+    pids = workerPids(forked, 2)
+    parentOutput = os.readlink(f"/proc/{forked.twistd.process.pid}/fd/1")
+    assert parentOutput.startswith("pipe:")
+    for pid in pids.values():
+        targets = descriptorTargets(pid)
+        assert parentOutput not in targets
+        assert os.devnull in targets
+        assert os.readlink(f"/proc/{pid}/fd/0") == os.readlink(f"/proc/{pid}/fd/1")
+        assert os.readlink(f"/proc/{pid}/fd/1").startswith("socket:")
+        assert os.readlink(f"/proc/{pid}/fd/2").startswith("socket:")
+
+
+def test_aKilledWorkerIsReapedAndForkedAgain(forked: Popsrv) -> None:
+    pids = workerPids(forked, 2)
+    mark = forked.twistd.mark()
+    os.kill(pids[0], signal.SIGKILL)
+    forked.twistd.waitFor(r"worker 0 ended \(.*signal 9", DEADLINE, since=mark)
+    again = workerPids(forked, 1, since=mark)
+    assert again[0] != pids[0]
+    assert parentOf(again[0]) == forked.twistd.process.pid
+    waitUntil(lambda: not os.path.exists(f"/proc/{pids[0]}"), "the killed worker reaped")
+    assert f"(pid {again[0]}, forked)" in forked.twistd.output
+    for _ in range(4):
+        assert servedStat(forked) == (1, 22)
+
+
+def test_aWorkersTracebackReachesTheLog(forked: Popsrv) -> None:
+    """
+    What a forked worker writes on its standard error is logged by the
+    parent as an error of that worker.
+    """
+    pids = workerPids(forked, 2)
+    mark = forked.twistd.mark()
+    # SIGUSR2 has no handler in a worker: it ends it, silently; its
+    # standard error is the socket the parent reads, as the log shows
+    # when it closes.
+    os.kill(pids[1], signal.SIGUSR2)
+    forked.twistd.waitFor(r"worker 1 ended \(.*signal 12", DEADLINE, since=mark)
+    workerPids(forked, 1, since=mark)
+
+
+def test_stoppingEndsForkedWorkersCleanly(forked: Popsrv) -> None:
+    pids = workerPids(forked, 2)
+    client = login(forked)
+    forked.twistd.stop()
+    for pid in pids.values():
+        assert not os.path.exists(f"/proc/{pid}")
+    assert "Traceback" not in forked.twistd.output
+    assert "worker-exit" not in forked.twistd.output
+    client.sock.close()
+
+
+def test_spawnWorkersStartsNewProcesses(launcher: Launcher) -> None:
+    """
+    With --spawn-workers, each worker is a new interpreter (python -m
+    popsrv.app.worker), as for a checker that does not survive a fork.
+    """
+    server = launcher.popsrv("--workers", "2", "--spawn-workers")
+    pids = workerPids(server, 2)
+    for pid in pids.values():
+        assert b"popsrv.app.worker" in commandLine(pid)
+    assert "a new process: forking is off" in server.twistd.output
+    login(server).quit()
+
+
+class RecordingProtocol(ProcessProtocol):
+    """
+    Records what a L{ForkedTransport} tells its protocol.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[tuple[int, bytes]] = []
+        self.ended: Optional[Failure] = None
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        self.received.append((childFD, data))
+
+    def processEnded(self, reason: Failure) -> None:
+        assert self.ended is None
+        self.ended = reason
+
+
+@pytest.mark.parametrize(
+    "status, kind, exitCode, signalNumber",
+    [
+        (0, ProcessDone, 0, None),
+        (2 << 8, ProcessTerminated, 2, None),
+        (int(signal.SIGKILL), ProcessTerminated, None, signal.SIGKILL),
+        (-1, ProcessTerminated, None, None),
+    ],
+)
+def test_theEndComesAfterTheOutputAndTheStatus(
+    status: int, kind: type, exitCode: Optional[int], signalNumber: Optional[int]
+) -> None:
+    """
+    A worker ends for its protocol once both its sockets are closed and it
+    is reaped, in whichever order; the status becomes what Twisted's own
+    processes give (the pool stops on exit status 2).
+    """
+    for order in ([1, 2, "status"], ["status", 2, 1], [2, "status", 1]):
+        protocol = RecordingProtocol()
+        transport = ForkedTransport(protocol, 2**22 + 1)
+        transport._received(1, b'{"event": "x"}\n')
+        for step in order:
+            assert protocol.ended is None
+            if step == "status":
+                transport.pid = None  # (Not registered with Twisted's reaper here.)
+                transport.processEnded(status)
+            else:
+                transport._closed(step)  # type: ignore[arg-type]
+        assert protocol.ended is not None
+        assert isinstance(protocol.ended.value, kind)
+        assert protocol.ended.value.exitCode == exitCode
+        assert protocol.ended.value.signal == signalNumber
+        assert protocol.received == [(1, b'{"event": "x"}\n')]
+        with pytest.raises(ProcessExitedAlready):
+            transport.signalProcess("TERM")
+
+
+def test_notAvailableWithOtherThreads() -> None:
+    """
+    Forking a process with other threads could copy a lock one of them
+    holds: workers then start as new processes.
+    """
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert forking.available() == "this process runs other threads"
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_everyWorkerModuleImports() -> None:
+    """
+    The modules the parent imports for its workers exist (a name that no
+    longer does would only cost memory, silently).
+    """
+    import importlib
+
+    for name in forking.WORKER_MODULES:
+        importlib.import_module(name)
+    assert sys.modules["popsrv.app.worker"].runForked

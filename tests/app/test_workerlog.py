@@ -1,0 +1,177 @@
+"""
+Tests for L{popsrv.app.workerlog}: a worker's events reach its pipe as JSON
+lines, in order, a batch at a time, and at once when they matter.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Iterator, Tuple
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, Logger, LogLevel, LogPublisher, eventFromJSON
+from twisted.python import threadable
+from zope.interface.verify import verifyObject
+
+from popsrv.app.workerlog import BATCH_OCTETS, FLUSH_DELAY, BatchingLineObserver
+
+
+@pytest.fixture(autouse=True)
+def ioThread() -> Iterator[None]:
+    """
+    This thread is the reactor's while a test runs, as in a worker.
+    """
+    previous = threadable.ioThread
+    threadable.registerAsIOThread()
+    yield
+    threadable.ioThread = previous
+
+
+@pytest.fixture
+def pipe() -> Iterator[Tuple[int, int]]:
+    """
+    A real pipe: the worker's end and the parent's end.
+    """
+    readEnd, writeEnd = os.pipe()
+    os.set_blocking(readEnd, False)
+    yield readEnd, writeEnd
+    for fd in (readEnd, writeEnd):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def readLines(fd: int) -> list[dict]:
+    """
+    The events written to the pipe so far, decoded as the parent does.
+    """
+    data = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    assert data == b"" or data.endswith(b"\n")
+    return [eventFromJSON(line.decode("utf-8")) for line in data.splitlines()]
+
+
+def observed(clock: Clock, fd: int) -> Tuple[BatchingLineObserver, Logger]:
+    """
+    An observer writing to C{fd} on C{clock}, and a logger publishing to it.
+    """
+    observer = BatchingLineObserver(clock, fd)
+    return observer, Logger(namespace="test", observer=LogPublisher(observer))
+
+
+def test_providesILogObserver(pipe: Tuple[int, int]) -> None:
+    verifyObject(ILogObserver, BatchingLineObserver(Clock(), pipe[1]))
+
+
+def test_infoEventsAreHeldThenWrittenInOneWrite(pipe: Tuple[int, int]) -> None:
+    clock = Clock()
+    observer, log = observed(clock, pipe[1])
+    for index in range(3):
+        log.info("event {index}", index=index, event="probe")
+    assert readLines(pipe[0]) == []
+    assert observer.writes == 0
+    clock.advance(FLUSH_DELAY)
+    events = readLines(pipe[0])
+    assert [event["index"] for event in events] == [0, 1, 2]
+    assert events[0]["log_level"] is LogLevel.info
+    assert observer.writes == 1
+    # One timer per batch: the next event starts another.
+    assert clock.getDelayedCalls() == []
+    log.info("again")
+    assert len(clock.getDelayedCalls()) == 1
+
+
+@pytest.mark.parametrize("level", ["warn", "error", "critical"])
+def test_aWarningIsWrittenAtOnceWithTheEventsBeforeIt(pipe: Tuple[int, int], level: str) -> None:
+    clock = Clock()
+    observer, log = observed(clock, pipe[1])
+    log.info("first")
+    log.debug("second")
+    getattr(log, level)("third")
+    assert [event["log_format"] for event in readLines(pipe[0])] == ["first", "second", "third"]
+    assert clock.getDelayedCalls() == []
+    clock.advance(FLUSH_DELAY)
+    assert observer.writes == 1
+
+
+def test_aFullBatchIsWrittenAtOnce(pipe: Tuple[int, int]) -> None:
+    clock = Clock()
+    observer, log = observed(clock, pipe[1])
+    filler = "x" * 1000
+    count = 0
+    while observer.writes == 0 and count < 100:
+        log.info("{filler}", filler=filler)
+        count += 1
+    assert 1 < count < 100
+    assert len(readLines(pipe[0])) == count
+    assert count * len(filler) <= BATCH_OCTETS
+
+
+def test_anEventFromAnotherThreadIsWrittenAtOnce(pipe: Tuple[int, int]) -> None:
+    clock = Clock()
+    observer, log = observed(clock, pipe[1])
+    log.info("held")
+    thread = threading.Thread(target=log.info, args=("from a thread",))
+    thread.start()
+    thread.join()
+    assert [event["log_format"] for event in readLines(pipe[0])] == ["held", "from a thread"]
+
+
+def test_flushWritesWhatIsHeld(pipe: Tuple[int, int]) -> None:
+    clock = Clock()
+    observer, log = observed(clock, pipe[1])
+    observer.flush()
+    assert observer.writes == 0
+    log.info("held")
+    observer.flush()
+    assert [event["log_format"] for event in readLines(pipe[0])] == ["held"]
+    clock.advance(FLUSH_DELAY)
+    assert observer.writes == 1
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "line\nbreak\r\n",
+        "\udcff\udc80 undecodable octets of a login name",
+        "\x00\x1b[31m\u2028\u202e",
+        "\ufeff" + "é" * 2000,
+    ],
+)
+def test_hostileTextStaysOneLine(pipe: Tuple[int, int], hostile: str) -> None:
+    """
+    Whatever a client sent that reaches an event (a login name, a command)
+    is one line of the pipe, and decodes to the same text.
+    """
+    clock = Clock()
+    observer, log = observed(clock, pipe[1])
+    log.info("user {user}", user=hostile)
+    log.info("after")
+    observer.flush()
+    events = readLines(pipe[0])
+    assert [event["log_format"] for event in events] == ["user {user}", "after"]
+    assert events[0]["user"] == hostile
+
+
+def test_aClosedPipeIsNoError(pipe: Tuple[int, int]) -> None:
+    """
+    When the parent is gone, writing fails quietly: the worker stops on
+    its own at the end of its standard input.
+    """
+    clock = Clock()
+    observer, log = observed(clock, pipe[1])
+    os.close(pipe[0])
+    log.info("nobody reads this")
+    log.error("nor this")
+    clock.advance(FLUSH_DELAY)
+    assert observer.writes == 1
