@@ -364,11 +364,16 @@ class Scoreboard:
         process writes, and sweeping a big table takes longer than
         L{LOCK_PATIENCE}.
         """
-        _TOTAL.pack_into(self._map, self._totals + _TOTAL.size * column, 0)
-        # Only rows in the file's data are swept (the rest is holes, which
-        # read as zeros), and only cells that are not zero are written: a
-        # sweep of a fresh table touches none of its pages.
-        for start, end in self._dataRegions():
+        offset = self._totals + _TOTAL.size * column
+        counted = _TOTAL.unpack_from(self._map, offset)[0] != 0
+        _TOTAL.pack_into(self._map, offset, 0)
+        # Only cells that are not zero are written; and where the column
+        # counted nothing, only rows in the file's data are swept (the rest
+        # is holes, which read as zeros): the sweep of a fresh table
+        # touches none of its pages.  (A column that counted connections
+        # is swept whole, not trusting every file system's holes.)
+        regions = [(0, len(self._map))] if counted else self._dataRegions()
+        for start, end in regions:
             first = max(0, (start - self._rows) // self._rowSize)
             last = min(self._capacity, -(-(end - self._rows) // self._rowSize))
             for index in range(first, last):

@@ -306,10 +306,27 @@ def test_clearingAColumnOfAFreshTableWritesNothing(tmp_path) -> None:
         board.close()
 
 
-def test_clearingWhereHolesCannotBeFoundSweepsEverything(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_whereHolesCannotBeFoundTheWholeTableIsData(monkeypatch: pytest.MonkeyPatch) -> None:
     """
-    On a file system that cannot tell data from holes, every row is
+    On a file system that cannot tell data from holes, the whole table is
     swept.
+    """
+    board = Scoreboard.create(columns=2, capacity=WAYS * 64)
+    try:
+
+        def noSeekData(fd: int, position: int, how: int) -> int:
+            raise OSError(22, "Invalid argument")
+
+        monkeypatch.setattr(os, "lseek", noSeekData)
+        assert list(board._dataRegions()) == [(0, os.fstat(board.fileno()).st_size)]
+    finally:
+        board.close()
+
+
+def test_aColumnThatCountedIsSweptWhole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A column that counted connections is swept whole, even where the file
+    system (wrongly) reports no data at all.
     """
     board = Scoreboard.create(columns=2, capacity=WAYS * 64)
     try:
@@ -317,10 +334,10 @@ def test_clearingWhereHolesCannotBeFoundSweepsEverything(monkeypatch: pytest.Mon
         for key in keys:
             board.update(key, 1.0, connect)
 
-        def noSeekData(fd: int, position: int, how: int) -> int:
-            raise OSError(22, "Invalid argument")
+        def allHoles(fd: int, position: int, how: int) -> int:
+            raise OSError(6, "No such device or address")
 
-        monkeypatch.setattr(os, "lseek", noSeekData)
+        monkeypatch.setattr(os, "lseek", allHoles)
         board.clearColumn(0)
         monkeypatch.undo()
         assert board.total() == 0

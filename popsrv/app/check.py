@@ -199,7 +199,7 @@ released at once."""
         # The check examines the files itself, and says more.
         return None
 
-    def _loadSecret(self) -> Optional[bytes]:
+    def _loadSecret(self) -> Optional[bytearray]:
         # The check must not make the secret file; it examines it.
         return None
 

@@ -44,7 +44,7 @@ import signal
 import socket
 import sys
 import threading
-from typing import Any, Callable, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence
 
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.protocol import Factory, Protocol
@@ -73,18 +73,26 @@ WORKER_MODULES = (
     "twisted.protocols.tls",
     "twisted.internet.ssl",
 )
+# The reactors a forked worker can start afresh (whose state is all in
+# descriptors it closes, unlike asyncio's event loop).
+_REACTORS = frozenset(
+    {"twisted.internet.epollreactor", "twisted.internet.pollreactor", "twisted.internet.selectreactor"}
+)
 # The exit status of a worker that failed before it could say why.
 _SOFTWARE_ERROR = 70
 
 log = Logger()
 
 
-def available() -> Optional[str]:
+def available(reactor: Any) -> Optional[str]:
     """
-    C{None} if this process can fork a worker now, else why not.
+    C{None} if this process, running C{reactor}, can fork a worker now,
+    else why not.
     """
     if not hasattr(os, "fork") or not os.path.isdir("/proc/self/fd"):
         return "forking workers needs fork() and /proc/self/fd"
+    if type(reactor).__module__ not in _REACTORS:
+        return f"a forked worker cannot start a new {type(reactor).__name__}"
     if threading.active_count() != 1:
         return "this process runs other threads"
     return None
@@ -152,7 +160,9 @@ class ForkedTransport:
         from twisted.internet import process
 
         if self.pid is not None:
-            process.unregisterReapProcessHandler(self.pid, self)
+            registered: object = process.reapProcessHandlers.get(self.pid)
+            if registered is self:
+                process.unregisterReapProcessHandler(self.pid, self)
             self.pid = None
         self._status = status
         self._maybeTell()
@@ -236,23 +246,39 @@ def forkWorker(
             stream.flush()  # type: ignore[union-attr]
         except Exception:  # noqa: BLE001 - a closed or odd stream: nothing to flush
             pass
+    # Signals wait until the child has its own handlers: before, the
+    # parent's (the old reactor's) would take them, and a SIGTERM would
+    # be lost.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     try:
         pid = os.fork()
     except OSError:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for pair in (events, errors):
             for end in pair:
                 end.close()
         raise
     if pid == 0:
-        _child(events[1].fileno(), errors[1].fileno(), keep, arguments, environment)
-    events[1].close()
-    errors[1].close()
+        _child(events[1].fileno(), errors[1].fileno(), keep, arguments, environment, mask)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     transport = ForkedTransport(protocol, pid)
-    for childFD, ours in ((1, events[0]), (2, errors[0])):
-        reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, _OutputFactory(transport, childFD))
-        ours.close()
-    protocol.makeConnection(transport)
+    # Reaped from now on, however soon it ends.
     process.registerReapProcessHandler(pid, transport)
+    try:
+        events[1].close()
+        errors[1].close()
+        for childFD, ours in ((1, events[0]), (2, errors[0])):
+            reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, _OutputFactory(transport, childFD))
+            ours.close()
+    except BaseException:
+        # (Out of descriptors, say.)  A worker the parent cannot hear is
+        # stopped; it is reaped as any other.
+        os.kill(pid, signal.SIGKILL)
+        for pair in (events, errors):
+            for end in pair:
+                end.close()
+        raise
+    protocol.makeConnection(transport)
     return transport
 
 
@@ -260,7 +286,12 @@ def forkWorker(
 
 
 def _child(
-    events: int, errors: int, keep: Sequence[int], arguments: Sequence[str], environment: Mapping[str, str]
+    events: int,
+    errors: int,
+    keep: Sequence[int],
+    arguments: Sequence[str],
+    environment: Mapping[str, str],
+    mask: Iterable[int],
 ) -> None:
     """
     The forked worker's life; it never returns.
@@ -271,11 +302,12 @@ def _child(
         os.dup2(events, 1)
         os.dup2(errors, 2)
         _neutralizeDescriptors({0, 1, 2, *keep})
-        signal.set_wakeup_fd(-1)
-        for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_DFL)
-        # (Until the worker's reload handler is in place.)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        _ownSignals()
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        from twisted.internet import process
+
+        # The parent's processes are not this one's to reap.
+        process.reapProcessHandlers.clear()
         os.environ.update(environment)
         _freshReactor()
         _freshLogging()
@@ -284,7 +316,11 @@ def _child(
         runForked(arguments)
         status = 0
     except SystemExit as exit:
-        status = exit.code if isinstance(exit.code, int) else 1
+        if exit.code is None or isinstance(exit.code, int):
+            status = exit.code or 0
+        else:
+            sys.stderr.write(f"{exit.code}\n")
+            status = 1
     except BaseException:  # noqa: BLE001 - on its standard error, which the parent logs
         import traceback
 
@@ -295,6 +331,27 @@ def _child(
             sys.stderr.flush()
         finally:
             os._exit(status)
+
+
+def _ownSignals() -> None:
+    """
+    Leave the parent's signal handlers behind (its reactor's, twistd's log
+    rotation on SIGUSR1): every signal Python handles gets its default, as
+    in a new interpreter, but SIGHUP, ignored until the worker's reload
+    handler is in place.
+    """
+    signal.set_wakeup_fd(-1)
+    for signum in signal.valid_signals():
+        try:
+            handler = signal.getsignal(signum)
+        except (OSError, ValueError):
+            continue
+        if callable(handler) and handler is not signal.default_int_handler:
+            signal.signal(signum, signal.SIG_DFL)
+    # As in a new interpreter: Twisted's reactor installs its own handler
+    # only over this one.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def _neutralizeDescriptors(keep: set[int]) -> None:

@@ -318,7 +318,7 @@ serves those of every worker)."""
         except TLSConfigError as error:
             raise usage.UsageError(str(error))
 
-    def _loadSecret(self) -> Optional[bytes]:
+    def _loadSecret(self) -> Optional[bytearray]:
         """
         Read the server's secret (made at the first start), or raise a
         usage error saying why it cannot be.

@@ -12,7 +12,9 @@ import os
 import stat
 from typing import Optional
 
-__all__ = ["SECRET_OCTETS", "SecretError", "defaultSecretPath", "defaultStateDirectory", "deriveKey", "loadSecret"]
+__all__ = [
+    "SECRET_OCTETS", "SecretError", "defaultSecretPath", "defaultStateDirectory", "deriveKey", "loadSecret", "wipe",
+]
 
 SECRET_OCTETS = 32
 
@@ -49,11 +51,12 @@ def defaultSecretPath(uid: Optional[int] = None) -> str:
     return os.path.join(defaultStateDirectory(uid), "secret")
 
 
-def loadSecret(path: str) -> bytes:
+def loadSecret(path: str) -> bytearray:
     """
     Read the secret at C{path}, making it (and its directory, mode 0700)
     first if there is none.  The file must be a regular file of at least
-    L{SECRET_OCTETS} octets that only its owner can read.
+    L{SECRET_OCTETS} octets that only its owner can read.  The secret comes
+    in a buffer the caller may wipe (see L{wipe}).
 
     @raise SecretError: it cannot be read or made, or is not fit.
     """
@@ -76,7 +79,7 @@ def loadSecret(path: str) -> bytes:
     return _read(path)
 
 
-def _read(path: str) -> bytes:
+def _read(path: str) -> bytearray:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -89,12 +92,22 @@ def _read(path: str) -> bytes:
             raise SecretError(f"the secret file {path} is not a regular file")
         if status.st_mode & 0o077:
             raise SecretError(f"the secret file {path} can be read by others than its owner (chmod 600 it)")
-        secret = os.read(fd, 4096)
+        # Read into a buffer the caller can wipe once it has what it needs.
+        secret = bytearray(4096)
+        del secret[os.readv(fd, [secret]):]
     finally:
         os.close(fd)
     if len(secret) < SECRET_OCTETS:
         raise SecretError(f"the secret file {path} holds fewer than {SECRET_OCTETS} octets")
     return secret
+
+
+def wipe(secret: bytearray) -> None:
+    """
+    Overwrite C{secret} with zeros (before forking processes that do not
+    need it, say).
+    """
+    secret[:] = bytes(len(secret))
 
 
 def deriveKey(secret: bytes, purpose: str) -> bytes:

@@ -29,7 +29,7 @@ from popsrv.app.demo import prepareDemo
 from popsrv.app.listening import ImplicitTLSEndpoint, ListeningService, describeAddress, serverEndpoint, splitTLS
 from popsrv.app.options import DEMO_DIRECTORY, Options
 from popsrv.app.privileges import RootWarning
-from popsrv.app.secret import defaultStateDirectory, deriveKey
+from popsrv.app.secret import defaultStateDirectory, deriveKey, wipe
 from popsrv.app.shutdown import GracefulShutdown
 from popsrv.auth.penalty import AuthPenalty
 from popsrv.auth.scram import setPlaceholderKey
@@ -178,6 +178,11 @@ def makeService(
     if options.get("secret") is not None:
         # (Workers get the key from their parent, through the environment.)
         setPlaceholderKey(deriveKey(options["secret"], "scram-placeholder-salts"))
+        if options["workers"] > 1 and isinstance(options["secret"], bytearray):
+            # Nothing else needs it: the workers, forked from this process,
+            # shall not hold it.
+            wipe(options["secret"])
+            options["secret"] = None
     descriptors = raiseDescriptorLimit()
     maxConnections = options["max-connections"] or defaultMaxConnections(descriptors)
     if scoreboard is None:

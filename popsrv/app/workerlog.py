@@ -46,7 +46,9 @@ class BatchingLineObserver:
         self._fd = fd
         self._delay = delay
         self._limit = limit
-        self._lock = threading.Lock()
+        # Reentrant: a signal handler may log while this thread writes.
+        self._lock = threading.RLock()
+        self._writing = False
         self._held: List[str] = []
         self._heldSize = 0
         self._call: Optional[IDelayedCall] = None
@@ -59,8 +61,13 @@ class BatchingLineObserver:
         with self._lock:
             self._held.append(line)
             self._heldSize += len(line)
+            if self._writing:
+                # Logged while this thread writes (by a signal handler,
+                # such as Twisted's on SIGTERM): the write in progress
+                # takes it too.
+                return
             if urgent or self._heldSize >= self._limit:
-                self._flushLocked()
+                self._writeHeld()
             elif self._call is None:
                 self._call = self._reactor.callLater(self._delay, self.flush)
 
@@ -69,18 +76,33 @@ class BatchingLineObserver:
         Write every held event now.
         """
         with self._lock:
-            self._flushLocked()
+            if not self._writing:
+                self._writeHeld()
 
-    def _flushLocked(self) -> None:
+    def _writeHeld(self) -> None:
+        """
+        Write the held events, and those logged meanwhile; the lock is held.
+        """
         call, self._call = self._call, None
         if call is not None and call.active() and isInIOThread():
             call.cancel()
-        if not self._held:
-            return
-        data = "".join(self._held).encode("utf-8", "backslashreplace")
-        self._held = []
-        self._heldSize = 0
-        self.writes += 1
+        self._writing = True
+        try:
+            while self._held:
+                data = "".join(self._held).encode("utf-8", "backslashreplace")
+                self._held = []
+                self._heldSize = 0
+                self.writes += 1
+                if not self._write(data):
+                    self._held = []
+                    return
+        finally:
+            self._writing = False
+
+    def _write(self, data: bytes) -> bool:
+        """
+        Write C{data} whole; return whether the pipe still takes it.
+        """
         view = memoryview(data)
         while view:
             try:
@@ -90,5 +112,6 @@ class BatchingLineObserver:
             except OSError:
                 # The parent is gone (EPIPE): the worker stops on its own
                 # when its standard input ends; nothing can carry the log.
-                return
+                return False
             view = view[written:]
+        return True

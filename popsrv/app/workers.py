@@ -205,7 +205,7 @@ class WorkerPool(Service):
         """
         super().startService()
         self._bind()
-        self._unforkable = forking.available() if self._fork else "forking is off"
+        self._unforkable = forking.available(self.reactor) if self._fork else "forking is off"
         if self._unforkable is None:
             # Before the reactor runs, while this process has one thread.
             forking.prepare()
@@ -283,7 +283,7 @@ class WorkerPool(Service):
         C{None} if a worker can be forked now (see L{popsrv.app.forking}),
         else why it starts as a new process.
         """
-        return self._unforkable or forking.available()
+        return self._unforkable or forking.available(self.reactor)
 
     def _ended(self, worker: _WorkerProcess, reason: Failure) -> None:
         """

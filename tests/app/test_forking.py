@@ -216,10 +216,29 @@ def test_notAvailableWithOtherThreads() -> None:
     thread = threading.Thread(target=stop.wait)
     thread.start()
     try:
-        assert forking.available() == "this process runs other threads"
+        assert forking.available(reactorOf("twisted.internet.epollreactor")) == "this process runs other threads"
     finally:
         stop.set()
         thread.join()
+
+
+def reactorOf(module: str) -> object:
+    """
+    An object that passes for a reactor of C{module}.
+    """
+    return type("SomeReactor", (), {"__module__": module})()
+
+
+def test_notAvailableWithAnAsyncioReactor() -> None:
+    """
+    The asyncio reactor keeps its state in an event loop a forked worker
+    would inherit, not only in descriptors: workers start as new
+    processes.
+    """
+    assert forking.available(reactorOf("twisted.internet.asyncioreactor")) == (
+        "a forked worker cannot start a new SomeReactor"
+    )
+    assert forking.available(reactorOf("twisted.internet.pollreactor")) is None
 
 
 def test_everyWorkerModuleImports() -> None:
@@ -232,3 +251,45 @@ def test_everyWorkerModuleImports() -> None:
     for name in forking.WORKER_MODULES:
         importlib.import_module(name)
     assert sys.modules["popsrv.app.worker"].runForked
+
+
+def caughtSignals(pid: int) -> set[int]:
+    """
+    The signals C{pid} has handlers for (its SigCgt mask).
+    """
+    with open(f"/proc/{pid}/status") as f:
+        match = re.search(r"^SigCgt:\s+([0-9a-f]+)", f.read(), re.M)
+    assert match is not None
+    mask = int(match.group(1), 16)
+    return {number for number in range(1, 65) if mask & (1 << (number - 1))}
+
+
+def test_aForkedWorkerHasOnlyItsOwnSignalHandlers(forked: Popsrv) -> None:
+    """
+    The parent's handlers stay with it (twistd with a log file rotates
+    it on SIGUSR1: a worker must not); a worker handles what a new one
+    would: its reactor's signals, and SIGHUP to reload its certificate.
+    """
+    pids = workerPids(forked, 2)
+    waitUntil(lambda: forked.twistd.output.count("worker ready") == 2, "both workers ready")
+    for pid in pids.values():
+        # (Signals 32 and up are the C library's own, for its threads.)
+        caught = {number for number in caughtSignals(pid) if number < 32}
+        assert {signal.SIGINT, signal.SIGTERM, signal.SIGHUP} <= caught <= {
+            signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD
+        }
+
+
+def test_aForkedWorkerStopsGracefullyOnSIGINT(forked: Popsrv) -> None:
+    """
+    Ctrl-C in a terminal reaches every process of the group: a worker
+    stops as its reactor does on SIGINT (its sessions get their grace),
+    rather than dying of the signal.
+    """
+    pids = workerPids(forked, 2)
+    waitUntil(lambda: forked.twistd.output.count("worker ready") == 2, "both workers ready")
+    mark = forked.twistd.mark()
+    os.kill(pids[0], signal.SIGINT)
+    line = forked.twistd.waitFor(r"worker 0 ended \((.*)\)", DEADLINE, since=mark)
+    assert "signal" not in line.group(1)
+    workerPids(forked, 1, since=mark)

@@ -109,6 +109,31 @@ def test_optionsMakeTheSecretLast(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert options["secret"] == (tmp_path / "secret").read_bytes()
 
 
+def test_theParentOfForkedWorkersWipesTheSecret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    With --workers, the parent wipes the secret once it derived what it
+    needs, before it forks the workers, which must not hold it; one
+    process keeps it.
+    """
+    from twisted.internet.task import Clock
+
+    from popsrv.app.service import makeService
+
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path))
+    kept = (tmp_path / "secret")
+    for workers, wiped in (("1", False), ("2", True)):
+        options = Options()
+        options.parseOptions(["--auth", "memory:alice:pw", "--workers", workers, "--listen", LISTEN_LOCAL])
+        secret = options["secret"]
+        assert isinstance(secret, bytearray) and secret == kept.read_bytes()
+        makeService(options, Clock())
+        if wiped:
+            assert options["secret"] is None
+            assert secret == bytes(len(secret))
+        else:
+            assert options["secret"] == kept.read_bytes()
+
+
 def test_optionsRefuseAnUnfitSecret(tmp_path: Path) -> None:
     """--secret-file naming something unfit is a one-line usage error."""
     options = Options()

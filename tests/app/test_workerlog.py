@@ -175,3 +175,26 @@ def test_aClosedPipeIsNoError(pipe: Tuple[int, int]) -> None:
     log.error("nor this")
     clock.advance(FLUSH_DELAY)
     assert observer.writes == 1
+
+
+def test_anEventLoggedWhileWritingIsWrittenAfterIt(pipe: Tuple[int, int]) -> None:
+    """
+    An event logged while the observer writes, in the same thread (by a
+    signal handler, as Twisted's on SIGTERM logs), does not wait for the
+    lock the write holds: the write in progress takes it too, in order.
+    """
+    clock = Clock()
+    observer, log = observed(clock, pipe[1])
+    write = observer._write
+
+    def interrupted(data: bytes) -> bool:
+        if observer.writes == 1:
+            log.info("from a signal handler")
+            log.error("and an error")
+        return write(data)
+
+    observer._write = interrupted  # type: ignore[method-assign]
+    log.warn("first")
+    assert [event["log_format"] for event in readLines(pipe[0])] == ["first", "from a signal handler", "and an error"]
+    assert observer.writes == 2
+    assert clock.getDelayedCalls() == []
