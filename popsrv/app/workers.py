@@ -45,11 +45,12 @@ from twisted.internet.interfaces import (
     IListeningPort,
 )
 from twisted.internet.protocol import Factory, ProcessProtocol
-from twisted.logger import Logger, eventFromJSON, globalLogPublisher
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
 
 from popsrv.app import forking
 from popsrv.app.listening import describeAddress, serverEndpoint, splitTLS
+from popsrv.app.workerlog import decodeEvent
 from popsrv.scoreboard import Scoreboard
 
 __all__ = ["STOP_GRACE", "USAGE_ERROR", "WorkerPool"]
@@ -127,12 +128,10 @@ class _WorkerProcess(ProcessProtocol):
         Publish one of the worker's log events in the parent's log.
         """
         try:
-            event = eventFromJSON(line.decode("utf-8"))
+            event = decodeEvent(line.decode("utf-8"))
         except ValueError:
             if line.strip():
                 log.info("worker {worker}: {line}", worker=self.index, line=line.decode("utf-8", "replace"))
-            return
-        if not isinstance(event, dict):
             return
         event["worker"] = self.index
         if event.get("event") == "worker-ready" and not self.ready:

@@ -11,11 +11,11 @@ from typing import Iterator, Tuple
 
 import pytest
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, Logger, LogLevel, LogPublisher, eventFromJSON
+from twisted.logger import ILogObserver, Logger, LogLevel, LogPublisher
 from twisted.python import threadable
 from zope.interface.verify import verifyObject
 
-from popsrv.app.workerlog import BATCH_OCTETS, FLUSH_DELAY, BatchingLineObserver
+from popsrv.app.workerlog import BATCH_OCTETS, FLUSH_DELAY, BatchingLineObserver, decodeEvent
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +58,7 @@ def readLines(fd: int) -> list[dict]:
             break
         data += chunk
     assert data == b"" or data.endswith(b"\n")
-    return [eventFromJSON(line.decode("utf-8")) for line in data.splitlines()]
+    return [decodeEvent(line.decode("utf-8")) for line in data.splitlines()]
 
 
 def observed(clock: Clock, fd: int) -> Tuple[BatchingLineObserver, Logger]:
@@ -198,3 +198,93 @@ def test_anEventLoggedWhileWritingIsWrittenAfterIt(pipe: Tuple[int, int]) -> Non
     assert [event["log_format"] for event in readLines(pipe[0])] == ["first", "from a signal handler", "and an error"]
     assert observer.writes == 2
     assert clock.getDelayedCalls() == []
+
+
+def eventOf(format: str, **fields: object) -> dict:
+    """
+    The event a Logger makes of C{format} and C{fields}.
+    """
+    events: list = []
+    Logger(namespace="popsrv.pop3.protocol.POP3Protocol", observer=events.append).info(format, **fields)
+    return events[0]
+
+
+@pytest.mark.parametrize(
+    "format, fields",
+    [
+        ("session of {user} from {peer} ended ({how}): {t}s [session {session}]",
+         {"user": "alice", "peer": "127.0.0.1:1", "how": "quit", "t": 0.0135, "session": "abc", "event": "x"}),
+        ("{count:>5} of {total:.1f}%, {name!r} {flag} {nothing}",
+         {"count": 7, "total": 12.345, "name": "it's", "flag": True, "nothing": None}),
+        ("user {user}", {"user": "\udcff\x00\u202e\ufeff\r\nalice"}),
+    ],
+)
+def test_leanEventsReadAsTwistedsDo(format: str, fields: dict) -> None:
+    """
+    An event of plain fields goes in the lean form, and the parent gets
+    an event with the same fields, level and text as the worker's own
+    (Twisted's form drops format specifications: "{total:.1f}" of 12.345
+    reads "12.345" from it).
+    """
+    from twisted.logger import formatEvent
+
+    from popsrv.app.workerlog import encodeEvent
+
+    event = eventOf(format, **fields)
+    line = encodeEvent(event)
+    assert line.startswith("L") and "\n" not in line
+    lean = decodeEvent(line)
+    assert formatEvent(lean) == formatEvent(event)
+    assert lean["log_level"] is LogLevel.info
+    for key, value in fields.items():
+        assert lean[key] == value
+
+
+@pytest.mark.parametrize(
+    "format, fields",
+    [
+        ("an address {address}", {"address": ("127.0.0.1", 110)}),
+        ("an object {thing}", {"thing": object()}),
+        ("octets {data}", {"data": b"\xff"}),
+        ("an attribute {user.upper}", {"user": "alice"}),
+        ("an index {users[0]}", {"users": "alice"}),
+    ],
+)
+def test_otherEventsGoInTwistedsForm(format: str, fields: dict) -> None:
+    """
+    Objects, tuples and octets (which Twisted's form renders ahead), and
+    formats that name more than keys, go in Twisted's form, and read as
+    it does.
+    """
+    from twisted.logger import formatEvent
+
+    from popsrv.app.workerlog import encodeEvent
+
+    event = eventOf(format, **fields)
+    line = encodeEvent(event)
+    assert line.startswith("{")
+    assert formatEvent(decodeEvent(line)) == formatEvent(event)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'L{"log_format": "{user.__class__.__mro__}", "user": "x", "log_level": "info"}',
+        'L{"log_format": "{users[0]}", "users": "x", "log_level": "info"}',
+        'L{"log_format": "hi", "log_level": "loud"}',
+        'L{"log_format": 5, "log_level": "info"}',
+        'L["log_format"]',
+        "L",
+        "Lnot json",
+        "plain text a worker printed",
+        "[1, 2]",
+    ],
+)
+def test_theParentRefusesForgedLines(line: str) -> None:
+    """
+    A line no worker's encoder makes (from a worker that went wrong) is not
+    an event: the parent logs it as text. A lean line cannot make the
+    parent format more than keys of plain values.
+    """
+    with pytest.raises(ValueError):
+        decodeEvent(line)
