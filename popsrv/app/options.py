@@ -259,6 +259,8 @@ serves those of every worker)."""
             self["listen"] = [DEFAULT_LISTEN]
         if not 1 <= self["workers"] <= MAX_WORKERS:
             self._refuse(f"--workers must be between 1 and {MAX_WORKERS}")
+        if self["spawn-workers"] and self["workers"] == 1:
+            self._refuse("--spawn-workers is for --workers 2 or more: with one, this process serves")
         if self["workers"] > 1:
             for description in self["listen"]:
                 kind, _, rest = splitTLS(description)[0].partition(":")

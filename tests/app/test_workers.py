@@ -219,6 +219,16 @@ def test_workersMustBeAPositiveNumber(launcher: Launcher, tmp_path: Path) -> Non
     assert b"--workers must be between 1 and 256" in result.stdout
 
 
+def test_spawnWorkersNeedsWorkers(launcher: Launcher, tmp_path: Path) -> None:
+    """
+    --spawn-workers without --workers would change nothing: it is refused
+    with a clear message, not ignored.
+    """
+    result = launcher.run(["-n", "popsrv", "--auth", "memory:a:b", "--spawn-workers"], tmp_path)
+    assert result.returncode != 0
+    assert b"--spawn-workers is for --workers 2 or more" in result.stdout
+
+
 def test_workersStopWhenTheParentIsKilled(pool: Popsrv) -> None:
     """
     Workers whose parent was killed outright (no chance to stop them) stop
