@@ -115,10 +115,10 @@ def prepare(modules: Sequence[str] = WORKER_MODULES) -> None:
 class ForkedTransport:
     """
     The parent's handle on one forked worker, as a process transport for a
-    L{ProcessProtocol}: its sockets feed C{childDataReceived} (1 for log
+    C{ProcessProtocol}: its sockets feed C{childDataReceived} (1 for log
     events, 2 for standard error), and C{processEnded} comes once both are
     closed and the worker is reaped.  It is also the worker's reap handler
-    (L{twisted.internet.process.registerReapProcessHandler}).
+    (C{twisted.internet.process.registerReapProcessHandler}).
 
     @ivar pid: its process id, until it is reaped.
     """
@@ -233,7 +233,7 @@ def forkWorker(
     Fork a worker that runs L{popsrv.app.worker.runForked} with
     C{arguments}, C{environment} added to this process's, and the
     descriptors C{keep} (by number); connect C{protocol} (a
-    L{ProcessProtocol}) to it.  Call only when L{available} says it can.
+    C{ProcessProtocol}) to it.  Call only when L{available} says it can.
 
     @raise OSError: if the fork fails (the parent goes on).
     """

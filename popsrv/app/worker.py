@@ -112,7 +112,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 def runForked(argv: Sequence[str]) -> None:
     """
     Run one worker in a child of the fork server
-    (L{popsrv.app.forkserver}), which gave it a new reactor, no log
+    (L{popsrv.app.forking}), which gave it a new reactor, no log
     observers, and its sockets to the parent as standard input, output and
     error.
     """
