@@ -135,13 +135,15 @@ def test_aServerThatDroppedRootDoesNotWarn(launcher: Launcher, tmp_path: Path) -
     assert "as root" not in process.output
 
 
-def test_everyWorkerServesUnprivileged(tmp_path_factory: pytest.TempPathFactory) -> None:
+@pytest.mark.parametrize("spawn", [False, True], ids=["forked", "spawned"])
+def test_everyWorkerServesUnprivileged(tmp_path_factory: pytest.TempPathFactory, spawn: bool) -> None:
     """
     twistd -u nobody -g nogroup popsrv --workers 2: the parent binds as
-    root, then it and every worker run as nobody, and serve a login.  The
-    workers are Python processes of their own, so the interpreter must be
-    one that nobody can run: .ci/run makes one from the system's Python and
-    names it in POPSRV_UNPRIVILEGED_PYTHON.
+    root, then it and every worker run as nobody, and serve a login; so do
+    workers started as Python processes of their own (--spawn-workers), for
+    which the interpreter must be one that nobody can run: .ci/run makes
+    one from the system's Python and names it in
+    POPSRV_UNPRIVILEGED_PYTHON.
     """
     import re
     import subprocess
@@ -166,7 +168,7 @@ def test_everyWorkerServesUnprivileged(tmp_path_factory: pytest.TempPathFactory)
         process = subprocess.Popen(
             [twistd, "-n", "--pidfile=", "--logfile=-", "-u", str(user), "-g", str(group), "popsrv",
              "--listen", "tcp:0:interface=127.0.0.1", "--auth", f"file:{passwd}", "--maildir-root", str(mail),
-             "--workers", "2", "--secret-file", str(base / "secret")],
+             "--workers", "2", "--secret-file", str(base / "secret"), *(["--spawn-workers"] if spawn else [])],
             cwd=str(base), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env={key: value for key, value in os.environ.items() if key != "PYTHONPATH"},
         )
@@ -180,8 +182,9 @@ def test_everyWorkerServesUnprivileged(tmp_path_factory: pytest.TempPathFactory)
                 output.append(line)
             text = "".join(output)
             port = int(re.search(r"popsrv listening on 127\.0\.0\.1:(\d+)", text).group(1))  # type: ignore[union-attr]
-            pids = [int(pid) for pid in re.findall(r"worker \d started \(pid (\d+)\)", text)]
-            assert len(pids) == 2
+            started = re.findall(r"worker \d started \(pid (\d+), (forked|a new process)", text)
+            assert [how for _, how in started] == ["a new process" if spawn else "forked"] * 2
+            pids = [int(pid) for pid, _ in started]
             for pid in [process.pid, *pids]:
                 status = Path(f"/proc/{pid}/status").read_text()
                 uids = re.search(r"^Uid:\s+(.*)$", status, re.MULTILINE).group(1).split()  # type: ignore[union-attr]
