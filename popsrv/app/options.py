@@ -55,114 +55,124 @@ _CREDENTIAL_KINDS = (
     (IUsernamePassword, "user names with passwords (USER/PASS, PLAIN, LOGIN)"),
     (IUsernameHashedPassword, "APOP, CRAM-MD5 and SCRAM logins"),
 )
+
+
+# The command line's table: each option's name, default and help (what is
+# checked of each, and of them together, is Options' methods).
+_SYNOPSIS = (
+    "[--listen ENDPOINT]... [--maildir-root DIR | --maildir TEMPLATE | --mbox TEMPLATE] [--auth CHECKER]... "
+    "[options]"
+)
+_LONGDESC = (
+    "Serve the Maildirs of a directory over POP3 (RFC 1939). "
+    "User alice's Maildir is DIR/alice/ (cur/ new/ tmp/, created at her first login), "
+    "or wherever --maildir TEMPLATE puts it, e.g. /var/vmail/%d/%n for alice@example.com "
+    "in /var/vmail/example.com/alice/. "
+    "Users come from --auth checkers: passwd-file:PATH (lines user:{SCHEME}secret, "
+    "as Dovecot's), pgsql:FILE (a PostgreSQL query), file:PATH (lines user:password), "
+    "memory:alice:secret:bob:secret, unix, or any installed checker plugin "
+    "(twistd popsrv --help-auth lists them). Run it in the foreground with "
+    "'twistd -n popsrv ...'; 'twistd -n popsrv --demo' serves a demo mailbox."
+)
+_FLAGS = [
+    ["demo", None, f"Serve a demo user and Maildir kept in ./{DEMO_DIRECTORY}/ and print how to fetch its mail."],
+    [
+        "spawn-workers", None,
+        "Start each of the --workers as a new Python process, instead of forking it from the parent "
+        "(which shares the memory of their code): for a checker plugin that does not survive a fork.",
+    ],
+]
+_PARAMETERS = [
+    [
+        "maildir-root", "m", None,
+        "Directory holding one Maildir per login: user alice's is DIR/alice/ (the same as "
+        "--maildir DIR/%u) [default: mail].",
+    ],
+    [
+        "maildir", None, None,
+        "Where each user's Maildir is, with %u (the login), %n (its local part, before the last @), "
+        "%d (its domain, lower-cased; a login without one is refused) and %% (a %), "
+        "e.g. /var/vmail/%d/%n. Instead of --maildir-root.",
+    ],
+    [
+        "mbox", None, None,
+        "Serve classic Unix mbox spools instead of Maildirs: where each user's spool is, with the "
+        "placeholders of --maildir, e.g. /var/mail/%u. popsrv locks a spool as delivery agents do "
+        "(dotlock and fcntl) only while it reads it at login and rewrites it at QUIT.",
+    ],
+    ["tls-cert", None, None, "PEM file with the TLS certificate (and its chain) for STLS; reloaded on SIGHUP."],
+    ["tls-key", None, None, "PEM file with the TLS private key for STLS."],
+    [
+        "plaintext-auth", None, "tls-only",
+        "When USER/PASS and SASL PLAIN/LOGIN may send passwords: tls-only (over TLS or from "
+        "a loopback address), always, or never.",
+    ],
+    ["expire", None, "NEVER", "Days the server keeps messages, advertised as EXPIRE in CAPA (or NEVER)."],
+    ["login-delay", None, None, "Minimum seconds between two logins of one user (LOGIN-DELAY)."],
+    [
+        "uidl-format", None, DEFAULT_UIDL_FORMAT,
+        "Maildirs moved from Dovecot keep the UIDLs it showed, which its pop3_uidl_format made: give "
+        "that, e.g. %v.%u, %f or UID%u-%v (from %u %v %f %g, with modifiers such as %08Xu). Maildirs "
+        "moved from Courier keep Courier's UIDLs whatever this says.",
+    ],
+    ["hostname", None, None, "Host name in the greeting's APOP challenge [default: this machine's name]."],
+    [
+        "workers", None, 1,
+        "Processes serving the listening sockets (the parent binds them, starts the workers and "
+        "restarts any that dies); 1 serves from this process.",
+        int,
+    ],
+    [
+        "timeout", None, DEFAULT_TIMEOUT,
+        "Seconds of inactivity before a logged-in session is closed without deleting anything "
+        "(RFC 1939 asks for at least 600).",
+        wholeNumber("--timeout"),
+    ],
+    [
+        "login-timeout", None, DEFAULT_LOGIN_TIMEOUT,
+        "Seconds of inactivity before a connection that has not logged in is closed.",
+        wholeNumber("--login-timeout"),
+    ],
+    [
+        "shutdown-grace", None, DEFAULT_SHUTDOWN_GRACE,
+        "Seconds open sessions have to finish when popsrv stops (SIGTERM); a session that QUITs "
+        "meanwhile has its deletions applied, the others are then closed without any.",
+        float,
+    ],
+    [
+        "sasl-mechanisms", None, None,
+        "The SASL mechanisms to offer, e.g. PLAIN,SCRAM-SHA-256 (of " + ", ".join(m.name for m in sasl.MECHANISMS)
+        + "); only those the --auth checkers can verify are offered [default: all of them].",
+    ],
+    [
+        "secret-file", None, None,
+        "File of the server's persistent secret, made at the first start (keeps what unknown users "
+        "are told the same across restarts) [default: $STATE_DIRECTORY/secret, else "
+        "/var/lib/popsrv/secret for root, else ~/.local/state/popsrv/secret].",
+    ],
+    [
+        "max-connections", None, None,
+        "Connections served at once, in all (with --workers, by all the workers together); more are "
+        "turned away with [SYS/TEMP] [default: as many as the open-file limit allows].",
+    ],
+    [
+        "max-connections-per-ip", None, str(DEFAULT_MAX_PER_ADDRESS),
+        "Connections served at once from one client address (an IPv6 /64 counts as one); "
+        "0 for no limit.",
+    ],
+]
+
+
 class Options(usage.Options, strcred.AuthOptionMixin):
     """
     The options of C{twistd popsrv}.
     """
 
-    synopsis = (
-        "[--listen ENDPOINT]... [--maildir-root DIR | --maildir TEMPLATE | --mbox TEMPLATE] [--auth CHECKER]... "
-        "[options]"
-    )
-    longdesc = (
-        "Serve the Maildirs of a directory over POP3 (RFC 1939). "
-        "User alice's Maildir is DIR/alice/ (cur/ new/ tmp/, created at her first login), "
-        "or wherever --maildir TEMPLATE puts it, e.g. /var/vmail/%d/%n for alice@example.com "
-        "in /var/vmail/example.com/alice/. "
-        "Users come from --auth checkers: passwd-file:PATH (lines user:{SCHEME}secret, "
-        "as Dovecot's), pgsql:FILE (a PostgreSQL query), file:PATH (lines user:password), "
-        "memory:alice:secret:bob:secret, unix, or any installed checker plugin "
-        "(twistd popsrv --help-auth lists them). Run it in the foreground with "
-        "'twistd -n popsrv ...'; 'twistd -n popsrv --demo' serves a demo mailbox."
-    )
+    synopsis = _SYNOPSIS
+    longdesc = _LONGDESC
     supportedInterfaces = (IUsernamePassword, IUsernameHashedPassword)
-    optFlags = [
-        ["demo", None, f"Serve a demo user and Maildir kept in ./{DEMO_DIRECTORY}/ and print how to fetch its mail."],
-        [
-            "spawn-workers", None,
-            "Start each of the --workers as a new Python process, instead of forking it from the parent "
-            "(which shares the memory of their code): for a checker plugin that does not survive a fork.",
-        ],
-    ]
-    optParameters = [
-        [
-            "maildir-root", "m", None,
-            "Directory holding one Maildir per login: user alice's is DIR/alice/ (the same as "
-            "--maildir DIR/%u) [default: mail].",
-        ],
-        [
-            "maildir", None, None,
-            "Where each user's Maildir is, with %u (the login), %n (its local part, before the last @), "
-            "%d (its domain, lower-cased; a login without one is refused) and %% (a %), "
-            "e.g. /var/vmail/%d/%n. Instead of --maildir-root.",
-        ],
-        [
-            "mbox", None, None,
-            "Serve classic Unix mbox spools instead of Maildirs: where each user's spool is, with the "
-            "placeholders of --maildir, e.g. /var/mail/%u. popsrv locks a spool as delivery agents do "
-            "(dotlock and fcntl) only while it reads it at login and rewrites it at QUIT.",
-        ],
-        ["tls-cert", None, None, "PEM file with the TLS certificate (and its chain) for STLS; reloaded on SIGHUP."],
-        ["tls-key", None, None, "PEM file with the TLS private key for STLS."],
-        [
-            "plaintext-auth", None, "tls-only",
-            "When USER/PASS and SASL PLAIN/LOGIN may send passwords: tls-only (over TLS or from "
-            "a loopback address), always, or never.",
-        ],
-        ["expire", None, "NEVER", "Days the server keeps messages, advertised as EXPIRE in CAPA (or NEVER)."],
-        ["login-delay", None, None, "Minimum seconds between two logins of one user (LOGIN-DELAY)."],
-        [
-            "uidl-format", None, DEFAULT_UIDL_FORMAT,
-            "Maildirs moved from Dovecot keep the UIDLs it showed, which its pop3_uidl_format made: give "
-            "that, e.g. %v.%u, %f or UID%u-%v (from %u %v %f %g, with modifiers such as %08Xu). Maildirs "
-            "moved from Courier keep Courier's UIDLs whatever this says.",
-        ],
-        ["hostname", None, None, "Host name in the greeting's APOP challenge [default: this machine's name]."],
-        [
-            "workers", None, 1,
-            "Processes serving the listening sockets (the parent binds them, starts the workers and "
-            "restarts any that dies); 1 serves from this process.",
-            int,
-        ],
-        [
-            "timeout", None, DEFAULT_TIMEOUT,
-            "Seconds of inactivity before a logged-in session is closed without deleting anything "
-            "(RFC 1939 asks for at least 600).",
-            wholeNumber("--timeout"),
-        ],
-        [
-            "login-timeout", None, DEFAULT_LOGIN_TIMEOUT,
-            "Seconds of inactivity before a connection that has not logged in is closed.",
-            wholeNumber("--login-timeout"),
-        ],
-        [
-            "shutdown-grace", None, DEFAULT_SHUTDOWN_GRACE,
-            "Seconds open sessions have to finish when popsrv stops (SIGTERM); a session that QUITs "
-            "meanwhile has its deletions applied, the others are then closed without any.",
-            float,
-        ],
-        [
-            "sasl-mechanisms", None, None,
-            "The SASL mechanisms to offer, e.g. PLAIN,SCRAM-SHA-256 (of " + ", ".join(m.name for m in sasl.MECHANISMS)
-            + "); only those the --auth checkers can verify are offered [default: all of them].",
-        ],
-        [
-            "secret-file", None, None,
-            "File of the server's persistent secret, made at the first start (keeps what unknown users "
-            "are told the same across restarts) [default: $STATE_DIRECTORY/secret, else "
-            "/var/lib/popsrv/secret for root, else ~/.local/state/popsrv/secret].",
-        ],
-        [
-            "max-connections", None, None,
-            "Connections served at once, in all (with --workers, by all the workers together); more are "
-            "turned away with [SYS/TEMP] [default: as many as the open-file limit allows].",
-        ],
-        [
-            "max-connections-per-ip", None, str(DEFAULT_MAX_PER_ADDRESS),
-            "Connections served at once from one client address (an IPv6 /64 counts as one); "
-            "0 for no limit.",
-        ],
-    ]
+    optFlags = _FLAGS
+    optParameters = _PARAMETERS
 
     # A worker process parses its parent's options: what only the parent
     # needs (the secret) is left to it.
