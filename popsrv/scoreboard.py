@@ -364,9 +364,9 @@ class Scoreboard:
         process writes, and sweeping a big table takes longer than
         L{LOCK_PATIENCE}.
         """
-        offset = self._totals + _TOTAL.size * column
-        counted = _TOTAL.unpack_from(self._map, offset)[0] != 0
-        _TOTAL.pack_into(self._map, offset, 0)
+        total = self._totals + _TOTAL.size * column
+        counted = _TOTAL.unpack_from(self._map, total)[0] != 0
+        _TOTAL.pack_into(self._map, total, 0)
         # Only cells that are not zero are written; and where the column
         # counted nothing, only rows in the file's data are swept (the rest
         # is holes, which read as zeros): the sweep of a fresh table
@@ -377,9 +377,9 @@ class Scoreboard:
             first = max(0, (start - self._rows) // self._rowSize)
             last = min(self._capacity, -(-(end - self._rows) // self._rowSize))
             for index in range(first, last):
-                offset = self._rows + index * self._rowSize + _ROW.size + _COLUMN.size * column
-                if _COLUMN.unpack_from(self._map, offset) != (0, 0):
-                    _COLUMN.pack_into(self._map, offset, 0, 0)
+                cell = self._rows + index * self._rowSize + _ROW.size + _COLUMN.size * column
+                if _COLUMN.unpack_from(self._map, cell) != (0, 0):
+                    _COLUMN.pack_into(self._map, cell, 0, 0)
 
     def _dataRegions(self) -> Iterator[tuple[int, int]]:
         """

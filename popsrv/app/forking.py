@@ -48,7 +48,6 @@ from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence
 
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 __all__ = ["WORKER_MODULES", "ForkedTransport", "available", "forkWorker", "prepare"]
@@ -80,8 +79,6 @@ _REACTORS = frozenset(
 )
 # The exit status of a worker that failed before it could say why.
 _SOFTWARE_ERROR = 70
-
-log = Logger()
 
 
 def available(reactor: Any) -> Optional[str]:

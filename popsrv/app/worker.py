@@ -1,7 +1,8 @@
 """
-One worker process of C{--workers N}: C{python -m popsrv.app.worker}, started
-by L{popsrv.app.workers.WorkerPool} with the sockets its parent bound, which
-it adopts, and the parent's own options; it logs JSON lines to its parent.
+One worker process of C{--workers N}, forked by L{popsrv.app.workers.WorkerPool}
+(L{runForked}) or started as C{python -m popsrv.app.worker} (L{main}), with
+the sockets its parent bound, which it adopts, and the parent's own options;
+it sends its log events to its parent (L{popsrv.app.workerlog}).
 """
 
 from __future__ import annotations
@@ -111,10 +112,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 def runForked(argv: Sequence[str]) -> None:
     """
-    Run one worker in a child of the fork server
-    (L{popsrv.app.forking}), which gave it a new reactor, no log
-    observers, and its sockets to the parent as standard input, output and
-    error.
+    Run one worker forked from its parent (L{popsrv.app.forking}), which
+    gave it a new reactor, no log observers, and its sockets to the parent
+    as standard input, output and error.
     """
     from twisted.internet import reactor
     from twisted.logger import globalLogPublisher

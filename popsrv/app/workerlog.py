@@ -1,6 +1,6 @@
 """
-A worker's log: its events as JSON lines on a pipe to the parent, written a
-batch at a time.
+A worker's log: its events as JSON lines on a socket (a pipe, for a worker
+started as a new process) to the parent, written a batch at a time.
 
 The parent (L{popsrv.app.workers}) decodes each line and publishes it in its
 own log.  A pipe write per event woke the parent once per event, at about
@@ -163,14 +163,12 @@ class BatchingLineObserver:
 
     def _write(self, data: bytes) -> bool:
         """
-        Write C{data} whole; return whether the pipe still takes it.
+        Write C{data} whole; return whether the parent still takes it.
         """
         view = memoryview(data)
         while view:
             try:
                 written = os.write(self._fd, view)
-            except InterruptedError:
-                continue
             except OSError:
                 # The parent is gone (EPIPE): the worker stops on its own
                 # when its standard input ends; nothing can carry the log.

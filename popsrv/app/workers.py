@@ -3,9 +3,10 @@ Several processes serving the same listening sockets: C{--workers N}.
 
 The parent process binds every C{--listen} endpoint (in
 C{privilegedStartService}, before twistd drops root), never accepts a
-connection itself, and starts N workers.  A worker is a Python process
-(C{python -m popsrv.app.workers}) that inherits the listening sockets, adopts
-them (C{IReactorSocket.adoptStreamPort}, wrapped in TLS for C{ssl:}
+connection itself, and starts N workers.  A worker is forked from the
+parent (L{popsrv.app.forking}; or, with C{--spawn-workers}, it is a new
+C{python -m popsrv.app.worker} process); it inherits the listening sockets,
+adopts them (C{IReactorSocket.adoptStreamPort}, wrapped in TLS for C{ssl:}
 listeners) and runs popsrv with the parent's own options; the kernel hands
 each new connection to one of the workers.
 
@@ -24,9 +25,9 @@ each new connection to one of the workers.
     input, and the worker stops at its end of file.
   - SIGHUP is passed on to the workers (each reloads its TLS
     certificate).
-  - Workers write their log events as JSON lines to a pipe; the parent
-    publishes them in its own log, with a C{worker} key, so the log stays
-    one stream of structured events.
+  - Workers send their log events as JSON lines (L{popsrv.app.workerlog});
+    the parent publishes them in its own log, with a C{worker} key, so the
+    log stays one stream of structured events.
 """
 
 from __future__ import annotations

@@ -6,11 +6,14 @@ handle on each, and the fallback to new processes.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import List, Optional
 
 import pytest
@@ -114,19 +117,52 @@ def test_aKilledWorkerIsReapedAndForkedAgain(forked: Popsrv) -> None:
         assert servedStat(forked) == (1, 22)
 
 
-def test_aWorkersTracebackReachesTheLog(forked: Popsrv) -> None:
+FORK_SCRIPT = """
+import json, sys
+from twisted.internet import epollreactor
+epollreactor.install()
+from twisted.internet import reactor
+from twisted.internet.protocol import ProcessProtocol
+from popsrv.app.forking import available, forkWorker
+
+class Recording(ProcessProtocol):
+    received = {1: b"", 2: b""}
+    def childDataReceived(self, fd, data):
+        self.received[fd] += data
+    def processEnded(self, reason):
+        self.reason = reason.value
+        reactor.stop()
+
+assert available(reactor) is None, available(reactor)
+protocol = Recording()
+transport = forkWorker(reactor, protocol, sys.argv[1:], {}, [])
+reactor.callLater(30, reactor.stop)
+reactor.run()
+print(json.dumps({
+    "pid": transport.pid, "exitCode": protocol.reason.exitCode, "signal": protocol.reason.signal,
+    "stderr": protocol.received[2].decode("utf-8", "replace"),
+}))
+"""
+
+
+@pytest.mark.parametrize("argument", ["--no-such-option", "--index=\udcff\u202e"])
+def test_aForkedWorkersStandardErrorAndExitStatusReachTheParent(tmp_path: Path, argument: str) -> None:
     """
-    What a forked worker writes on its standard error is logged by the
-    parent as an error of that worker.
+    What a forked worker writes on its standard error reaches its
+    protocol (which the pool logs as errors), and its exit status the
+    end: here a worker given arguments it refuses (as one given unusable
+    options), which ends with status 2, the status that stops the pool.
+    (In a process of its own: forking needs a process without threads.)
     """
-    pids = workerPids(forked, 2)
-    mark = forked.twistd.mark()
-    # SIGUSR2 has no handler in a worker: it ends it, silently; its
-    # standard error is the socket the parent reads, as the log shows
-    # when it closes.
-    os.kill(pids[1], signal.SIGUSR2)
-    forked.twistd.waitFor(r"worker 1 ended \(.*signal 12", DEADLINE, since=mark)
-    workerPids(forked, 1, since=mark)
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT, argument], capture_output=True, timeout=DEADLINE, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    outcome = json.loads(result.stdout.splitlines()[-1])
+    assert outcome["pid"] is None  # reaped
+    assert outcome["exitCode"] == 2 and outcome["signal"] is None
+    assert "usage: python -m popsrv.app.worker" in outcome["stderr"]
 
 
 def test_stoppingEndsForkedWorkersCleanly(forked: Popsrv) -> None:
